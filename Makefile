@@ -1,0 +1,50 @@
+# EasyFaaS — one entry point for setting up, running and testing a pod on a Linux box (as root).
+SHELL := /bin/bash
+PYTHON ?= $(shell python3 -c 'import sys; print(sys.executable)')
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSTEM_STAMP := $(VENV)/.system-packages
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast bench bench-smoke clean distclean
+
+install: $(STAMP) $(SYSTEM_STAMP)
+
+# Debian packages: erofs-utils builds the read-only code images; wrk drives the benchmarks.
+$(SYSTEM_STAMP): | $(STAMP)
+	@if ! command -v mkfs.erofs >/dev/null || ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root (apt-get install erofs-utils wrk)"; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq erofs-utils wrk >/dev/null; \
+	fi
+	@command -v node >/dev/null || { echo "Node.js is needed for the nodejs runtime (apt-get install nodejs)"; exit 1; }
+	touch $@
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: install
+	scripts/run-pod
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m bench
+
+bench-smoke: install
+	$(PY) -m bench --smoke
+
+clean:
+	rm -rf .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,96 @@
+"""The controller's client of the funclet API (HTTP over the funclet's unix socket).
+
+Every call returns a wire model from :mod:`easyfaas.models`. The funclet answers errors as FaasError
+JSON; they are raised as :class:`FuncletError` (status, code, message). An unreachable or silent
+funclet is :class:`FuncletUnavailable`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from easyfaas.models import ContainerInfo, ModelError, NodeResource, ResetRequest, WarmupRequest, WarmupResponse
+from easyfaas.unixhttp import UnixHTTPClient, UnixHTTPUnavailable
+
+
+class FuncletError(Exception):
+    """The funclet answered with an error (or with something that is not the expected model)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"funclet: {code} ({status}): {message}" if code else f"funclet: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class FuncletUnavailable(FuncletError):
+    """The funclet socket is unreachable, or the funclet did not answer in time."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "FuncletUnavailable", message)
+
+
+class FuncletClient:
+    def __init__(self, sock_path: str, *, timeout: float = 10.0, reset_timeout: float = 30.0) -> None:
+        self.sock_path = sock_path
+        self.reset_timeout = reset_timeout
+        self._http = UnixHTTPClient(sock_path, timeout=timeout)
+
+    async def __aenter__(self) -> FuncletClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def _call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        try:
+            status, data = await self._http.request_json(method, path, json=body, timeout=timeout)
+        except UnixHTTPUnavailable as exc:
+            raise FuncletUnavailable(str(exc)) from None
+        if status >= 400:
+            if isinstance(data, dict):
+                message = data.get("Cause") or data.get("Message") or str(data)
+                raise FuncletError(status, str(data.get("Code") or ""), str(message))
+            raise FuncletError(status, "", f"HTTP {status}: {str(data or '')[:200]}")
+        return data
+
+    @staticmethod
+    def _model(cls: Any, data: Any, what: str) -> Any:
+        try:
+            return cls.from_dict(data)
+        except ModelError as exc:
+            raise FuncletError(502, "InvalidResponse", f"malformed {what} from the funclet: {exc}") from None
+
+    async def node(self) -> NodeResource:
+        data = await self._call("GET", "/v1/funclet/node")
+        return self._model(NodeResource, data.get("Resource") if isinstance(data, dict) else data, "node resource")
+
+    async def list(self) -> list[ContainerInfo]:
+        data = await self._call("GET", "/v1/funclet/list")
+        if not isinstance(data, list):
+            raise FuncletError(502, "InvalidResponse", "the funclet's container list is not a JSON array")
+        return [self._model(ContainerInfo, item, "container") for item in data]
+
+    async def container(self, container_id: str) -> ContainerInfo:
+        data = await self._call("GET", f"/v1/funclet/container/{container_id}")
+        return self._model(ContainerInfo, data, "container")
+
+    async def warmup(self, request: WarmupRequest, timeout: float | None = None) -> WarmupResponse:
+        data = await self._call("POST", "/v1/funclet/warmup", request.to_dict(), timeout=timeout)
+        return self._model(WarmupResponse, data, "warmup response")
+
+    async def cooldown(self, request: ResetRequest) -> ContainerInfo:
+        data = await self._call("POST", "/v1/funclet/cooldown", request.to_dict(), timeout=self.reset_timeout)
+        return self._container_of(data)
+
+    async def reborn(self, request: ResetRequest) -> ContainerInfo:
+        data = await self._call("POST", "/v1/funclet/reborn", request.to_dict(), timeout=self.reset_timeout)
+        return self._container_of(data)
+
+    def _container_of(self, data: Any) -> ContainerInfo:
+        if not isinstance(data, dict):
+            raise FuncletError(502, "InvalidResponse", "the funclet's reset answer is not a JSON object")
+        return self._model(ContainerInfo, data.get("Container"), "container")

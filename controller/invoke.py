@@ -1,0 +1,368 @@
+"""The invoke pipeline: from ``POST /v1/functions/{ref}/invocations`` to the function's answer.
+
+1. the function reference → a versioned BRN (bare names resolve in the caller's account);
+2. the body → the event text (bounded size, must be JSON);
+3. the function's metadata from the registry (cached for numeric versions);
+4. simple auth: the caller must own the function;
+5. a slot from the pool (warm, or a cold start through the funclet);
+6. one frame over the slot's runtime channel, bounded by the function's Timeout;
+7. the HTTP response (status, headers, optional log tail or JSON envelope).
+
+The warm path is kept short on purpose: cached lookups are synchronous dict reads, the slot is a
+dict lookup by identity, and the runtime connection is kept open between requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from controller.pool import FunctionInitError, Lease, Pool
+from controller.registry import Registry, ResolvedFunction
+from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUnavailable
+from easyfaas.brn import LATEST, Brn, BrnError, account_hash, is_version
+from easyfaas.errors import (FaasError, InvalidInvokeCaller, InvalidParameterValue, InvalidRequestContent,
+                             RequestTooLarge, ServiceError)
+from easyfaas.http import (ACCOUNT_ID, REQUEST_ID_KEY, EXEC_TIME, FUNCTION_ERROR, INVOKE_TYPE, LOG_RESULT, LOG_TYPE, REQUEST_ID,
+                           error_response)
+from easyfaas.models import WarmupRequest
+
+log = structlog.get_logger(__name__)
+
+LOG_TO_BODY = "Log-To-Body"
+UNHANDLED = "Unhandled"
+DEFAULT_TIMEOUT = 3
+LOG_TAIL_BYTES = 4096
+TEXT_PLAIN = "text/plain; charset=utf-8"
+APPLICATION_JSON = "application/json"
+
+_BARE_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+_VERSION_RE = re.compile(r"^(\$LATEST|[0-9]+)$")
+_REF_CACHE_MAX = 4096
+_NO_QUERY: dict[str, str] = {}
+
+
+def parse_function_ref(ref: str, qualifier: str | None, caller: str) -> Brn:
+    """The versioned BRN a request names; InvalidParameterValue for anything else.
+
+    A bare name takes ``?Qualifier=`` (default ``$LATEST``) and the caller's account; anything else
+    must be a full BRN whose qualifier is a version (aliases are not supported).
+    """
+    if _BARE_NAME_RE.match(ref):
+        q = LATEST if qualifier is None else qualifier
+        if not _VERSION_RE.match(q):
+            raise InvalidParameterValue(f"invalid function qualifier {q!r}: expected $LATEST or a version number")
+        try:
+            return Brn(account_hash(caller), ref, q)
+        except BrnError as exc:
+            raise InvalidParameterValue(f"invalid function name: {exc}") from None
+    try:
+        brn = Brn.parse(ref)
+    except BrnError as exc:
+        raise InvalidParameterValue(f"invalid brn: {exc}") from None
+    if qualifier is not None:
+        if brn.qualifier is None:
+            if not _VERSION_RE.match(qualifier):
+                raise InvalidParameterValue(
+                    f"invalid function qualifier {qualifier!r}: expected $LATEST or a version number")
+            brn = brn.with_qualifier(qualifier)
+        elif brn.qualifier != qualifier:
+            raise InvalidParameterValue(
+                f"invalid brn: qualifier {brn.qualifier!r} conflicts with Qualifier={qualifier!r}")
+    if brn.qualifier is None:
+        brn = brn.with_qualifier(LATEST)
+    if not is_version(brn.qualifier):
+        raise InvalidParameterValue(f"invalid brn: qualifier {brn.qualifier!r} is an alias; aliases are not supported")
+    return brn
+
+
+def log_tail(request_id: str, version: str, logs: str, duration_ms: float, memory_mb: int) -> str:
+    """Base64 of the last 4 KiB of the invocation's log text (X-Bce-Log-Result)."""
+    return base64.b64encode(_tail_bytes(log_text(request_id, version, logs, duration_ms, memory_mb))).decode()
+
+
+def log_text(request_id: str, version: str, logs: str, duration_ms: float, memory_mb: int) -> str:
+    if logs and not logs.endswith("\n"):
+        logs += "\n"
+    return (f"START RequestID: {request_id} Version: {version}\n{logs}END RequestID: {request_id}\n"
+            f"REPORT RequestID: {request_id}\tDuration: {duration_ms:.3f} ms\tMemory Size: {memory_mb} MB\n")
+
+
+def _tail_bytes(text: str) -> bytes:
+    data = text.encode("utf-8", "replace")
+    if len(data) <= LOG_TAIL_BYTES:
+        return data
+    data = data[-LOG_TAIL_BYTES:]
+    # Do not start in the middle of a UTF-8 sequence.
+    start = 0
+    while start < len(data) and (data[start] & 0xC0) == 0x80:
+        start += 1
+    return data[start:]
+
+
+class InvokeResult:
+    """What the runtime answered (or what stands in for it on timeout / crash)."""
+
+    __slots__ = ("ok", "payload", "content_type", "logs", "duration_ms")
+
+    def __init__(self, ok: bool, payload: str, content_type: str, logs: str, duration_ms: float) -> None:
+        self.ok = ok
+        self.payload = payload
+        self.content_type = content_type
+        self.logs = logs
+        self.duration_ms = duration_ms
+
+
+class Invoker:
+    def __init__(self, registry: Registry, pool: Pool, *, max_body_size: int = 6 << 20,
+                 simple_auth: bool = True) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.max_body_size = max_body_size
+        self.simple_auth = simple_auth
+        self._refs: dict[tuple[str, str | None, str], tuple[str, Brn]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ---- lifetime ------------------------------------------------------------------------------
+
+    @property
+    def background_tasks(self) -> int:
+        return len(self._background)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Let asynchronous invocations finish (up to ``timeout``), then cancel the rest."""
+        if not self._background:
+            return
+        pending = set(self._background)
+        log.info("draining_async_invocations", count=len(pending))
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.gather(*still, return_exceptions=True)
+
+    # ---- HTTP entry point ----------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id: str = request.get(REQUEST_ID_KEY) or str(uuid.uuid4())
+        started = time.perf_counter()
+        brn_text = ""
+        try:
+            headers = request.headers
+            caller = headers.get(ACCOUNT_ID, "")
+            # Parsing the query string costs; most invocations have none.
+            query = request.query if request.query_string else _NO_QUERY
+            brn_text, brn = self._resolve_ref(request.match_info["ref"], query.get("Qualifier"), caller)
+            event = await self._read_event(request)
+            if self.simple_auth and not caller:
+                raise InvalidInvokeCaller(f"missing {ACCOUNT_ID} header")
+            fn = self.registry.cached_function(brn_text)
+            if fn is None:
+                fn = await self.registry.get_function(brn, account_id=caller, request_id=request_id)
+            cfg = fn.record.Configuration
+            if self.simple_auth and caller != cfg.Uid:
+                raise InvalidInvokeCaller(f"owner id {cfg.Uid} caller id {caller}")
+
+            log_type = headers.get(LOG_TYPE) or query.get("logType") or ""
+            tail = log_type.lower() == "tail"
+            to_body = (headers.get(LOG_TO_BODY) or query.get("logToBody") or "").lower() == "true"
+
+            if (headers.get(INVOKE_TYPE) or "").lower() == "event":
+                self._spawn_event(fn, caller, event, request_id)
+                return web.Response(status=202, headers={REQUEST_ID: request_id})
+
+            result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body)
+            response = self._respond(result, fn, request_id, tail, to_body)
+            log.info("invoke", request_id=request_id, function=fn.brn, slot=slot_id, source=source,
+                     status=response.status, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            return response
+        except FunctionInitError as exc:
+            log.info("invoke", request_id=request_id, function=brn_text, source="cold", status=500,
+                     error="init", duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            return web.Response(
+                status=500, body=json.dumps(exc.error, ensure_ascii=False).encode(),
+                headers={REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED, "Content-Type": APPLICATION_JSON})
+        except FaasError as err:
+            log.info("invoke", request_id=request_id, function=brn_text, status=err.status, code=err.code,
+                     cause=err.cause, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            return error_response(err, headers={REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED})
+
+    def _resolve_ref(self, ref: str, qualifier: str | None, caller: str) -> tuple[str, Brn]:
+        """parse_function_ref, memoised: the warm path sees the same few references over and over."""
+        key = (ref, qualifier, caller)
+        hit = self._refs.get(key)
+        if hit is not None:
+            return hit
+        brn = parse_function_ref(ref, qualifier, caller)
+        if len(self._refs) >= _REF_CACHE_MAX:
+            self._refs.clear()
+        resolved = self._refs[key] = (str(brn), brn)
+        return resolved
+
+    async def _read_event(self, request: web.Request) -> str:
+        length = request.content_length
+        if length is not None and length > self.max_body_size:
+            raise RequestTooLarge(f"the request body of {length} bytes is larger than the limit of "
+                                  f"{self.max_body_size} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestTooLarge(f"the request body is larger than the limit of {self.max_body_size} bytes") from None
+        if len(body) > self.max_body_size:
+            raise RequestTooLarge(f"the request body is larger than the limit of {self.max_body_size} bytes")
+        if not body or not body.strip():
+            return "{}"
+        try:
+            text = body.decode("utf-8")
+            json.loads(text)
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestContent(f"the request body is not UTF-8: {exc}") from None
+        except ValueError as exc:
+            raise InvalidRequestContent(f"the request body is not valid JSON: {exc}") from None
+        return text
+
+    # ---- the invocation ------------------------------------------------------------------------
+
+    async def run(self, fn: ResolvedFunction, caller: str, event: str, request_id: str,
+                  want_log: bool) -> tuple[InvokeResult, str, str]:
+        """Invoke ``fn`` once; returns (result, "warm"|"cold", slot id). Raises FaasError/FunctionInitError."""
+        for attempt in (1, 2):
+            lease = self.pool.take_warm(fn.identity)
+            if lease is None:
+                lease = await self._acquire_cold(fn, caller, request_id)
+            try:
+                result = await self._call(fn, lease, event, request_id, want_log)
+                return result, ("cold" if lease.cold else "warm"), lease.slot.id
+            except ChannelUnavailable as exc:
+                # Nothing reached the runtime (its socket is gone): recycle the slot, try once more.
+                self.pool.recycle(lease.slot, lease.generation, f"runtime unreachable: {exc}")
+                if attempt == 2:
+                    raise ServiceError(f"runtime {lease.slot.id} is unreachable: {exc}") from None
+            finally:
+                self.pool.release(lease)
+        raise AssertionError("unreachable")
+
+    async def _acquire_cold(self, fn: ResolvedFunction, caller: str, request_id: str) -> Lease:
+        cfg = fn.record.Configuration
+        runtime = self.registry.cached_runtime(cfg.Runtime)
+        if runtime is None:
+            runtime = await self.registry.get_runtime_configuration(cfg.Runtime, account_id=caller,
+                                                                    request_id=request_id)
+        record = fn.record
+
+        def make_warmup(slot: Any) -> WarmupRequest:
+            return WarmupRequest(ContainerID=slot.id, RequestID=request_id, Code=record.Code, Configuration=cfg,
+                                 RuntimeConfiguration=runtime, Identity=fn.identity)
+
+        return await self.pool.acquire(fn.identity, cfg.PodConcurrentQuota, make_warmup, brn=fn.brn,
+                                       memory_mb=cfg.MemorySize)
+
+    async def _call(self, fn: ResolvedFunction, lease: Lease, event: str, request_id: str,
+                    want_log: bool) -> InvokeResult:
+        cfg = fn.record.Configuration
+        timeout = cfg.Timeout if cfg.Timeout > 0 else DEFAULT_TIMEOUT
+        slot = lease.slot
+        channel = slot.channel
+        if channel is None:
+            raise ChannelUnavailable(f"slot {slot.id} has no runtime channel")
+        now = time.time()
+        frame = {"id": str(uuid.uuid4()), "event": event, "deadline_ms": int((now + timeout) * 1000),
+                 "log": want_log, "request_id": request_id}
+        started = time.perf_counter()
+        try:
+            reply = await channel.call(frame, timeout)
+        except ChannelTimeout:
+            self.pool.recycle(slot, lease.generation, "function timeout")
+            return InvokeResult(False, _error_json(f"{request_id} Task timed out after {timeout:.2f} seconds",
+                                                   "Sandbox.Timedout"), APPLICATION_JSON, "",
+                                (time.perf_counter() - started) * 1000)
+        except ChannelUnavailable:
+            raise
+        except ChannelClosed as exc:
+            self.pool.recycle(slot, lease.generation, f"runtime exited: {exc}")
+            return InvokeResult(False, _error_json(f"RequestID: {request_id} Process exited before completing request",
+                                                   "Runtime.ExitError"), APPLICATION_JSON, "",
+                                (time.perf_counter() - started) * 1000)
+        duration_ms = (time.perf_counter() - started) * 1000
+        logs = reply.get("logs") or ""
+        if not isinstance(logs, str):
+            logs = str(logs)
+        if reply.get("ok") is True:
+            result = reply.get("result", "")
+            if isinstance(result, str):
+                content_type = reply.get("content_type") or TEXT_PLAIN
+            else:
+                result = json.dumps(result, ensure_ascii=False)
+                content_type = APPLICATION_JSON
+            return InvokeResult(True, result, content_type, logs, duration_ms)
+        error = reply.get("error")
+        if not isinstance(error, dict):
+            error = {"errorMessage": str(error) if error else "the function failed", "errorType": "Runtime.Error"}
+        if reply.get("fatal") is True:
+            self.pool.recycle(slot, lease.generation, f"fatal runtime error: {error.get('errorType', '')}")
+        return InvokeResult(False, json.dumps(error, ensure_ascii=False), APPLICATION_JSON, logs, duration_ms)
+
+    def _respond(self, result: InvokeResult, fn: ResolvedFunction, request_id: str, tail: bool,
+                 to_body: bool) -> web.Response:
+        headers = {REQUEST_ID: request_id, EXEC_TIME: f"{result.duration_ms:.3f}"}
+        if not result.ok:
+            headers[FUNCTION_ERROR] = UNHANDLED
+        text = ""
+        if tail or to_body:
+            cfg = fn.record.Configuration
+            text = log_text(request_id, cfg.Version, result.logs, result.duration_ms, cfg.MemorySize)
+            if tail:
+                headers[LOG_RESULT] = base64.b64encode(_tail_bytes(text)).decode()
+        if to_body:
+            envelope: dict[str, Any] = {}
+            if not result.ok:
+                envelope["FunctionError"] = UNHANDLED
+            if tail:
+                envelope["LogResult"] = text
+            envelope["Payload"] = result.payload
+            headers["Content-Type"] = "application/json; charset=utf-8"
+            return web.Response(status=200 if result.ok else 500, headers=headers,
+                                body=json.dumps(envelope, ensure_ascii=False).encode())
+        headers["Content-Type"] = result.content_type
+        return web.Response(status=200 if result.ok else 500, headers=headers, body=result.payload.encode())
+
+    # ---- asynchronous invocations --------------------------------------------------------------
+
+    def _spawn_event(self, fn: ResolvedFunction, caller: str, event: str, request_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_event(fn, caller, event, request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_event(self, fn: ResolvedFunction, caller: str, event: str, request_id: str) -> None:
+        started = time.perf_counter()
+        try:
+            result, source, slot_id = await self.run(fn, caller, event, request_id, False)
+        except FunctionInitError as exc:
+            log.warning("invoke_async", request_id=request_id, function=fn.brn, status=500, error="init",
+                        error_type=exc.error.get("errorType"))
+            return
+        except FaasError as err:
+            log.warning("invoke_async", request_id=request_id, function=fn.brn, status=err.status, code=err.code,
+                        cause=err.cause)
+            return
+        except asyncio.CancelledError:
+            log.warning("invoke_async_cancelled", request_id=request_id, function=fn.brn)
+            raise
+        except Exception:  # noqa: BLE001 - a background task has nobody else to report to
+            log.exception("invoke_async_failed", request_id=request_id, function=fn.brn)
+            return
+        log.info("invoke_async", request_id=request_id, function=fn.brn, slot=slot_id, source=source,
+                 status=200 if result.ok else 500, duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                 error=None if result.ok else result.payload[:500])
+
+
+def _error_json(message: str, error_type: str) -> str:
+    return json.dumps({"errorMessage": message, "errorType": error_type}, ensure_ascii=False)

@@ -1,0 +1,48 @@
+"""The controller's options: the original's flag names and meanings, with the defaults this pod uses."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
+
+OPTIONS = [
+    Option("port", int, 8080, "TCP port of the controller API"),
+    Option("bind-address", str, "127.0.0.1", "address to listen on", aliases=("host",)),
+    Option("funclet-api-sock", str, "/var/run/faas/.funcletapi.sock", "unix socket of the funclet API"),
+    Option("repository-endpoint", str, "http://127.0.0.1:8002", "function registry (stubs) base URL"),
+    Option("repository-version", str, "v1", "URL prefix of the registry API"),
+    Option("repository-auth-type", str, "noauth", "registry authentication; only noauth is supported"),
+    Option("runtime-alive-timeout", parse_duration, "10s",
+           "how long a cold start (funclet warmup) may take before the request fails"),
+    Option("task-interval", parse_duration, "5s", "period of the background task (cooldown, reborn, sync)"),
+    Option("max-runtime-idle", parse_duration, "60s", "idle time after which a warm slot is cooled down"),
+    Option("max-runner-defunct", parse_duration, "90s",
+           "a slot stuck in warmup or stopping longer than this is reborn"),
+    Option("concurrent-mode", parse_bool, True,
+           "a warm slot serves up to the function's PodConcurrentQuota requests at once"),
+    Option("enable-simple-auth", parse_bool, True,
+           "require X-easyfaas-Account-Id to equal the function owner's Uid"),
+    Option("max-body-size", parse_size, "6M", "largest invoke request body"),
+    Option("function-cache-ttl", parse_duration, "600s", "cache lifetime of functions named by a numeric version"),
+    Option("latest-cache-ttl", parse_duration, "0",
+           "cache lifetime of $LATEST functions (0: ask the registry on every invocation)"),
+    Option("runtime-config-cache-ttl", parse_duration, "600s", "cache lifetime of runtime configurations"),
+    Option("registry-timeout", parse_duration, "30s", "timeout of a registry request"),
+    Option("funclet-timeout", parse_duration, "10s", "timeout of funclet API calls other than warmup and resets"),
+    Option("http-enhanced", parse_bool, False, "serve the HTTP trigger routes in the controller (not yet)"),
+]
+
+
+def parse_controller_options(argv: Sequence[str] | None = None) -> Settings:
+    opts = parse_options("controller", OPTIONS, argv)
+    if opts.repository_auth_type != "noauth":
+        raise SystemExit(
+            f"easyfaas-controller: --repository-auth-type {opts.repository_auth_type!r} is not supported;"
+            " only 'noauth' is (the registry must be reachable without request signing)"
+        )
+    if not 0 < opts.port < 65536:
+        raise SystemExit(f"easyfaas-controller: --port {opts.port} is not a TCP port")
+    if opts.max_body_size <= 0:
+        raise SystemExit("easyfaas-controller: --max-body-size must be positive")
+    return opts

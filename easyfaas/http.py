@@ -1,0 +1,135 @@
+"""aiohttp pieces shared by the public HTTP services (stubs, controller, funclet, httptrigger).
+
+* :data:`REQUEST_ID` & co.: the original's header names.
+* :func:`request_id_middleware`: every request gets an external request id (taken from
+  ``X-easyfaas-Request-Id`` or a new UUID), bound into structlog's context and echoed back.
+* :func:`error_middleware`: every error leaves as the FaasError JSON body; tracebacks go to the log,
+  never to the client.
+* :func:`read_json`: bounded JSON body reading with the platform's errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from easyfaas.errors import (
+    FaasError,
+    InvalidRequestContent,
+    MethodNotAllowed,
+    RequestTooLarge,
+    ResourceNotFound,
+    ServiceError,
+)
+
+log = structlog.get_logger(__name__)
+
+REQUEST_ID = "X-easyfaas-Request-Id"
+ACCOUNT_ID = "X-easyfaas-Account-Id"
+FUNCTION_ERROR = "X-easyfaas-Function-Error"
+EXEC_TIME = "X-easyfaas-Function-Exectime"
+LOG_RESULT = "X-Bce-Log-Result"
+LOG_TYPE = "Log-Type"
+INVOKE_TYPE = "X-easyfaas-Invoke-Type"
+
+#: where request_id_middleware stores the request's external id
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+
+# A caller-supplied id is echoed in headers and logs: keep it short and printable.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_READ_CHUNK = 64 * 1024
+
+
+def error_response(err: FaasError, headers: dict[str, str] | None = None) -> web.Response:
+    """The JSON response for a platform error."""
+    return web.json_response(err.to_dict(), status=err.status, headers=headers)
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> FaasError:
+    if isinstance(exc, web.HTTPNotFound):
+        return ResourceNotFound(f"no route for {request.method} {request.path}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"method {exc.method} is not allowed for {request.path}; allowed: {allowed}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return RequestTooLarge("the request body is too large")
+    text = exc.text or ""
+    err = FaasError("" if text == f"{exc.status}: {exc.reason}" else text, message=exc.reason)
+    err.code = re.sub(r"[^A-Za-z]", "", exc.reason) + "Exception"
+    err.status = exc.status
+    return err
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except FaasError as err:
+        if err.status >= 500:
+            log.warning("request_failed", method=request.method, path=request.path, code=err.code, cause=err.cause)
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = _from_http_exception(exc, request)
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(err, headers=headers)
+    except Exception:
+        log.exception("unhandled_error", method=request.method, path=request.path)
+        return error_response(
+            ServiceError(f"internal error while handling request {request.get(REQUEST_ID_KEY, '')}".rstrip())
+        )
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    incoming = request.headers.get(REQUEST_ID, "")
+    request_id = incoming if _REQUEST_ID_RE.match(incoming) else str(uuid.uuid4())
+    request[REQUEST_ID_KEY] = request_id
+    tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            # Routing errors and redirects arrive as exceptions when no error middleware sits inside.
+            exc.headers[REQUEST_ID] = request_id
+            raise
+        if not response.prepared:
+            response.headers[REQUEST_ID] = request_id
+        return response
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+async def read_body(request: web.Request, *, max_size: int) -> bytes:
+    """The whole request body, or RequestTooLarge as soon as it passes ``max_size`` bytes."""
+    too_large = RequestTooLarge(f"the request body is larger than the limit of {max_size} bytes")
+    if request.content_length is not None and request.content_length > max_size:
+        raise too_large
+    chunks = []
+    total = 0
+    while True:
+        chunk = await request.content.read(_READ_CHUNK)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_size:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, *, max_size: int) -> Any:
+    """The request body parsed as JSON; an empty body is ``{}``."""
+    body = await read_body(request, max_size=max_size)
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestContent(f"invalid JSON: {exc}") from None

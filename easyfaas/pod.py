@@ -1,0 +1,244 @@
+"""Runs one whole pod on this machine: `runner prepare`, then funclet, stubs and controller.
+
+Used by `make run` (in the foreground, until SIGINT/SIGTERM) and by the end-to-end tests (each
+test session gets a pod with its own ports, directories, bridge and cgroup names). Children are
+stopped in reverse order of start, each with SIGTERM and then SIGKILL after a deadline, so the
+funclet always gets the chance to tear down its sandboxes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class PodConfig:
+    state_dir: Path = Path("/var/faas")
+    run_dir: Path = Path("/var/run/faas")
+    host: str = "127.0.0.1"
+    controller_port: int = 8001
+    stubs_port: int = 8002
+    container_num: int = 10
+    pod_name: str = "funclet"
+    network: str = "bridge"
+    bridge_name: str = "efbr0"
+    bridge_ip: str = "172.33.0.1/24"
+    veth_prefix: str = "efv"
+    python: str = sys.executable
+    log_dir: Path | None = None          # None: children write to our stderr
+    funclet_args: list[str] = field(default_factory=list)
+    controller_args: list[str] = field(default_factory=list)
+    stubs_args: list[str] = field(default_factory=list)
+    start_timeout: float = 60.0
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.state_dir / "runtime"
+
+    @property
+    def rootfs_dir(self) -> Path:
+        return self.state_dir / "runner" / "rootfs"
+
+    @property
+    def function_dir(self) -> Path:
+        return self.state_dir / "funcData"
+
+    @property
+    def funclet_sock(self) -> Path:
+        return self.run_dir / ".funcletapi.sock"
+
+    @property
+    def controller_url(self) -> str:
+        return f"http://{self.host}:{self.controller_port}"
+
+    @property
+    def stubs_url(self) -> str:
+        return f"http://{self.host}:{self.stubs_port}"
+
+
+class PodError(RuntimeError):
+    """A daemon of the pod failed to start; the message carries the tail of its log."""
+
+
+class Pod:
+    def __init__(self, config: PodConfig) -> None:
+        self.config = config
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: dict[str, IO[bytes]] = {}
+
+    # -- start -------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        c = self.config
+        subprocess.run([c.python, "-m", "runner", "prepare", "--runtime-dir", str(c.runtime_dir),
+                        "--rootfs-dir", str(c.rootfs_dir)], check=True, cwd=REPO_ROOT, env=self._env())
+
+    def start(self) -> None:
+        c = self.config
+        self.prepare()
+        try:
+            self._spawn("funclet", ["-m", "funclet", "--api-sock", str(c.funclet_sock),
+                                    "--container-num", str(c.container_num), "--pod-name", c.pod_name,
+                                    "--state-dir", str(c.state_dir), "--run-dir", str(c.run_dir),
+                                    "--runtime-path", str(c.runtime_dir), "--rootfs-path", str(c.rootfs_dir),
+                                    "--network", c.network, "--bridge-name", c.bridge_name,
+                                    "--bridge-ip", c.bridge_ip, "--veth-prefix", c.veth_prefix,
+                                    *c.funclet_args])
+            self._wait_ready("funclet", lambda: _unix_http_ok(c.funclet_sock, "/healthz"))
+            self._spawn("stubs", ["-m", "stubs", "--host", c.host, "--port", str(c.stubs_port),
+                                  "--function-dir", str(c.function_dir), "--runtime-dir", str(c.runtime_dir),
+                                  *c.stubs_args])
+            self._wait_ready("stubs", lambda: _tcp_http_ok(c.host, c.stubs_port, "/healthz"))
+            self._spawn("controller", ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
+                                       "--funclet-api-sock", str(c.funclet_sock),
+                                       "--repository-endpoint", c.stubs_url, *c.controller_args])
+            self._wait_ready("controller", lambda: _tcp_http_ok(c.host, c.controller_port, "/healthz"))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def _spawn(self, name: str, args: Sequence[str]) -> None:
+        c = self.config
+        out: IO[bytes] | None = None
+        if c.log_dir is not None:
+            c.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(c.log_dir / f"{name}.log", "ab")
+            self._logs[name] = out
+        # Own session: a terminal's Ctrl-C reaches only us, and we stop the daemons in order.
+        # Parent-death signal: if we are killed outright, the daemons still shut down cleanly.
+        self.procs[name] = subprocess.Popen([c.python, *args], cwd=REPO_ROOT, env=self._env(),
+                                            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                            start_new_session=True, preexec_fn=_die_with_parent)
+
+    def _wait_ready(self, name: str, probe) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + self.config.start_timeout
+        proc = self.procs[name]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise PodError(f"{name} exited with status {proc.returncode} during start:\n{self.log_tail(name)}")
+            if probe():
+                return
+            time.sleep(0.05)
+        raise PodError(f"{name} did not become ready in {self.config.start_timeout:.0f}s:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        if self.config.log_dir is None:
+            return "(log went to the terminal)"
+        try:
+            text = (self.config.log_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- stop --------------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 20.0) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        for name in reversed(list(self.procs)):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            codes[name] = proc.returncode
+        self.procs.clear()
+        for f in self._logs.values():
+            f.close()
+        self._logs.clear()
+        return codes
+
+    def wait(self) -> str:
+        """Block until a daemon exits (or a signal arrives); return the name of the one that exited."""
+        while True:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    return name
+            time.sleep(0.2)
+
+
+def _die_with_parent() -> None:
+    from easyfaas.syscalls import set_parent_death_signal
+
+    set_parent_death_signal(signal.SIGTERM)
+
+
+def _tcp_http_ok(host: str, port: int, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=1)
+        conn.request("GET", path)
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def _unix_http_ok(sock_path: Path, path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1)
+            s.connect(str(sock_path))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: funclet\r\nConnection: close\r\n\r\n".encode())
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="run-pod", description="Run a whole EasyFaaS pod in the foreground.")
+    p.add_argument("--state-dir", default="/var/faas")
+    p.add_argument("--run-dir", default="/var/run/faas")
+    p.add_argument("--controller-port", type=int, default=8001)
+    p.add_argument("--stubs-port", type=int, default=8002)
+    p.add_argument("--container-num", type=int, default=10)
+    p.add_argument("--network", default="bridge", choices=["bridge", "none"])
+    a = p.parse_args(argv)
+    pod = Pod(PodConfig(state_dir=Path(a.state_dir), run_dir=Path(a.run_dir), controller_port=a.controller_port,
+                        stubs_port=a.stubs_port, container_num=a.container_num, network=a.network))
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        pod.start()
+        print(f"EasyFaaS pod is up: controller {pod.config.controller_url}, stubs {pod.config.stubs_url} "
+              f"(Ctrl-C stops it)", file=sys.stderr, flush=True)
+        exited = pod.wait()
+        print(f"{exited} exited; stopping the pod", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except PodError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        pod.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The funclet daemon: its HTTP API on a unix socket and the lifetime of the sandbox pool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import AsyncIterator
+
+import psutil
+import structlog
+from aiohttp import web
+
+from easyfaas.config import Settings, parse_size
+from easyfaas.http import error_middleware, read_json, request_id_middleware
+from easyfaas.logging import setup_logging
+from easyfaas.models import ModelError, ResetRequest, WarmupRequest
+from easyfaas.errors import ValidationError
+from funclet.options import parse_funclet_options
+from funclet.preflight import check_host
+from funclet.runner_link import Zygote
+from funclet.sandbox.cgroup import detect_driver
+from funclet.sandbox.codeimage import CodeImageStore
+from funclet.sandbox.network import BridgeNetwork
+from funclet.sandboxes import PoolSettings, SandboxPool
+from runner.prepare import host_binds
+
+log = structlog.get_logger(__name__)
+
+POOL = web.AppKey("pool", SandboxPool)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_API_BODY = 64 * 1024 * 1024
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+async def hello(_: web.Request) -> web.Response:
+    return _json("hello funclet")
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def node(request: web.Request) -> web.Response:
+    return _json({"Resource": request.app[POOL].node().to_dict()})
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    ids = [i for i in request.query.get("ContainerIDs", "").split(",") if i]
+    return _json([c.to_dict() for c in request.app[POOL].list(ids)])
+
+
+async def container(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    sb = pool.get(request.match_info["id"])
+    return _json(pool.info(sb, stats=True).to_dict())
+
+
+def _model(cls, data: object):  # type: ignore[no-untyped-def]
+    if not isinstance(data, dict):
+        raise ValidationError("request body must be a JSON object")
+    try:
+        return cls.from_dict(data)
+    except ModelError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+async def warmup(request: web.Request) -> web.Response:
+    req = _model(WarmupRequest, await read_json(request, max_size=MAX_API_BODY))
+    resp = await request.app[POOL].warmup(req)
+    return _json(resp.to_dict())
+
+
+async def cooldown(request: web.Request) -> web.Response:
+    req = _model(ResetRequest, await read_json(request, max_size=MAX_API_BODY))
+    info = await request.app[POOL].cooldown(req.ContainerID)
+    return _json({"Container": info.to_dict(), "ScaleDownResult": None})
+
+
+async def reborn(request: web.Request) -> web.Response:
+    req = _model(ResetRequest, await read_json(request, max_size=MAX_API_BODY))
+    info = await request.app[POOL].reborn(req.ContainerID)
+    return _json({"Container": info.to_dict(), "ScaleDownResult": None})
+
+
+def make_app(pool: SandboxPool) -> web.Application:
+    app = web.Application(middlewares=[request_id_middleware, error_middleware], client_max_size=MAX_API_BODY)
+    app[POOL] = pool
+    app.router.add_get("/v1/hello", hello)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/funclet/node", node)
+    app.router.add_get("/v1/funclet/list", list_containers)
+    app.router.add_get("/v1/funclet/container/{id}", container)
+    app.router.add_post("/v1/funclet/warmup", warmup)
+    app.router.add_post("/v1/funclet/cooldown", cooldown)
+    app.router.add_post("/v1/funclet/reborn", reborn)
+    return app
+
+
+def build_pool(opts: Settings) -> SandboxPool:
+    pod = os.environ.get("MY_POD_NAME") or opts.pod_name
+    cgroups = detect_driver(opts.cgroup_root_path, parent=opts.cgroup_parent or None)
+    cap_mem, cap_cpu = cgroups.capacity()
+    if cap_mem is None:
+        cap_mem = parse_size(opts.total_memory) if opts.total_memory else psutil.virtual_memory().total
+    if cap_cpu is None:
+        cap_cpu = int((opts.total_cpu or os.cpu_count() or 1) * 1000)
+    state_dir = Path(opts.state_dir)
+    settings = PoolSettings(
+        pod_name=pod, container_num=opts.container_num, state_dir=state_dir, run_dir=Path(opts.run_dir),
+        runtime_path=Path(opts.runtime_path), rootfs_path=Path(opts.rootfs_path),
+        runner_memory=opts.runner_memory, runner_millicpus=int(opts.runner_cpu_limits * 1000),
+        runner_pids=opts.runner_pids, tmp_size=opts.tmp_size, uid_base=opts.sandbox_uid_base,
+        warmup_timeout=opts.warmup_timeout, runner_timeout=opts.runner_timeout,
+        max_code_size=opts.max_code_size, capacity_memory=cap_mem, capacity_millicpus=cap_cpu,
+        reserved_memory=opts.reserved_memory, reserved_millicpus=int(opts.reserved_cpu * 1000))
+    network = None
+    if opts.network == "bridge":
+        network = BridgeNetwork(bridge=opts.bridge_name, cidr=opts.bridge_ip, veth_prefix=opts.veth_prefix)
+    elif opts.network != "none":
+        raise SystemExit(f"--network must be bridge or none, not {opts.network!r}")
+    binds, symlinks = host_binds()
+    binds = [*binds, {"src": str(Path(opts.rootfs_path) / "etc"), "dst": "/etc"}]
+    return SandboxPool(settings, cgroups=cgroups, images=CodeImageStore(settings.images_dir,
+                       max_uncompressed=opts.max_code_size),
+                       network=network, zygote=Zygote(opts.python or sys.executable, REPO_ROOT),
+                       host_binds=(binds, symlinks))
+
+
+async def serve(opts: Settings) -> None:
+    pool = build_pool(opts)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner: web.AppRunner | None = None
+    try:
+        await pool.start()
+        sock = Path(opts.api_sock)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)
+        runner = web.AppRunner(make_app(pool), access_log=None, shutdown_timeout=5)
+        await runner.setup()
+        await web.UnixSite(runner, str(sock)).start()
+        os.chmod(sock, 0o660)
+        log.info("funclet_listening", socket=str(sock), sandboxes=opts.container_num)
+        await stop.wait()
+        log.info("funclet_stopping")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+            Path(opts.api_sock).unlink(missing_ok=True)
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_funclet_options(argv)
+    setup_logging(opts, daemon="funclet")
+    problems = check_host(runtime_path=opts.runtime_path, rootfs_path=opts.rootfs_path,
+                          cgroup_root=opts.cgroup_root_path, need_network=opts.network == "bridge")
+    if problems:
+        print("funclet cannot start on this host:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        raise SystemExit(2)
+    if opts.preflight_only:
+        print("host check passed", file=sys.stderr)
+        return
+    asyncio.run(serve(opts))

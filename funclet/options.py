@@ -1,0 +1,41 @@
+"""The funclet's options: the original's flag names where they exist, new ones for what it lacked."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
+
+OPTIONS = [
+    Option("api-sock", str, "/var/run/faas/.funcletapi.sock", "unix socket of the funclet API"),
+    Option("container-num", int, 10, "sandboxes pre-created in the pool"),
+    Option("pod-name", str, "funclet", "names sandboxes <pod-name>-c<i> (env MY_POD_NAME overrides)"),
+    Option("state-dir", str, "/var/faas", "where code images, slot mountpoints and the rootfs live"),
+    Option("run-dir", str, "/var/run/faas", "where the per-sandbox invoke sockets are bound"),
+    Option("runtime-path", str, "/var/faas/runtime", "language runtimes prepared by `runner prepare`"),
+    Option("rootfs-path", str, "/var/faas/runner/rootfs", "sandbox root skeleton prepared by `runner prepare`"),
+    Option("cgroup-root-path", str, "/sys/fs/cgroup", "where cgroup hierarchies are mounted"),
+    Option("cgroup-parent", str, "", "cgroup under which sandboxes are created (default: the funclet's own)"),
+    Option("total-memory", str, "", "capacity when the funclet's memory cgroup is unlimited (e.g. 8G)"),
+    Option("total-cpu", float, 0.0, "capacity in cores when the cpu cgroup is unlimited (0 = number of CPUs)"),
+    Option("reserved-memory", parse_size, "100M", "memory kept back from sandboxes"),
+    Option("reserved-cpu", float, 0.1, "cores kept back from sandboxes"),
+    Option("runner-memory", parse_size, "128M", "memory limit of an idle sandbox (the pool's BaseMemory)"),
+    Option("runner-cpu-limits", float, 0.5, "cores per sandbox (cfs quota)"),
+    Option("runner-pids", int, 256, "process limit per sandbox"),
+    Option("tmp-size", parse_size, "64M", "size cap of each sandbox's /tmp (and /dev/shm)"),
+    Option("sandbox-uid-base", int, 20000, "user code of sandbox i runs as uid/gid base+i"),
+    Option("network", str, "bridge", "bridge (veth per sandbox on an isolated bridge port) or none"),
+    Option("bridge-name", str, "efbr0", "bridge device"),
+    Option("bridge-ip", str, "172.33.0.1/24", "bridge address; sandboxes get addresses from its subnet"),
+    Option("veth-prefix", str, "efv", "host-side veth name prefix"),
+    Option("warmup-timeout", parse_duration, "30s", "how long a warmup may take (code image build included)"),
+    Option("runner-timeout", parse_duration, "10s", "how long a runner may take to answer a command"),
+    Option("python", str, "", "interpreter for the zygote (default: this one)"),
+    Option("max-code-size", parse_size, "250M", "largest unpacked code accepted"),
+    Option("preflight-only", parse_bool, False, "check the host and exit"),
+]
+
+
+def parse_funclet_options(argv: Sequence[str] | None = None) -> Settings:
+    return parse_options("funclet", OPTIONS, argv)

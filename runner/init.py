@@ -1,0 +1,595 @@
+"""PID 1 of a sandbox: build the sandbox, then start, supervise and reset language runtimes.
+
+The zygote forks this process as the first process of a fresh pid namespace. It joins the slot's
+cgroups, unshares the mount/uts/ipc/net namespaces, builds a read-only tmpfs root out of read-only
+binds and pivots into it, reports ``ready`` on its control socket, and then serves the funclet's
+commands (``start``, ``reset``, ``ping``; see ``runner/control.py``). It is init of its pid
+namespace, so it reaps every orphan, and when it exits the kernel kills everything left inside.
+
+Stdlib only, and everything it needs is imported before the zygote forks: inside the sandbox the
+repository is not visible.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from typing import Any, NoReturn
+
+from easyfaas import syscalls as sc
+from runner import control, privileges
+from runner.control import SandboxSpec
+from runner.runtimes.python import bootstrap as python_bootstrap
+
+TASK_DIR = "/var/task"
+RUNTIME_DIR = "/var/runtime"
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_SIZE = 64 << 10
+OUTPUT_TAIL = 4096
+MAX_STATUS = 1 << 20
+# How long a runtime that closed its status pipe without writing may take to exit, so that the
+# failure report can carry its exit status.
+STATUS_EOF_GRACE = 1.0
+RESET_TIMEOUT = 5.0
+
+_RO_BIND = sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_IFREQ = struct.Struct("16sh22x")
+
+
+class SandboxBuildError(Exception):
+    """A step of building the sandbox failed; the message names the step."""
+
+
+def run_sandbox(spec: SandboxSpec | dict[str, Any], control_sock: socket.socket | int,
+                listener: socket.socket | int) -> NoReturn:
+    """Entry point in the zygote's child (PID 1 of a new pid namespace); never returns."""
+    code = 1
+    try:
+        sc.set_parent_death_signal(signal.SIGKILL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # As PID 1, default dispositions mean "ignored" for signals sent from inside the namespace.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        ctl = control_sock if isinstance(control_sock, socket.socket) else socket.socket(fileno=control_sock)
+        lst = listener if isinstance(listener, socket.socket) else socket.socket(fileno=listener)
+        _close_fds_except({0, 1, 2, ctl.fileno(), lst.fileno()})
+        ctl.setblocking(True)
+        try:
+            if not isinstance(spec, SandboxSpec):
+                spec = SandboxSpec.from_dict(spec)
+            build_sandbox(spec)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, then we exit
+            _send_or_exit(ctl, {"op": control.OP_FAILED, "error": _describe(exc)})
+            os._exit(1)
+        _send_or_exit(ctl, {"op": control.OP_READY})
+        Supervisor(spec, ctl, lst).serve()
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - PID 1 must not unwind into the zygote's code
+        try:
+            sys.stderr.write(f"easyfaas runner: {_describe(exc)}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
+
+
+# ---- building the sandbox ------------------------------------------------------------------------
+
+def build_sandbox(spec: SandboxSpec) -> None:
+    """Everything between fork and ``ready``; raises SandboxBuildError naming the failed step."""
+    _step("join cgroups", join_cgroups, spec.cgroup_procs)
+    _step("unshare namespaces", sc.unshare, sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET)
+    _step("set hostname", sc.sethostname, spec.hostname)
+    if spec.loopback_up:
+        _step("bring up lo", bring_loopback_up)
+    # Slave, not private: mounts the funclet makes later under the (shared) slots dir must still
+    # reach /var/task and /var/runtime, while nothing we mount leaks back to the host.
+    _step("make mounts slave", sc.mount, None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+    new_root = os.path.join(spec.slot_dir, "root")
+    _step("mount root tmpfs", sc.mount, "easyfaas-root", new_root, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV,
+          f"size={spec.root_size},mode=0755")
+    _step("populate root", populate_root, spec, new_root)
+    _step("pivot_root", enter_root, new_root)
+
+
+def _step(what: str, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except SandboxBuildError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise SandboxBuildError(f"{what}: {_describe(exc)}") from None
+
+
+def join_cgroups(procs_files: list[str]) -> None:
+    # "0" means "the writer": our pid is 1 in our namespace, and writing "1" would move host init.
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
+def bring_loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        raw = fcntl.ioctl(s, _SIOCGIFFLAGS, _IFREQ.pack(b"lo", 0))
+        flags = _IFREQ.unpack(raw)[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | _IFF_UP))
+
+
+def populate_root(spec: SandboxSpec, root: str) -> None:
+    for d in ("etc", "proc", "dev", "tmp", "var/task", "var/runtime", ".old"):
+        os.makedirs(os.path.join(root, d), mode=0o755, exist_ok=True)
+    for dst, target in spec.symlinks.items():
+        path = _inside(root, dst)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        os.symlink(target, path)
+    for bind in sorted(spec.binds, key=lambda b: b["dst"].rstrip("/").count("/")):
+        target = _inside(root, bind["dst"])
+        _make_mountpoint(target, os.path.isdir(bind["src"]))
+        _step(f"bind {bind['src']} on {bind['dst']}", _bind_readonly, bind["src"], target)
+    for sub, dst in (("task", "var/task"), ("runtime", "var/runtime")):
+        # A bind of a slave mount is itself a slave of the same master: later host mounts on the
+        # slot's task/runtime dirs propagate onto these.
+        _step(f"bind slot {sub}", _bind_readonly, os.path.join(spec.slot_dir, sub), os.path.join(root, dst))
+    _step("mount /proc", mount_proc, os.path.join(root, "proc"))
+    _step("build /dev", _build_dev, os.path.join(root, "dev"), spec.effective_shm_size)
+    _step("mount /tmp", mount_scratch, os.path.join(root, "tmp"), spec.tmp_size)
+
+
+def mount_proc(path: str) -> None:
+    # hidepid: user code does not see processes of other uids (PID 1's command line, say).
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    try:
+        sc.mount("proc", path, "proc", flags, "hidepid=2")
+    except OSError:
+        sc.mount("proc", path, "proc", flags)
+
+
+def _inside(root: str, path: str) -> str:
+    rel = os.path.normpath(path).lstrip("/")
+    if not rel or rel == "." or rel.startswith(".."):
+        raise SandboxBuildError(f"path {path!r} does not name anything inside the sandbox root")
+    return os.path.join(root, rel)
+
+
+def _make_mountpoint(path: str, is_dir: bool) -> None:
+    if os.path.lexists(path):
+        return
+    if is_dir:
+        os.makedirs(path, mode=0o755)
+    else:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
+def _bind_readonly(src: str, target: str) -> None:
+    sc.mount(src, target, None, sc.MS_BIND)
+    sc.mount(None, target, None, _RO_BIND)
+
+
+def _build_dev(dev: str, shm_size: int) -> None:
+    sc.mount("easyfaas-dev", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, f"size={DEV_SIZE},mode=0755")
+    for name in DEVICES:
+        node = os.path.join(dev, name)
+        os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        sc.mount(os.path.join("/dev", name), node, None, sc.MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, os.path.join(dev, name))
+    os.mkdir(os.path.join(dev, "shm"), 0o755)
+    mount_scratch(os.path.join(dev, "shm"), shm_size)
+    sc.mount(None, dev, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NOEXEC)
+
+
+def mount_scratch(path: str, size: int) -> None:
+    """A fresh, size-capped, world-writable (sticky) tmpfs: /tmp and /dev/shm."""
+    sc.mount("easyfaas-tmp", path, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"size={int(size)},mode=1777")
+
+
+def enter_root(new_root: str) -> None:
+    os.chdir(new_root)
+    sc.pivot_root(".", ".old")
+    os.chdir("/")
+    sc.umount("/.old", sc.MNT_DETACH)
+    os.rmdir("/.old")
+    sc.mount(None, "/", None, _RO_BIND)
+
+
+# ---- serving the funclet ------------------------------------------------------------------------
+
+class Supervisor:
+    """The command loop of a built sandbox; one runtime at a time."""
+
+    def __init__(self, spec: SandboxSpec, ctl: socket.socket, listener: socket.socket) -> None:
+        self.spec = spec
+        self.ctl = ctl
+        self.listener = listener
+        self.runtime_pid = 0
+        self.starting = False
+        self.status_fd = -1
+        self.status_buf = b""
+        self.status_eof_at: float | None = None
+        self.output_fd = -1
+        self.output_tail = bytearray()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, _ignore_signal)
+
+    def serve(self) -> None:
+        while True:
+            self.reap()
+            readable = [self.ctl.fileno(), self.wake_r]
+            if self.status_fd >= 0:
+                readable.append(self.status_fd)
+            if self.output_fd >= 0:
+                readable.append(self.output_fd)
+            timeout = None
+            if self.status_eof_at is not None:
+                timeout = max(0.0, self.status_eof_at + STATUS_EOF_GRACE - time.monotonic())
+            ready, _, _ = select.select(readable, [], [], timeout)
+            if self.wake_r in ready:
+                _drain(self.wake_r)
+                self.reap()
+            if self.output_fd >= 0 and self.output_fd in ready:
+                self.read_output()
+            if self.status_fd >= 0 and self.status_fd in ready:
+                self.read_status()
+            if self.ctl.fileno() in ready:
+                self.handle_command()
+            if self.status_eof_at is not None and time.monotonic() >= self.status_eof_at + STATUS_EOF_GRACE:
+                self.finish_start(None, "the runtime closed its init-status pipe without reporting")
+
+    def send(self, message: dict[str, Any]) -> None:
+        _send_or_exit(self.ctl, message)
+
+    # -- commands --
+
+    def handle_command(self) -> None:
+        try:
+            message, fds = control.recv_message(self.ctl)
+        except EOFError:
+            os._exit(0)  # the funclet is done with us; the pid namespace dies with PID 1
+        except control.ControlError as exc:
+            self.send({"op": control.OP_ERROR, "error": str(exc)})
+            return
+        except InterruptedError:
+            return
+        for fd in fds:
+            os.close(fd)
+        op = message["op"]
+        if op == control.OP_START:
+            self.start(message)
+        elif op == control.OP_RESET:
+            self.reset()
+            self.send({"op": control.OP_RESET_DONE})
+        elif op == control.OP_PING:
+            self.send({"op": control.OP_PONG, "runtime_pid": self.runtime_pid})
+        else:
+            self.send({"op": control.OP_ERROR, "error": f"unknown op {op!r}"})
+
+    def start(self, message: dict[str, Any]) -> None:
+        if self.runtime_pid or self.starting:
+            self.send(_started_failure("a runtime is already running in this sandbox; reset it first",
+                                       "Runtime.Busy"))
+            return
+        runtime = message.get("runtime") or {}
+        launch = runtime.get("Launch") or control.LAUNCH_EXEC
+        if launch not in (control.LAUNCH_EXEC, control.LAUNCH_FORK_PYTHON):
+            self.send(_started_failure(f"unknown runtime Launch {launch!r}", "Runtime.InvalidConfiguration"))
+            return
+        if launch == control.LAUNCH_EXEC and not str(runtime.get("Bin") or "").startswith("/"):
+            self.send(_started_failure(f"runtime {runtime.get('Name')!r} has no absolute Bin to exec",
+                                       "Runtime.InvalidConfiguration"))
+            return
+        env = runtime_environment(message.get("env") or {}, runtime)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        output_r, output_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._become_runtime(launch, runtime, env, status_w, output_w)
+            finally:
+                os._exit(127)
+        os.close(status_w)
+        os.close(output_w)
+        os.set_blocking(status_r, False)
+        os.set_blocking(output_r, False)
+        self.runtime_pid = pid
+        self.starting = True
+        self.status_fd, self.status_buf, self.status_eof_at = status_r, b"", None
+        self._close_output()
+        self.output_fd = output_r
+        self.output_tail = bytearray()
+
+    def reset(self) -> None:
+        """Kill everything but ourselves, reap it all, fresh /tmp and /dev/shm."""
+        deadline = time.monotonic() + RESET_TIMEOUT
+        while True:
+            try:
+                os.kill(-1, signal.SIGKILL)  # from PID 1: every other process of the namespace
+            except ProcessLookupError:
+                pass
+            if self._reap_quietly():
+                break
+            if time.monotonic() > deadline:
+                sys.stderr.write("easyfaas runner: processes survived SIGKILL during reset\n")
+                os._exit(1)
+            select.select([self.wake_r], [], [], 0.01)
+            _drain(self.wake_r)
+        self.runtime_pid = 0
+        self.starting = False
+        self.status_eof_at = None
+        self._close_status()
+        self._close_output()
+        try:
+            for path, size in (("/tmp", self.spec.tmp_size), ("/dev/shm", self.spec.effective_shm_size)):
+                sc.umount(path, sc.MNT_DETACH)
+                mount_scratch(path, size)
+        except OSError as exc:
+            # A sandbox without a clean /tmp must not be reused: exit, and the funclet rebuilds it.
+            sys.stderr.write(f"easyfaas runner: reset could not renew scratch mounts: {exc}\n")
+            os._exit(1)
+
+    # -- the runtime child --
+
+    def _become_runtime(self, launch: str, runtime: dict[str, Any], env: dict[str, str],
+                        status_w: int, output_w: int) -> None:
+        status_fd = status_w
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # Our sockets' fd numbers are about to be reused; the objects must not close them later.
+            listener_fd = self.listener.detach()
+            self.ctl.detach()
+            os.setsid()
+            sc.unshare(sc.CLONE_NEWIPC)
+            devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            # Move every source above the target range first so no dup2 clobbers another source.
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (devnull, output_w, listener_fd, status_w)]
+            for target, source in zip((0, 1, 2, 3, 4), (high[0], high[1], high[1], high[2], high[3])):
+                os.dup2(source, target)
+            status_fd = 4
+            # O_NONBLOCK lives on the listener's shared file description; a previous runtime may
+            # have set it, and the contract promises every runtime a blocking listener.
+            os.set_blocking(3, True)
+            os.closerange(5, 1 << 20)
+            os.chdir(TASK_DIR)
+            privileges.set_rlimits(self.spec.nofile)
+            privileges.drop_to(self.spec.uid, self.spec.gid)
+        except BaseException as exc:  # noqa: BLE001
+            _write_status(status_fd, {"ok": False, "error": {
+                "errorMessage": f"runtime setup failed: {_describe(exc)}", "errorType": "Runtime.SandboxError"}})
+            os._exit(126)
+        if launch == control.LAUNCH_FORK_PYTHON:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            code = 1
+            try:
+                python_bootstrap.main(env)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - reported on the output pipe, then exit
+                _write_status(4, {"ok": False, "error": {
+                    "errorMessage": f"the Python runtime failed: {_describe(exc)}", "errorType": "Runtime.InitError"}})
+                _write_quietly(2, f"easyfaas python runtime: {_describe(exc)}\n")
+            finally:
+                os._exit(code)
+        # exec: dispositions Python set to SIG_IGN would survive execve.
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        binary = str(runtime["Bin"])
+        args = [str(a) for a in runtime.get("Args") or []]
+        try:
+            os.execve(binary, [binary, *args], env)
+        except (OSError, ValueError) as exc:
+            _write_status(4, {"ok": False, "error": {
+                "errorMessage": f"cannot exec {binary}: {_describe(exc)}", "errorType": "Runtime.ExecError"}})
+            os._exit(127)
+
+    # -- init status and output of the runtime --
+
+    def read_status(self) -> None:
+        while self.status_fd >= 0:
+            try:
+                chunk = os.read(self.status_fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self._close_status()
+                if self.status_buf.strip():
+                    self.finish_start(self.status_buf, None)
+                elif self.starting:
+                    self.status_eof_at = time.monotonic()
+                return
+            self.status_buf += chunk
+            if b"\n" in self.status_buf or len(self.status_buf) > MAX_STATUS:
+                self._close_status()
+                self.finish_start(self.status_buf.split(b"\n", 1)[0], None)
+                return
+
+    def finish_start(self, line: bytes | None, failure: str | None, exit_status: int | None = None) -> None:
+        """Relay the runtime's init status as ``started`` (once per start)."""
+        self.status_eof_at = None
+        if not self.starting:
+            return
+        self.starting = False
+        if line is not None:
+            try:
+                status = json.loads(line)
+                if not isinstance(status, dict) or not isinstance(status.get("ok"), bool):
+                    raise ValueError("not an object with a boolean ok")
+            except ValueError as exc:
+                failure = f"the runtime wrote an invalid init status ({exc}): {line[:200]!r}"
+            else:
+                reply: dict[str, Any] = {"op": control.OP_STARTED, "ok": status["ok"], "pid": self.runtime_pid}
+                if not status["ok"]:
+                    reply["error"] = status.get("error") or {"errorMessage": "runtime init failed",
+                                                             "errorType": "Runtime.InitError"}
+                self.send(reply)
+                return
+        message = failure or "the runtime failed to start"
+        if exit_status is not None:
+            message += f" ({_exit_text(exit_status)})"
+        self.read_output()
+        output = self.output_text()
+        if output:
+            message += f"; last output: {output[-1024:]}"
+        self.send(_started_failure(message, "Runtime.ExitError" if exit_status is not None else "Runtime.InitError",
+                                   pid=self.runtime_pid))
+
+    def read_output(self) -> None:
+        while self.output_fd >= 0:
+            try:
+                chunk = os.read(self.output_fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self._close_output()
+                return
+            self.output_tail += chunk
+            if len(self.output_tail) > OUTPUT_TAIL:
+                del self.output_tail[:-OUTPUT_TAIL]
+
+    def output_text(self) -> str:
+        return self.output_tail.decode("utf-8", "replace").strip()
+
+    # -- children --
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.runtime_pid:
+                self.runtime_exited(pid, status)
+
+    def _reap_quietly(self) -> bool:
+        """Reap what has exited; True when no process but us is left."""
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid == 0:
+                return False
+
+    def runtime_exited(self, pid: int, status: int) -> None:
+        if self.starting:
+            self.read_status()
+            if self.starting:
+                self._close_status()
+                self.finish_start(self.status_buf if self.status_buf.strip() else None,
+                                  "the runtime exited before reporting its init status", exit_status=status)
+        self.runtime_pid = 0
+        self.read_output()
+        message: dict[str, Any] = {"op": control.OP_EXITED, "pid": pid,
+                                   "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                                   "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+        output = self.output_text()
+        if output:
+            message["output"] = output
+        self.send(message)
+
+    def _close_status(self) -> None:
+        if self.status_fd >= 0:
+            os.close(self.status_fd)
+            self.status_fd = -1
+
+    def _close_output(self) -> None:
+        if self.output_fd >= 0:
+            os.close(self.output_fd)
+            self.output_fd = -1
+
+
+def runtime_environment(env: dict[str, Any], runtime: dict[str, Any]) -> dict[str, str]:
+    """The runtime's environment: the start message's env, plus defaults; nothing from the host."""
+    result = {str(k): str(v) for k, v in env.items()}
+    for key, value in (runtime.get("Env") or {}).items():
+        result.setdefault(str(key), str(value))
+    result.setdefault("PATH", DEFAULT_PATH)
+    result.setdefault("HOME", "/tmp")
+    result.setdefault("LANG", "C.UTF-8")
+    result.setdefault("LAMBDA_TASK_ROOT", TASK_DIR)
+    result.setdefault("LAMBDA_RUNTIME_DIR", RUNTIME_DIR)
+    # Makes every node start ~100 ms slower (linux-limits.md §0) and points at a host file.
+    result.pop("NODE_EXTRA_CA_CERTS", None)
+    return result
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _started_failure(message: str, error_type: str, pid: int = 0) -> dict[str, Any]:
+    return {"op": control.OP_STARTED, "ok": False, "pid": pid,
+            "error": {"errorMessage": message, "errorType": error_type, "stackTrace": []}}
+
+
+def _write_status(fd: int, status: dict[str, Any]) -> None:
+    try:
+        os.write(fd, json.dumps(status).encode() + b"\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _write_quietly(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.encode(errors="replace"))
+    except OSError:
+        pass
+
+
+def _send_or_exit(sock: socket.socket, message: dict[str, Any]) -> None:
+    try:
+        control.send_message(sock, message)
+    except OSError:
+        os._exit(1)  # nobody listens any more: the funclet is gone or gave up on us
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _ignore_signal(_signum: int, _frame: Any) -> None:
+    """SIGCHLD only has to wake the loop (through the wakeup fd)."""
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by {name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

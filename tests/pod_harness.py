@@ -1,0 +1,104 @@
+"""Helpers for tests that run a real pod: unique names, code zips, and the kernel-leak audit."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import secrets
+import socket
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from easyfaas.brn import account_hash
+
+ACCOUNT = "df391b08c64c426a81645468c75163a5"
+OTHER_ACCOUNT = "0123456789abcdef0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_zip(files: dict[str, str | bytes], executable: tuple[str, ...] = ()) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name)
+            mode = 0o755 if name in executable else 0o644
+            info.external_attr = (0o100000 | mode) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, content)
+    return buf.getvalue()
+
+
+def b64zip(files: dict[str, str | bytes], executable: tuple[str, ...] = ()) -> str:
+    return base64.b64encode(make_zip(files, executable)).decode()
+
+
+def brn(name: str, qualifier: str, account: str = ACCOUNT) -> str:
+    return f"brn:cloud:faas:bj:{account_hash(account)}:function:{name}:{qualifier}"
+
+
+@dataclass(frozen=True)
+class TestNames:
+    """Names that cannot collide with a real pod or another test run on this machine."""
+
+    tag: str
+
+    @classmethod
+    def new(cls) -> "TestNames":
+        return cls(secrets.token_hex(3))
+
+    @property
+    def pod_name(self) -> str:
+        return f"t{self.tag}"
+
+    @property
+    def bridge(self) -> str:
+        return f"et{self.tag}b"
+
+    @property
+    def veth_prefix(self) -> str:
+        return f"e{self.tag}v"
+
+    @property
+    def bridge_ip(self) -> str:
+        return f"10.214.{int(self.tag[:2], 16) % 250 + 1}.1/24"
+
+
+def kernel_leaks(state_dir: Path, names: TestNames) -> list[str]:
+    """Everything of this pod that should be gone once it stopped."""
+    leaks: list[str] = []
+    prefix = str(state_dir)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mountpoint = line.split()[4].replace("\\040", " ")
+            if mountpoint.startswith(prefix):
+                leaks.append(f"mount {mountpoint}")
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().strip().startswith(prefix):
+                leaks.append(f"loop device {backing.parent.parent.name}")
+        except OSError:
+            pass
+    for link in Path("/sys/class/net").iterdir():
+        if link.name == names.bridge or link.name.startswith(names.veth_prefix):
+            leaks.append(f"network link {link.name}")
+    for root in Path("/sys/fs/cgroup").iterdir():
+        if root.is_dir():
+            for found in root.rglob(f"easyfaas-{names.pod_name}"):
+                leaks.append(f"cgroup {found}")
+    for proc in psutil.process_iter(["cmdline", "pid"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+        except (psutil.Error, TypeError):
+            continue
+        if (prefix in cmd or "runner.zygote" in cmd) and proc.pid != os.getpid():
+            leaks.append(f"process {proc.pid}: {cmd[:120]}")
+    return leaks

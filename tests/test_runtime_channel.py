@@ -1,0 +1,279 @@
+"""controller.runtime_channel against a real unix-socket server that speaks the runtime's frames.
+
+:class:`FrameRuntime` stands in for a language runtime (the controller API tests reuse it): it
+accepts connections on a unix socket and answers each request frame according to the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+
+from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUnavailable, RuntimeChannel
+from easyfaas.frames import HEADER, encode, read_frame
+
+
+class FrameRuntime:
+    """A runtime stand-in. The event (JSON) says what to do:
+
+    ``{"sleep": s}`` wait s seconds first; ``{"crash": true}`` close without answering;
+    ``{"garbage": true}`` answer with a frame that is not JSON; ``{"half": true}`` send half a frame
+    and close; ``{"fail": msg}`` a function error; ``{"fatal": true}`` a fatal error;
+    ``{"return": v}`` return v; ``{"log": text}`` captured output; anything else: echo the event.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.server: asyncio.base_events.Server | None = None
+        self.connections = 0
+        self.max_connections = 0
+        self.accepted = 0
+        self.requests: list[dict[str, Any]] = []
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> FrameRuntime:
+        self.server = await asyncio.start_unix_server(self._serve, path=self.path)
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for w in list(self._writers):
+                w.close()
+            await self.server.wait_closed()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.connections += 1
+        self.max_connections = max(self.max_connections, self.connections)
+        self._writers.add(writer)
+        try:
+            while True:
+                frame = await read_frame(reader)
+                if frame is None:
+                    return
+                self.requests.append(frame)
+                event = json.loads(frame["event"])
+                if not isinstance(event, dict):
+                    event = {}
+                if "sleep" in event:
+                    await asyncio.sleep(event["sleep"])
+                if event.get("crash"):
+                    return
+                if event.get("garbage"):
+                    writer.write(HEADER.pack(5) + b"hello")
+                    await writer.drain()
+                    continue
+                if event.get("half"):
+                    writer.write(HEADER.pack(100) + b"{\"id\"")
+                    await writer.drain()
+                    return
+                logs = event.get("log", "") if frame.get("log") else ""
+                if "fail" in event or event.get("fatal"):
+                    reply = {"id": frame["id"], "ok": False, "fatal": bool(event.get("fatal")), "logs": logs,
+                             "error": {"errorMessage": event.get("fail", "fatal"), "errorType": "Error",
+                                       "stackTrace": ["at handler"]}}
+                elif "return" in event:
+                    value = event["return"]
+                    reply = {"id": frame["id"], "ok": True, "logs": logs,
+                             "result": value if isinstance(value, str) else json.dumps(value),
+                             "content_type": "text/plain; charset=utf-8" if isinstance(value, str)
+                             else "application/json"}
+                else:
+                    reply = {"id": frame["id"], "ok": True, "result": frame["event"],
+                             "content_type": "application/json", "logs": logs}
+                writer.write(encode(reply))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self.connections -= 1
+            self._writers.discard(writer)
+            writer.close()
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    # Short paths: unix socket names are limited to 107 bytes.
+    path = tempfile.mkdtemp(prefix="ef-rc-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def runtime(sock_dir: str) -> AsyncIterator[FrameRuntime]:
+    rt = await FrameRuntime(os.path.join(sock_dir, "invoke.sock")).start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
+def _frame(event: Any, n: int = 0, log: bool = False) -> dict[str, Any]:
+    return {"id": f"req-{n}", "event": json.dumps(event), "deadline_ms": 0, "log": log, "request_id": f"ext-{n}"}
+
+
+async def test_request_response_reuses_one_connection(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 2)
+    try:
+        for n in range(5):
+            reply = await channel.call(_frame({"n": n}, n), timeout=2)
+            assert reply["id"] == f"req-{n}"
+            assert reply["ok"] is True
+            assert json.loads(reply["result"]) == {"n": n}
+        assert runtime.accepted == 1
+        assert channel.open_connections == 1
+        assert channel.idle_connections == 1
+        assert [r["request_id"] for r in runtime.requests] == [f"ext-{n}" for n in range(5)]
+    finally:
+        channel.close()
+
+
+async def test_logs_and_errors_are_passed_through(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 1)
+    try:
+        reply = await channel.call(_frame({"fail": "boom", "log": "printed"}, log=True), timeout=2)
+        assert reply["ok"] is False
+        assert reply["error"]["errorMessage"] == "boom"
+        assert reply["logs"] == "printed"
+    finally:
+        channel.close()
+
+
+async def test_concurrent_calls_open_up_to_max_connections(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 3)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        replies = await asyncio.gather(*(channel.call(_frame({"sleep": 0.2, "n": n}, n), timeout=5)
+                                         for n in range(7)))
+        elapsed = loop.time() - started
+        assert sorted(json.loads(r["result"])["n"] for r in replies) == list(range(7))
+        assert runtime.max_connections == 3
+        assert runtime.accepted == 3
+        assert channel.open_connections == 3
+        # 7 requests over 3 connections of 0.2 s each take 3 rounds, not 1 and not 7.
+        assert 0.55 < elapsed < 1.5
+    finally:
+        channel.close()
+
+
+async def test_timeout_closes_that_connection_only(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 2)
+    try:
+        await channel.call(_frame({}), timeout=2)
+        with pytest.raises(ChannelTimeout):
+            await channel.call(_frame({"sleep": 1.0}, 1), timeout=0.1)
+        assert channel.open_connections == 0
+        # The late reply of the timed-out request must not be read as the next request's answer.
+        reply = await channel.call(_frame({"n": 2}, 2), timeout=2)
+        assert reply["id"] == "req-2"
+        assert runtime.accepted == 2
+    finally:
+        channel.close()
+
+
+async def test_eof_mid_request_is_an_error(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 1)
+    try:
+        with pytest.raises(ChannelClosed) as info:
+            await channel.call(_frame({"crash": True}), timeout=2)
+        assert not isinstance(info.value, ChannelUnavailable)
+        assert channel.open_connections == 0
+        with pytest.raises(ChannelClosed):
+            await channel.call(_frame({"half": True}), timeout=2)
+    finally:
+        channel.close()
+
+
+async def test_garbage_frame_is_an_error(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 1)
+    try:
+        with pytest.raises(ChannelClosed, match="not JSON"):
+            await channel.call(_frame({"garbage": True}), timeout=2)
+        assert channel.open_connections == 0
+        assert (await channel.call(_frame({"ok": 1}, 3), timeout=2))["id"] == "req-3"
+    finally:
+        channel.close()
+
+
+async def test_reply_with_wrong_id_is_an_error(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "wrong.sock")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frame = await read_frame(reader)
+        assert frame is not None
+        writer.write(encode({"id": "someone-else", "ok": True, "result": ""}))
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=path)
+    channel = RuntimeChannel(path, 1)
+    try:
+        with pytest.raises(ChannelClosed, match="someone-else"):
+            await channel.call(_frame({}), timeout=2)
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_missing_socket_is_unavailable(sock_dir: str) -> None:
+    channel = RuntimeChannel(os.path.join(sock_dir, "absent.sock"), 1)
+    with pytest.raises(ChannelUnavailable):
+        await channel.call(_frame({}), timeout=1)
+    # The failed connect gave its place back: a waiter would not hang.
+    assert channel._open == 0
+
+
+async def test_runtime_restart_discards_stale_idle_connection(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 1)
+    try:
+        await channel.call(_frame({}), timeout=2)
+        await runtime.stop()
+        await asyncio.sleep(0.05)
+        await runtime.start()
+        reply = await channel.call(_frame({"n": 1}, 1), timeout=2)
+        assert reply["id"] == "req-1"
+    finally:
+        channel.close()
+
+
+async def test_cancelled_call_frees_its_connection_for_waiters(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 1)
+    try:
+        slow = asyncio.create_task(channel.call(_frame({"sleep": 5}), timeout=10))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.create_task(channel.call(_frame({"n": 2}, 2), timeout=5))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        reply = await asyncio.wait_for(waiting, 2)
+        assert reply["id"] == "req-2"
+        assert channel.open_connections == 1
+    finally:
+        channel.close()
+
+
+async def test_close_fails_calls_in_flight(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 1)
+    call = asyncio.create_task(channel.call(_frame({"sleep": 5}), timeout=10))
+    await asyncio.sleep(0.1)
+    channel.close()
+    with pytest.raises(ChannelClosed):
+        await asyncio.wait_for(call, 2)
+    with pytest.raises(ChannelUnavailable):
+        await channel.call(_frame({}), timeout=1)

@@ -1,0 +1,630 @@
+"""The real thing, as root: zygote → sandbox init (PID 1) → language runtimes inside a sandbox.
+
+The test plays the funclet: it makes the slots dir a shared mount, starts the zygote with
+``zygote_command``, spawns sandboxes with a SandboxSpec (in a real v1 memory cgroup when the host
+has one), bind-mounts code and runtimes onto a slot from the host side after the sandbox is ready
+(so they can only arrive by propagation), and drives the runner over its control socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from easyfaas import frames
+from easyfaas import syscalls as sc
+from runner import control
+from runner.prepare import host_binds, prepare
+from runner.zygote import zygote_command
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
+UID = 20007
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes need root")
+
+
+def _mounted_under(prefix: str) -> list[str]:
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                points.append(point)
+    return points
+
+
+def _unmount_all_under(prefix: str) -> None:
+    for point in sorted(_mounted_under(prefix), key=len, reverse=True):
+        try:
+            sc.umount(point, sc.MNT_DETACH)
+        except OSError:
+            pass
+
+
+def pids_in_pidns(ns: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Host:
+    base: Path
+    slots: Path
+    runtime_dir: Path
+    rootfs: Path
+    zygote: subprocess.Popen
+    zygote_sock: socket.socket
+    binds: list[dict[str, str]]
+    symlinks: dict[str, str]
+
+    def runtime(self, name: str) -> dict[str, Any]:
+        return yaml.safe_load((self.runtime_dir / name / "runtime.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[Host]:
+    base = Path(tempfile.mkdtemp(prefix="ef-sbx-"))
+    slots = base / "slots"
+    slots.mkdir()
+    shared = False
+    zygote = None
+    ours = None
+    try:
+        prepare(str(base / "runtime"), str(base / "rootfs"), python=str(VENV_PYTHON), uid_base=20000, uid_count=16)
+        # What the funclet does at start: the slots dir becomes its own shared mount, so the
+        # mounts it makes under it later propagate into every sandbox.
+        sc.mount(str(slots), str(slots), None, sc.MS_BIND)
+        shared = True
+        sc.mount(None, str(slots), None, sc.MS_SHARED)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "NODE_"))}
+        zygote = subprocess.Popen(zygote_command(str(VENV_PYTHON), str(REPO), theirs.fileno()),
+                                  pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        ours.settimeout(20)
+        _wait_for_zygote(ours)
+        binds, symlinks = host_binds(rootfs_dir=str(base / "rootfs"))
+        yield Host(base, slots, base / "runtime", base / "rootfs", zygote, ours, binds, symlinks)
+    finally:
+        if ours is not None:
+            ours.close()  # the zygote exits on EOF
+        zygote_lingered = False
+        if zygote is not None:
+            try:
+                zygote.wait(5)
+            except subprocess.TimeoutExpired:
+                zygote_lingered = True
+                zygote.kill()
+                zygote.wait()
+        if shared:
+            _unmount_all_under(str(slots))
+        shutil.rmtree(base, ignore_errors=True)
+        assert not _mounted_under(str(base)), "mounts left behind"
+        assert not zygote_lingered, "the zygote did not exit when its socket closed"
+
+
+def _wait_for_zygote(sock: socket.socket) -> None:
+    """A spawn without fds: the zygote answers once its imports are done, so timings below are warm."""
+    control.send_message(sock, {"op": "spawn", "spec": {}})
+    reply, _ = control.recv_message(sock)
+    assert reply["op"] == "spawned" and reply["pid"] == 0
+
+
+@dataclass
+class Sandbox:
+    host: Host
+    spec: control.SandboxSpec
+    pid: int
+    ctl: socket.socket
+    invoke_path: str
+    pidns: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def slot(self) -> Path:
+        return Path(self.spec.slot_dir)
+
+    def request(self, message: dict[str, Any], reply_ops: set[str], timeout: float = 15) -> dict[str, Any]:
+        control.send_message(self.ctl, message)
+        return self.wait_for(reply_ops, timeout)
+
+    def wait_for(self, ops: set[str], timeout: float = 15) -> dict[str, Any]:
+        self.ctl.settimeout(timeout)
+        while True:
+            message, fds = control.recv_message(self.ctl)
+            assert not fds
+            if message["op"] in ops:
+                return message
+            self.events.append(message)
+
+    def mount_task(self, code_dir: Path) -> None:
+        target = str(self.slot / "task")
+        sc.mount(str(code_dir), target, None, sc.MS_BIND)
+        sc.mount(None, target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+
+    def mount_runtime(self, name: str) -> None:
+        target = str(self.slot / "runtime")
+        sc.mount(str(self.host.runtime_dir / name), target, None, sc.MS_BIND)
+        sc.mount(None, target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+
+    def start(self, runtime: str, handler: str, **env: str) -> tuple[dict[str, Any], float]:
+        config = self.host.runtime(runtime)
+        full_env = {"EASYFAAS_HANDLER": handler, "_HANDLER": handler, "EASYFAAS_FUNCTION_NAME": "sbx-fn",
+                    "EASYFAAS_TIMEOUT": "5", "EASYFAAS_MEMORY_SIZE": "128", **config["Env"], **env}
+        began = time.monotonic()
+        reply = self.request({"op": "start", "runtime": config, "env": full_env,
+                              "function": {"name": "sbx-fn", "handler": handler}}, {"started"})
+        return reply, (time.monotonic() - began) * 1000
+
+    def invoke(self, event: Any = "{}", **fields: Any) -> dict[str, Any]:
+        frame = {"id": "sbx-1", "event": event if isinstance(event, str) else json.dumps(event),
+                 "deadline_ms": int(time.time() * 1000) + 10_000, "log": True, **fields}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(15)
+            conn.connect(self.invoke_path)
+            frames.send_frame(conn, frame)
+            response = frames.recv_frame(conn)
+        assert response is not None
+        return response
+
+    def processes(self) -> list[int]:
+        return pids_in_pidns(self.pidns)
+
+
+@pytest.fixture
+def code_dirs(host: Host) -> Iterator[Any]:
+    made: list[Path] = []
+
+    def make(files: dict[str, str]) -> Path:
+        path = host.base / f"code-{secrets.token_hex(4)}"
+        path.mkdir()
+        for name, text in files.items():
+            target = path / name
+            target.write_text(textwrap.dedent(text).lstrip())
+            target.chmod(0o755)
+        path.chmod(0o755)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def spawn(host: Host) -> Iterator[Any]:
+    """Spawns sandboxes through the zygote; kills them and removes everything afterwards."""
+    made: list[tuple[Sandbox | None, Path, Path | None, socket.socket]] = []
+
+    def do_spawn(cgroup: bool = True, **spec_fields: Any) -> tuple[Sandbox | None, dict[str, Any], float]:
+        sid = f"sbx-{secrets.token_hex(3)}"
+        slot = host.slots / sid
+        for sub in ("root", "task", "runtime"):
+            (slot / sub).mkdir(parents=True)
+        cg_dir = None
+        procs: list[str] = []
+        if cgroup and MEMORY_CGROUP.is_dir():
+            cg_dir = MEMORY_CGROUP / f"ef-test-{sid}"
+            cg_dir.mkdir()
+            procs = [str(cg_dir / "cgroup.procs")]
+        fields_ = {"id": sid, "hostname": sid, "slot_dir": str(slot), "uid": UID, "gid": UID,
+                   "cgroup_procs": procs, "binds": host.binds, "symlinks": host.symlinks,
+                   "tmp_size": 8 << 20, **spec_fields}
+        spec = control.SandboxSpec(**fields_)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        invoke_path = str(slot / "invoke.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(invoke_path)
+        listener.listen(64)
+        began = time.monotonic()
+        control.send_message(host.zygote_sock, {"op": "spawn", "spec": spec.to_dict()},
+                             [theirs.fileno(), listener.fileno()])
+        spawned, _ = control.recv_message(host.zygote_sock)
+        theirs.close()
+        listener.close()
+        assert spawned["op"] == "spawned" and spawned["pid"] > 0, spawned
+        box = Sandbox(host, spec, spawned["pid"], ours, invoke_path)
+        made.append((box, slot, cg_dir, ours))
+        box.pidns = os.readlink(f"/proc/{box.pid}/ns/pid")
+        first = box.wait_for({"ready", "failed"})
+        return box, first, (time.monotonic() - began) * 1000
+
+    yield do_spawn
+    for box, slot, cg_dir, ours in made:
+        if box is not None:
+            try:
+                os.kill(box.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            wait_until(lambda: not box.processes(), what="sandbox processes to exit")
+        ours.close()
+        _unmount_all_under(str(slot))
+        shutil.rmtree(slot, ignore_errors=True)
+        if cg_dir is not None:
+            wait_until(lambda: _rmdir(cg_dir), what=f"cgroup {cg_dir} removal")
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            return False
+        raise
+    return True
+
+
+PROBE = """
+    import os, pwd, socket
+
+    def handler(event, context):
+        out = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "pid": os.getpid(),
+               "ppid": os.getppid(), "hostname": socket.gethostname(), "user": pwd.getpwuid(os.getuid()).pw_name,
+               "root": sorted(os.listdir("/")), "dev": sorted(os.listdir("/dev")),
+               "repo_visible": os.path.exists("/work/main") or os.path.exists("/var/faas"),
+               "interfaces": [name for _, name in socket.if_nameindex()], "cwd": os.getcwd()}
+        try:
+            open("/etc/shadow").read()
+            out["shadow"] = "readable"
+        except OSError as exc:
+            out["shadow"] = type(exc).__name__
+        for name, path in (("task_write", "/var/task/new-file"), ("runtime_write", "/var/runtime/x"),
+                           ("etc_write", "/etc/x"), ("root_write", "/x")):
+            try:
+                open(path, "w").close()
+                out[name] = "written"
+            except OSError as exc:
+                out[name] = exc.errno
+        with open("/tmp/scratch", "w") as f:
+            f.write("scratch")
+        out["tmp_read"] = open("/tmp/scratch").read()
+        with open("/dev/shm/segment", "w") as f:
+            f.write("x")
+        status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+        out["caps"] = {k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+        out["no_new_privs"] = status["NoNewPrivs"].strip()
+        out["fds"] = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+        out["visible_pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+        return out
+"""
+
+
+def test_spawn_start_invoke_reset_in_a_real_sandbox(host: Host, spawn: Any, code_dirs: Any) -> None:
+    box, first, ready_ms = spawn()
+    assert first == {"op": "ready"}
+    print(f"\nspawn → ready: {ready_ms:.1f} ms")
+    pid = box.pid
+
+    # Namespaces, seen from the host.
+    for ns in ("mnt", "pid", "uts", "ipc", "net"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    assert os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user")
+    with open(f"/proc/{pid}/status") as f:
+        nspid = next(line for line in f if line.startswith("NSpid:")).split()
+    assert nspid[-1] == "1"  # PID 1 inside, the host pid outside
+    if box.spec.cgroup_procs:
+        with open(box.spec.cgroup_procs[0]) as f:
+            assert str(pid) in f.read().split()
+    # The root is a read-only tmpfs, even for root.
+    with pytest.raises(OSError) as excinfo:
+        open(f"/proc/{pid}/root/written-by-host", "w")
+    assert excinfo.value.errno == errno.EROFS
+    with open(f"/proc/{pid}/mountinfo") as f:
+        root_line = next(line for line in f if line.split()[4] == "/")
+    assert root_line.split()[5].startswith("ro")
+    assert not os.listdir(f"/proc/{pid}/root/var/task")
+
+    # Code and runtime arrive after "ready", from the host side, by mount propagation.
+    code = code_dirs({"index.py": PROBE})
+    box.mount_task(code)
+    box.mount_runtime("python3")
+    assert os.path.exists(f"/proc/{pid}/root/var/task/index.py")
+    assert os.path.exists(f"/proc/{pid}/root/var/runtime/bootstrap.py")
+
+    reply, start_ms = box.start("python3", "index.handler")
+    assert reply["op"] == "started" and reply["ok"] is True, reply
+    print(f"start → started (python, fork): {start_ms:.1f} ms")
+    runtime_pid_inside = reply["pid"]
+    assert box.request({"op": "ping"}, {"pong"}) == {"op": "pong", "runtime_pid": runtime_pid_inside}
+
+    began = time.monotonic()
+    response = box.invoke()
+    print(f"first invoke (python): {(time.monotonic() - began) * 1000:.1f} ms")
+    assert response["ok"] is True, response
+    out = json.loads(response["result"])
+    assert out["uid"] == UID and out["gid"] == UID and out["groups"] == []
+    assert out["user"] == "sandbox"
+    assert out["pid"] != 1 and out["ppid"] == 1
+    assert out["hostname"] == box.spec.id
+    assert out["shadow"] in ("FileNotFoundError", "PermissionError")
+    assert out["task_write"] in (errno.EROFS, errno.EACCES)
+    assert out["runtime_write"] in (errno.EROFS, errno.EACCES)
+    assert out["etc_write"] in (errno.EROFS, errno.EACCES)
+    assert out["root_write"] == errno.EROFS
+    assert out["tmp_read"] == "scratch"
+    assert out["caps"] == {k: "0000000000000000" for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+    assert out["no_new_privs"] == "1"
+    assert out["repo_visible"] is False
+    assert {"usr", "etc", "proc", "dev", "tmp", "var"} <= set(out["root"])
+    assert "work" not in out["root"] and "home" not in out["root"]
+    assert set(out["dev"]) == {"null", "zero", "full", "random", "urandom", "tty", "fd", "stdin", "stdout",
+                               "stderr", "shm"}
+    assert out["interfaces"] == ["lo"]
+    assert out["cwd"] == "/var/task"
+    assert max(out["fds"]) < 10  # stdio, listener, a few of its own: nothing leaked from the runner
+    assert 1 not in out["visible_pids"] and out["pid"] in out["visible_pids"]  # hidepid: PID 1 is root's
+
+    # The runtime got its own IPC namespace; the runner keeps its own.
+    runtime_host_pids = [p for p in box.processes() if p != pid]
+    assert len(runtime_host_pids) == 1
+    assert os.readlink(f"/proc/{runtime_host_pids[0]}/ns/ipc") != os.readlink(f"/proc/{pid}/ns/ipc")
+
+    busy = box.request({"op": "start", "runtime": host.runtime("python3"), "env": {}}, {"started"})
+    assert busy["ok"] is False and busy["error"]["errorType"] == "Runtime.Busy"
+
+    # Reset: every process but PID 1 dies (daemons too), /tmp and /dev/shm are fresh.
+    assert box.request({"op": "reset"}, {"reset_done"}) == {"op": "reset_done"}
+    assert box.processes() == [pid]
+    assert os.listdir(f"/proc/{pid}/root/tmp") == []
+    assert os.listdir(f"/proc/{pid}/root/dev/shm") == []
+    assert box.request({"op": "ping"}, {"pong"})["runtime_pid"] == 0
+    assert not [e for e in box.events if e["op"] == "exited"]  # a reset is not a crash
+
+
+DAEMON = """
+    import os, time
+
+    def handler(event, context):
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv("/bin/sleep", ["sleep", "300"])
+            os._exit(0)
+        os.wait()
+        open("/tmp/left-behind", "w").close()
+        time.sleep(0.05)
+        return "daemon started"
+"""
+
+
+def test_reset_kills_double_forked_daemons(host: Host, spawn: Any, code_dirs: Any) -> None:
+    box, first, _ = spawn()
+    assert first["op"] == "ready"
+    box.mount_task(code_dirs({"index.py": DAEMON}))
+    box.mount_runtime("python3")
+    assert box.start("python3", "index.handler")[0]["ok"] is True
+    assert box.invoke()["result"] == "daemon started"
+    procs = box.processes()
+    assert len(procs) == 3  # runner, runtime, the sleeping daemon
+    daemon = [p for p in procs if open(f"/proc/{p}/comm").read().strip() == "sleep"]
+    assert daemon, procs
+    with open(f"/proc/{daemon[0]}/status") as f:
+        assert "PPid:\t0" not in f.read()  # it was re-parented to the sandbox's init, not the host's
+    assert os.listdir(f"/proc/{box.pid}/root/tmp") == ["left-behind"]
+    assert box.request({"op": "reset"}, {"reset_done"})["op"] == "reset_done"
+    assert box.processes() == [box.pid]
+    assert os.listdir(f"/proc/{box.pid}/root/tmp") == []
+    # The sandbox is reusable after a reset.
+    assert box.start("python3", "index.handler")[0]["ok"] is True
+
+
+def test_nodejs_runtime_is_execed_in_the_sandbox(host: Host, spawn: Any, code_dirs: Any) -> None:
+    if not (host.runtime_dir / "nodejs" / "runtime.yaml").exists():
+        pytest.skip("node is not installed")
+    box, first, _ = spawn()
+    assert first["op"] == "ready"
+    box.mount_task(code_dirs({"index.js": """
+        const fs = require('fs');
+        exports.handler = (event, context, callback) => {
+          fs.writeFileSync('/tmp/node-was-here', 'x');
+          callback(null, { uid: process.getuid(), pid: process.pid, version: process.version,
+                           extraCerts: process.env.NODE_EXTRA_CA_CERTS || null, home: process.env.HOME,
+                           request: context.awsRequestId });
+        };
+    """}))
+    box.mount_runtime("nodejs")
+    reply, start_ms = box.start("nodejs", "index.handler")
+    assert reply["ok"] is True, reply
+    print(f"\nstart → started (node, exec): {start_ms:.1f} ms")
+    out = json.loads(box.invoke(id="node-1")["result"])
+    assert out["uid"] == UID and out["pid"] != 1
+    assert out["version"].startswith("v")
+    assert out["extraCerts"] is None and out["home"] == "/tmp"
+    assert out["request"] == "node-1"
+    runtime = [p for p in box.processes() if p != box.pid]
+    with open(f"/proc/{runtime[0]}/status") as f:
+        status = f.read()
+    assert "NoNewPrivs:\t1" in status and "CapEff:\t0000000000000000" in status
+
+
+def test_exec_runtime_runs_a_shell_script(host: Host, spawn: Any, code_dirs: Any) -> None:
+    box, first, _ = spawn(cgroup=False)
+    assert first["op"] == "ready"
+    box.mount_task(code_dirs({"run.sh": """
+        #!/bin/sh
+        echo "uid $(id -u)" >&2
+        tr a-z A-Z
+    """}))
+    box.mount_runtime("exec")
+    reply, _ = box.start("exec", "run.sh")
+    assert reply["ok"] is True, reply
+    response = box.invoke("shout this")
+    assert response["result"] == "SHOUT THIS"
+    assert response["logs"] == f"uid {UID}\n"
+
+
+def test_init_errors_are_relayed_as_started_failures(host: Host, spawn: Any, code_dirs: Any) -> None:
+    box, first, _ = spawn(cgroup=False)
+    assert first["op"] == "ready"
+    box.mount_task(code_dirs({"index.py": "import not_a_module\n"}))
+    box.mount_runtime("python3")
+    reply, _ = box.start("python3", "index.handler")
+    assert reply["ok"] is False
+    assert reply["error"]["errorType"] == "Runtime.ImportModuleError"
+    response = box.invoke()
+    assert response["fatal"] is True
+    # A runtime that cannot even be exec'd.
+    box.request({"op": "reset"}, {"reset_done"})
+    broken = dict(host.runtime("nodejs") if (host.runtime_dir / "nodejs").exists() else host.runtime("python3"))
+    broken.update({"Launch": "exec", "Bin": "/usr/bin/definitely-not-here"})
+    reply = box.request({"op": "start", "runtime": broken, "env": {}}, {"started"})
+    assert reply["ok"] is False and reply["error"]["errorType"] == "Runtime.ExecError"
+    exited = box.wait_for({"exited"})
+    assert exited["code"] == 127
+
+
+def test_runtime_death_is_reported_as_exited(host: Host, spawn: Any, code_dirs: Any) -> None:
+    box, first, _ = spawn(cgroup=False)
+    assert first["op"] == "ready"
+    box.mount_task(code_dirs({"index.py": "def handler(e, c):\n    return 'ok'\n"}))
+    box.mount_runtime("python3")
+    assert box.start("python3", "index.handler")[0]["ok"] is True
+    runtime = [p for p in box.processes() if p != box.pid]
+    os.kill(runtime[0], signal.SIGKILL)
+    exited = box.wait_for({"exited"})
+    assert exited["signal"] == signal.SIGKILL and exited["code"] is None
+    assert box.request({"op": "ping"}, {"pong"})["runtime_pid"] == 0
+
+
+def test_build_failure_is_reported(host: Host, spawn: Any) -> None:
+    box, first, _ = spawn(cgroup=False, binds=[{"src": "/no/such/dir", "dst": "/opt/missing"}])
+    assert first["op"] == "failed"
+    assert "/no/such/dir" in first["error"]
+    with pytest.raises(EOFError):
+        box.wait_for({"never"}, timeout=5)  # the runner exits after reporting
+
+
+def test_zygote_rejects_a_bad_spec(host: Host) -> None:
+    r, w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        control.send_message(host.zygote_sock, {"op": "spawn", "spec": {"id": "x"}}, [r.fileno(), w.fileno()])
+        reply, _ = control.recv_message(host.zygote_sock)
+        assert reply["op"] == "spawned" and reply["pid"] == 0 and "bad sandbox spec" in reply["error"]
+    finally:
+        r.close()
+        w.close()
+
+
+def test_killing_the_runner_kills_the_whole_sandbox(host: Host, spawn: Any, code_dirs: Any) -> None:
+    box, first, _ = spawn()
+    assert first["op"] == "ready"
+    box.mount_task(code_dirs({"index.py": DAEMON}))
+    box.mount_runtime("python3")
+    assert box.start("python3", "index.handler")[0]["ok"] is True
+    box.invoke()
+    assert len(box.processes()) == 3
+    os.kill(box.pid, signal.SIGKILL)
+    with pytest.raises(EOFError):
+        box.wait_for({"never"}, timeout=5)
+    wait_until(lambda: not box.processes(), what="every process of the sandbox to die")
+    assert host.zygote.poll() is None  # the zygote lives on
+
+
+def test_closing_the_control_socket_ends_the_sandbox(host: Host, spawn: Any, code_dirs: Any) -> None:
+    box, first, _ = spawn(cgroup=False)
+    assert first["op"] == "ready"
+    box.mount_task(code_dirs({"index.py": DAEMON}))
+    box.mount_runtime("python3")
+    assert box.start("python3", "index.handler")[0]["ok"] is True
+    box.invoke()
+    assert len(box.processes()) == 3
+    box.ctl.shutdown(socket.SHUT_RDWR)  # what a funclet that forgets a sandbox amounts to
+    wait_until(lambda: not box.processes(), what="the sandbox to end")
+
+
+def test_spawn_and_start_timings(host: Host, spawn: Any, code_dirs: Any) -> None:
+    ready, py_start, node_start = [], [], []
+    py_code = code_dirs({"index.py": "def handler(e, c):\n    return 'ok'\n"})
+    js_code = code_dirs({"index.js": "exports.handler = async () => 'ok';\n"})
+    has_node = (host.runtime_dir / "nodejs" / "runtime.yaml").exists()
+    for i in range(5):
+        box, first, ms = spawn(cgroup=True)
+        assert first["op"] == "ready"
+        ready.append(ms)
+        box.mount_task(py_code)
+        box.mount_runtime("python3")
+        reply, ms = box.start("python3", "index.handler")
+        assert reply["ok"] is True
+        py_start.append(ms)
+        if has_node:
+            box.request({"op": "reset"}, {"reset_done"})
+            _unmount_all_under(str(box.slot / "task"))
+            _unmount_all_under(str(box.slot / "runtime"))
+            box.mount_task(js_code)
+            box.mount_runtime("nodejs")
+            reply, ms = box.start("nodejs", "index.handler")
+            assert reply["ok"] is True
+            node_start.append(ms)
+
+    def median(values: list[float]) -> str:
+        return f"{sorted(values)[len(values) // 2]:.1f} ms" if values else "n/a"
+
+    print(f"\nmedian of 5: spawn → ready {median(ready)}, start → started python {median(py_start)}, "
+          f"node {median(node_start)}")
+    assert sorted(ready)[2] < 1000 and sorted(py_start)[2] < 1000
+
+
+def test_zygote_dies_with_its_parent(host: Host) -> None:
+    """PR_SET_PDEATHSIG: a zygote whose funclet died must not linger."""
+    script = textwrap.dedent(f"""
+        import os, socket, subprocess, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from runner.zygote import zygote_command
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        proc = subprocess.Popen(zygote_command({str(VENV_PYTHON)!r}, {str(REPO)!r}, theirs.fileno()),
+                                pass_fds=(theirs.fileno(),))
+        print(proc.pid, flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([str(VENV_PYTHON), "-I", "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        zygote_pid = int(parent.stdout.readline())
+        time.sleep(0.3)  # let it set PR_SET_PDEATHSIG
+        assert os.path.exists(f"/proc/{zygote_pid}")
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{zygote_pid}/stat") as f:
+                return f.read().split(")")[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_until(gone, what="the orphaned zygote to die")
