@@ -223,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stopping = True
         raise KeyboardInterrupt
 
+    # Set both explicitly: a shell that starts us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         pod.start()
         print(f"EasyFaaS pod is up: controller {pod.config.controller_url}, stubs {pod.config.stubs_url} "
