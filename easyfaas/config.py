@@ -129,7 +129,11 @@ def parse_options(prog: str, options: Sequence[Option], argv: Sequence[str] | No
         flags = [f"--{opt.name}", *(f"--{a}" for a in opt.aliases)]
         if opt.name == "v":
             flags = ["-v", "--v"]
-        parser.add_argument(*flags, dest=opt.attr, default=None, help=f"{opt.help} (default: {opt.default})")
+        extra: dict[str, Any] = {}
+        if opt.type is parse_bool:
+            extra = {"nargs": "?", "const": "true"}  # `--flag` alone means true, as with pflag
+        parser.add_argument(*flags, dest=opt.attr, default=None, help=f"{opt.help} (default: {opt.default})",
+                            **extra)
     args = parser.parse_args(_normalize_argv(argv))
 
     values: dict[str, Any] = {o.attr: o.default for o in all_options}

@@ -45,9 +45,12 @@ def check_host(*, runtime_path: str, rootfs_path: str, cgroup_root: str, need_ne
                                 f"nor a v1 hierarchy at {root / ctrl}")
     if need_network and not os.path.exists("/proc/sys/net/ipv4"):
         problems.append("no IPv4 networking in this kernel; start with --network=none")
-    if not any(Path(runtime_path).glob("*/runtime.yaml")):
-        problems.append(f"no language runtimes under {runtime_path}: run "
-                        f"`python -m runner prepare --runtime-dir {runtime_path} --rootfs-dir {rootfs_path}` first")
-    if not (Path(rootfs_path) / "etc" / "passwd").exists():
-        problems.append(f"no sandbox root skeleton at {rootfs_path}: run `python -m runner prepare` first")
+    try:
+        if not any(Path(runtime_path).glob("*/runtime.yaml")):
+            problems.append(f"no language runtimes under {runtime_path}: run "
+                            f"`python -m runner prepare --runtime-dir {runtime_path} --rootfs-dir {rootfs_path}` first")
+        if not (Path(rootfs_path) / "etc" / "passwd").exists():
+            problems.append(f"no sandbox root skeleton at {rootfs_path}: run `python -m runner prepare` first")
+    except OSError as exc:
+        problems.append(f"cannot read the prepared runtimes: {exc.strerror} ({exc.filename})")
     return problems
