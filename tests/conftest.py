@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from easyfaas.pod import Pod, PodConfig
-from tests.pod_harness import TestNames, free_port, kernel_leaks
+from tests.pod_harness import TestNames, free_port, kernel_leaks, kernel_snapshot, new_objects
 
 E2E_SANDBOXES = 6
 
@@ -20,6 +20,24 @@ E2E_SANDBOXES = 6
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
     config.addinivalue_line("markers", "e2e: starts a real pod")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_kernel_objects() -> Iterator[None]:
+    """After the whole suite: no mount, loop device, netns, network link, cgroup or sandbox process
+    that was not there before it. (Set EASYFAAS_SKIP_LEAK_AUDIT=1 when another test run shares the
+    machine, since its objects would show up here.)"""
+    if os.geteuid() != 0 or os.environ.get("EASYFAAS_SKIP_LEAK_AUDIT"):
+        yield
+        return
+    before = kernel_snapshot()
+    yield
+    import time
+
+    deadline = time.monotonic() + 10  # veths of dead netns and lazy unmounts go asynchronously
+    while (leaked := new_objects(before, kernel_snapshot())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not leaked, f"the test suite left kernel objects behind: {leaked}"
 
 
 @pytest.fixture(scope="session")

@@ -102,3 +102,36 @@ def kernel_leaks(state_dir: Path, names: TestNames) -> list[str]:
         if (prefix in cmd or "runner.zygote" in cmd) and proc.pid != os.getpid():
             leaks.append(f"process {proc.pid}: {cmd[:120]}")
     return leaks
+
+
+def kernel_snapshot() -> dict[str, set[str]]:
+    """Kernel objects on this host that a test could leave behind, for a before/after comparison."""
+    with open("/proc/self/mountinfo") as f:
+        mounts = {line.split()[4] for line in f}
+    loops = set()
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            loops.add(f"{backing.parent.parent.name}:{backing.read_text().strip()}")
+        except OSError:
+            pass
+    links = {p.name for p in Path("/sys/class/net").iterdir()}
+    netns = {p.name for p in Path("/run/netns").iterdir()} if Path("/run/netns").is_dir() else set()
+    cgroups = set()
+    for ctrl in ("memory", "cpu", "pids", "unified"):
+        root = Path("/sys/fs/cgroup") / ctrl
+        if root.is_dir():
+            cgroups |= {str(p) for p in root.rglob("*") if p.is_dir() and ("easyfaas" in p.name or "test" in p.name)}
+    procs = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+        except (psutil.Error, TypeError):
+            continue
+        if "runner.zygote" in cmd or "-m funclet" in cmd or "bootstrap.js" in cmd:
+            procs.add(f"{proc.pid}: {cmd[:100]}")
+    return {"mounts": mounts, "loop devices": loops, "network links": links, "netns": netns,
+            "cgroups": cgroups, "processes": procs}
+
+
+def new_objects(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, list[str]]:
+    return {kind: sorted(after[kind] - before[kind]) for kind in after if after[kind] - before[kind]}

@@ -245,3 +245,30 @@ async def test_healthz_and_resource(http: aiohttp.ClientSession) -> None:
     async with http.get(f"{base}/v1/resource") as r:
         data = await r.json()
         assert data["Capacity"]["Memory"] > 0
+
+
+async def test_operator_adds_a_runtime_by_configuration(http: aiohttp.ClientSession) -> None:
+    """A new runtime is a directory with a runtime.yaml: no code change, no restart."""
+    import shutil
+
+    import yaml
+
+    runtime_dir = http.pod.config.runtime_dir  # type: ignore[attr-defined]
+    name = unique("shellish")
+    target = runtime_dir / name
+    target.mkdir()
+    try:
+        shutil.copy(runtime_dir / "nodejs" / "bootstrap.js", target / "bootstrap.js")
+        node = yaml.safe_load((runtime_dir / "nodejs" / "runtime.yaml").read_text())["Bin"]
+        (target / "runtime.yaml").write_text(yaml.safe_dump({
+            "Name": name, "Bin": node, "Args": ["/var/runtime/bootstrap.js"], "Path": str(target),
+            "Launch": "exec", "Env": {"GREETING": "from the operator's runtime"}}))
+        async with http.get(f"{http.pod.config.stubs_url}/v1/runtimes/{name}/configuration") as r:  # type: ignore[attr-defined]
+            assert r.status == 200, await r.text()
+        fn = unique("custom")
+        await create(http, fn, {"Runtime": name, "Handler": "app.handler", "Code": b64zip(
+            {"app.js": "exports.handler = async (e) => process.env.GREETING;\n"})})
+        status, _, body = await invoke(http, fn)
+        assert (status, body) == (200, b"from the operator's runtime")
+    finally:
+        shutil.rmtree(target)
