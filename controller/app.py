@@ -3,6 +3,9 @@
 Parts and their order (cleanup runs in reverse): the funclet and registry clients, the slot pool
 (which finds the funclet's sandboxes in the background and runs the periodic task), and the invoke
 pipeline (whose asynchronous invocations are drained before the pool goes away).
+
+Shutdown (SIGTERM): the listener closes, the pool stops growing and pre-warming, in-flight and
+queued requests get up to ``--drain-timeout`` to finish, then the pool and clients are closed.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
         latest_ttl=opts.latest_cache_ttl, runtime_ttl=opts.runtime_config_cache_ttl, timeout=opts.registry_timeout)
     pool = Pool(funclet, runtime_alive_timeout=opts.runtime_alive_timeout, task_interval=opts.task_interval,
                 max_runtime_idle=opts.max_runtime_idle, max_runner_defunct=opts.max_runner_defunct,
-                concurrent_mode=opts.concurrent_mode)
+                concurrent_mode=opts.concurrent_mode, queue_length=opts.queue_length,
+                queue_timeout=opts.queue_timeout, min_free_sandboxes=opts.min_free_sandboxes,
+                max_sandbox_idle=opts.max_sandbox_idle, scale_min_ttl=opts.scale_min_ttl,
+                scaling=getattr(opts, "scaling", None), use_events=opts.funclet_events)
     app[OPTIONS] = opts
     app[FUNCLET] = funclet
     app[REGISTRY] = registry
@@ -54,6 +60,7 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     app.cleanup_ctx.append(_clients)
     app.cleanup_ctx.append(_pool)
     app.cleanup_ctx.append(_async_invocations)
+    app.on_shutdown.append(_begin_drain)
     add_routes(app)
     return app
 
@@ -75,9 +82,15 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
         await app[POOL].close()
 
 
+async def _begin_drain(app: web.Application) -> None:
+    log.info("controller_draining", in_flight=sum(s.in_flight for s in app[POOL].slots.values()),
+             queued=app[POOL].resource()["Queue"]["Waiting"])
+    app[POOL].begin_drain()
+
+
 async def _async_invocations(app: web.Application) -> AsyncIterator[None]:
     yield
-    await app[INVOKER].drain(DRAIN_TIMEOUT)
+    await app[INVOKER].drain(getattr(app[OPTIONS], "drain_timeout", DRAIN_TIMEOUT))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -89,4 +102,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("controller_starting", host=opts.bind_address, port=opts.port, funclet=opts.funclet_api_sock,
              registry=opts.repository_endpoint)
     web.run_app(app, host=opts.bind_address, port=opts.port, print=None, access_log=None,
-                shutdown_timeout=DRAIN_TIMEOUT + 5)
+                shutdown_timeout=opts.drain_timeout)

@@ -1,5 +1,7 @@
 """The controller's client of the funclet API (HTTP over the funclet's unix socket).
 
+Besides the original's calls: ``events`` (long poll of sandbox changes), ``grow`` and ``shrink``.
+
 Every call returns a wire model from :mod:`easyfaas.models`. The funclet answers errors as FaasError
 JSON; they are raised as :class:`FuncletError` (status, code, message). An unreachable or silent
 funclet is :class:`FuncletUnavailable`.
@@ -9,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from easyfaas.models import ContainerInfo, ModelError, NodeResource, ResetRequest, WarmupRequest, WarmupResponse
+from easyfaas.models import (ContainerInfo, FuncletEvents, GrowRequest, ModelError, NodeResource, ResetRequest,
+                             ScaleResponse, ShrinkRequest, WarmupRequest, WarmupResponse)
 from easyfaas.unixhttp import UnixHTTPClient, UnixHTTPUnavailable
 
 
@@ -31,10 +34,14 @@ class FuncletUnavailable(FuncletError):
 
 
 class FuncletClient:
-    def __init__(self, sock_path: str, *, timeout: float = 10.0, reset_timeout: float = 30.0) -> None:
+    def __init__(self, sock_path: str, *, timeout: float = 10.0, reset_timeout: float = 30.0,
+                 grow_timeout: float = 60.0) -> None:
         self.sock_path = sock_path
         self.reset_timeout = reset_timeout
+        self.grow_timeout = grow_timeout
         self._http = UnixHTTPClient(sock_path, timeout=timeout)
+        # The long poll gets a connection of its own, so it never queues behind (or blocks) a call.
+        self._events_http = UnixHTTPClient(sock_path, timeout=timeout)
 
     async def __aenter__(self) -> FuncletClient:
         return self
@@ -44,10 +51,12 @@ class FuncletClient:
 
     async def close(self) -> None:
         await self._http.close()
+        await self._events_http.close()
 
-    async def _call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None, timeout: float | None = None,
+                    http: UnixHTTPClient | None = None) -> Any:
         try:
-            status, data = await self._http.request_json(method, path, json=body, timeout=timeout)
+            status, data = await (http or self._http).request_json(method, path, json=body, timeout=timeout)
         except UnixHTTPUnavailable as exc:
             raise FuncletUnavailable(str(exc)) from None
         if status >= 400:
@@ -94,3 +103,19 @@ class FuncletClient:
         if not isinstance(data, dict):
             raise FuncletError(502, "InvalidResponse", "the funclet's reset answer is not a JSON object")
         return self._model(ContainerInfo, data.get("Container"), "container")
+
+    async def events(self, after: int, wait: float) -> FuncletEvents:
+        """Sandbox events numbered above ``after``, waiting up to ``wait`` seconds for the first."""
+        data = await self._call("GET", f"/v1/funclet/events?after={int(after)}&wait={wait:g}",
+                                timeout=wait + 10.0, http=self._events_http)
+        return self._model(FuncletEvents, data, "event batch")
+
+    async def grow(self, count: int) -> ScaleResponse:
+        data = await self._call("POST", "/v1/funclet/grow", GrowRequest(Count=count).to_dict(),
+                                timeout=self.grow_timeout)
+        return self._model(ScaleResponse, data, "grow answer")
+
+    async def shrink(self, container_ids: list[str]) -> ScaleResponse:
+        data = await self._call("POST", "/v1/funclet/shrink", ShrinkRequest(ContainerIDs=container_ids).to_dict(),
+                                timeout=self.reset_timeout)
+        return self._model(ScaleResponse, data, "shrink answer")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+from controller.pool import parse_scaling
 from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
 
 OPTIONS = [
@@ -18,7 +19,26 @@ OPTIONS = [
     Option("task-interval", parse_duration, "5s", "period of the background task (cooldown, reborn, sync)"),
     Option("max-runtime-idle", parse_duration, "60s", "idle time after which a warm slot is cooled down"),
     Option("max-runner-defunct", parse_duration, "90s",
-           "a slot stuck in warmup or stopping longer than this is reborn"),
+           "a slot stuck in warmup, stopping or removing (or whose sandbox the funclet cannot rebuild) "
+           "longer than this is reborn"),
+    Option("queue-length", int, 100, "requests of one function that may wait for a sandbox; more get 429"),
+    Option("queue-timeout", parse_duration, "1s",
+           "how long a request waits in its function's queue for a sandbox before it gets 429 (0: no "
+           "queue, 429 at once, as the original; a request still waits for a sandbox being built for it)"),
+    Option("min-free-sandboxes", int, 1,
+           "while requests come in, keep this many cold sandboxes built ahead (if the funclet's "
+           "--max-sandboxes allows)"),
+    Option("max-sandbox-idle", parse_duration, "60s",
+           "sandboxes beyond the funclet's --container-num that stay unused this long are removed"),
+    Option("function-scaling", str, "",
+           "YAML file of per-function knobs: {<name or BRN>: {min, max, zero, zero-duration, "
+           "reserved-concurrency}} (OpenFaaS scaling labels; they override the function's own)"),
+    Option("scale-min-ttl", parse_duration, "1h",
+           "a function's scale.min keeps sandboxes warm only while it was invoked within this time"),
+    Option("funclet-events", parse_bool, True,
+           "follow the funclet's sandbox events (else notice changes at the next --task-interval)"),
+    Option("drain-timeout", parse_duration, "30s",
+           "on SIGTERM, how long in-flight and queued requests may take before the controller stops"),
     Option("concurrent-mode", parse_bool, True,
            "a warm slot serves up to the function's PodConcurrentQuota requests at once"),
     Option("enable-simple-auth", parse_bool, True,
@@ -45,4 +65,26 @@ def parse_controller_options(argv: Sequence[str] | None = None) -> Settings:
         raise SystemExit(f"easyfaas-controller: --port {opts.port} is not a TCP port")
     if opts.max_body_size <= 0:
         raise SystemExit("easyfaas-controller: --max-body-size must be positive")
+    if opts.queue_length < 0 or opts.min_free_sandboxes < 0:
+        raise SystemExit("easyfaas-controller: --queue-length and --min-free-sandboxes must not be negative")
+    opts.scaling = load_function_scaling(opts.function_scaling)
     return opts
+
+
+def load_function_scaling(path: str) -> dict[str, dict[str, Any]]:
+    """The --function-scaling file, checked; exits with a message naming the bad entry."""
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise SystemExit(f"easyfaas-controller: cannot read --function-scaling {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"easyfaas-controller: --function-scaling {path} is not valid YAML: {exc}") from None
+    try:
+        return parse_scaling(data)
+    except ValueError as exc:
+        raise SystemExit(f"easyfaas-controller: --function-scaling {path}: {exc}") from None

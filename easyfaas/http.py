@@ -127,9 +127,41 @@ async def read_body(request: web.Request, *, max_size: int) -> bytes:
 async def read_json(request: web.Request, *, max_size: int) -> Any:
     """The request body parsed as JSON; an empty body is ``{}``."""
     body = await read_body(request, max_size=max_size)
+    return parse_json(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as JSON, or InvalidRequestContent: malformed, nested too deeply, or not valid Unicode."""
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestContent(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequestContent("invalid JSON: nested too deeply") from None
+    # An escaped lone surrogate ("\ud800") parses, but is no Unicode text: every later encode() of
+    # it would fail. Only bodies that contain such an escape at all are walked.
+    if _SURROGATE_ESCAPE_RE.search(body) and not _valid_unicode(value):
+        raise InvalidRequestContent("invalid JSON: a string contains a lone UTF-16 surrogate escape")
+    return value
+
+
+_SURROGATE_ESCAPE_RE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _valid_unicode(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True

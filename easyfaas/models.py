@@ -262,6 +262,12 @@ class NodeResource(WireModel):
     Capacity: Resource = field(default_factory=lambda: Resource())
     Reserved: Resource = field(default_factory=lambda: Resource())
     Allocatable: Resource = field(default_factory=lambda: Resource())
+    # Identifies one run of the funclet: a new value means its sandboxes were all rebuilt.
+    BootID: str = ""
+    # The pool's idle size (--container-num), its bound (--max-sandboxes) and its current size.
+    IdleSandboxes: int = 0
+    MaxSandboxes: int = 0
+    Sandboxes: int = 0
 
 
 @dataclass
@@ -271,6 +277,19 @@ class ResourceStats(WireModel):
     MemoryPeak: int = 0
     CPUUsageNanos: int = 0
     OOMKills: int = 0
+
+
+@dataclass
+class RuntimeExit(WireModel):
+    """How a sandbox's language runtime ended (the runner's ``exited`` report, plus the cgroup's OOM count)."""
+
+    Epoch: int = 0  # the sandbox epoch (ContainerInfo.Epoch) the runtime belonged to
+    Code: int | None = None
+    Signal: int | None = None
+    OOMKilled: bool = False
+    MemoryLimit: int = 0  # bytes
+    Output: str = ""  # tail of the runtime's own stdout/stderr
+    Time: float = 0.0  # unix time
 
 
 @dataclass
@@ -287,6 +306,12 @@ class ContainerInfo(WireModel):
     InvokeSocket: str = ""
     Identity: str = ""
     OOMKills: int = 0
+    # Incremented at every warmup, reset and rebuild: tells which life of the sandbox an event is about.
+    Epoch: int = 0
+    LastExit: RuntimeExit | None = None
+    # Unix time the runner last answered (built, command or health ping).
+    LastLiveness: float = 0.0
+    FunctionBrn: str = ""
 
 
 @dataclass
@@ -311,6 +336,57 @@ class ResetRequest(WireModel):
     ContainerID: str = ""
     RequestID: str = ""
     Reason: str = ""
+
+
+@dataclass
+class GrowRequest(WireModel):
+    """``POST /v1/funclet/grow``: build up to Count more sandboxes (bounded by --max-sandboxes)."""
+
+    Count: int = 1
+
+
+@dataclass
+class ShrinkRequest(WireModel):
+    """``POST /v1/funclet/shrink``: destroy these cold sandboxes (never below --container-num)."""
+
+    ContainerIDs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScaleResponse(WireModel):
+    """Answer of grow (the sandboxes built) and shrink (``Removed`` and ``Refused`` ids with reasons)."""
+
+    Containers: list[ContainerInfo] = field(default_factory=list)
+    Removed: list[str] = field(default_factory=list)
+    Refused: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FuncletEvent(WireModel):
+    """A change of one sandbox, as ``GET /v1/funclet/events`` reports it.
+
+    Type: ``state`` (Container.State changed), ``exited`` (its runtime ended: Exit), ``oom`` (the
+    kernel OOM-killed a process in it), ``defunct`` (its runner stopped answering; it is rebuilt),
+    ``created`` and ``removed`` (the pool grew or shrank).
+    """
+
+    Seq: int = 0
+    Time: float = 0.0
+    Type: str = ""
+    ContainerID: str = ""
+    Container: ContainerInfo = field(default_factory=lambda: ContainerInfo())
+    Exit: RuntimeExit | None = None
+    Reason: str = ""
+
+
+@dataclass
+class FuncletEvents(WireModel):
+    """A batch of events after a sequence number; Lost means some were dropped (resynchronise)."""
+
+    BootID: str = ""
+    Seq: int = 0
+    Lost: bool = False
+    Events: list[FuncletEvent] = field(default_factory=list)
 
 
 def function_identity(cfg: FunctionConfiguration) -> str:

@@ -3,7 +3,11 @@
 Used by `make run` (in the foreground, until SIGINT/SIGTERM) and by the end-to-end tests (each
 test session gets a pod with its own ports, directories, bridge and cgroup names). Children are
 stopped in reverse order of start, each with SIGTERM and then SIGKILL after a deadline, so the
-funclet always gets the chance to tear down its sandboxes.
+funclet always gets the chance to tear down its sandboxes (and the controller to drain).
+
+A daemon that dies is restarted by :meth:`Pod.supervise` (``make run`` uses it): a restarted
+funclet cleans up what its predecessor left and rebuilds the pool, a restarted controller adopts
+the funclet's sandboxes. Tests use :meth:`Pod.kill` and :meth:`Pod.restart` on single daemons.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Callable, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +46,7 @@ class PodConfig:
     controller_args: list[str] = field(default_factory=list)
     stubs_args: list[str] = field(default_factory=list)
     start_timeout: float = 60.0
+    stop_timeout: float = 40.0           # per daemon: SIGTERM, then SIGKILL after this long
 
     @property
     def runtime_dir(self) -> Path:
@@ -71,11 +77,20 @@ class PodError(RuntimeError):
     """A daemon of the pod failed to start; the message carries the tail of its log."""
 
 
+DAEMONS = ("funclet", "stubs", "controller")
+
+
 class Pod:
     def __init__(self, config: PodConfig) -> None:
         self.config = config
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = {}
         self._logs: dict[str, IO[bytes]] = {}
+        self._lock = threading.RLock()
+        self._stopping = False
+        self._supervisor: threading.Thread | None = None
+        self._supervisor_stop = threading.Event()
+        self.gave_up: str | None = None  # a daemon the supervisor stopped restarting
 
     # -- start -------------------------------------------------------------------------------------
 
@@ -85,28 +100,46 @@ class Pod:
                         "--rootfs-dir", str(c.rootfs_dir)], check=True, cwd=REPO_ROOT, env=self._env())
 
     def start(self) -> None:
-        c = self.config
         self.prepare()
         try:
-            self._spawn("funclet", ["-m", "funclet", "--api-sock", str(c.funclet_sock),
-                                    "--container-num", str(c.container_num), "--pod-name", c.pod_name,
-                                    "--state-dir", str(c.state_dir), "--run-dir", str(c.run_dir),
-                                    "--runtime-path", str(c.runtime_dir), "--rootfs-path", str(c.rootfs_dir),
-                                    "--network", c.network, "--bridge-name", c.bridge_name,
-                                    "--bridge-ip", c.bridge_ip, "--veth-prefix", c.veth_prefix,
-                                    *c.funclet_args])
-            self._wait_ready("funclet", lambda: _unix_http_ok(c.funclet_sock, "/healthz"))
-            self._spawn("stubs", ["-m", "stubs", "--host", c.host, "--port", str(c.stubs_port),
-                                  "--function-dir", str(c.function_dir), "--runtime-dir", str(c.runtime_dir),
-                                  *c.stubs_args])
-            self._wait_ready("stubs", lambda: _tcp_http_ok(c.host, c.stubs_port, "/healthz"))
-            self._spawn("controller", ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
-                                       "--funclet-api-sock", str(c.funclet_sock),
-                                       "--repository-endpoint", c.stubs_url, *c.controller_args])
-            self._wait_ready("controller", lambda: _tcp_http_ok(c.host, c.controller_port, "/healthz"))
+            for name in DAEMONS:
+                self.start_daemon(name)
         except BaseException:
             self.stop()
             raise
+
+    def daemon_args(self, name: str) -> list[str]:
+        c = self.config
+        if name == "funclet":
+            return ["-m", "funclet", "--api-sock", str(c.funclet_sock),
+                    "--container-num", str(c.container_num), "--pod-name", c.pod_name,
+                    "--state-dir", str(c.state_dir), "--run-dir", str(c.run_dir),
+                    "--runtime-path", str(c.runtime_dir), "--rootfs-path", str(c.rootfs_dir),
+                    "--network", c.network, "--bridge-name", c.bridge_name,
+                    "--bridge-ip", c.bridge_ip, "--veth-prefix", c.veth_prefix, *c.funclet_args]
+        if name == "stubs":
+            return ["-m", "stubs", "--host", c.host, "--port", str(c.stubs_port),
+                    "--function-dir", str(c.function_dir), "--runtime-dir", str(c.runtime_dir), *c.stubs_args]
+        if name == "controller":
+            return ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
+                    "--funclet-api-sock", str(c.funclet_sock), "--repository-endpoint", c.stubs_url,
+                    *c.controller_args]
+        raise ValueError(f"unknown daemon {name!r}; the pod runs {', '.join(DAEMONS)}")
+
+    def probe(self, name: str) -> Callable[[], bool]:
+        c = self.config
+        if name == "funclet":
+            return lambda: _unix_http_ok(c.funclet_sock, "/healthz")
+        port = c.stubs_port if name == "stubs" else c.controller_port
+        return lambda: _tcp_http_ok(c.host, port, "/healthz")
+
+    def start_daemon(self, name: str) -> None:
+        """Start one daemon and wait until it answers its health check."""
+        with self._lock:
+            if self._stopping:
+                raise PodError(f"not starting {name}: the pod is stopping")
+            self._spawn(name, self.daemon_args(name))
+        self._wait_ready(name, self.probe(name))
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -118,6 +151,9 @@ class Pod:
         out: IO[bytes] | None = None
         if c.log_dir is not None:
             c.log_dir.mkdir(parents=True, exist_ok=True)
+            old = self._logs.pop(name, None)
+            if old is not None:
+                old.close()
             out = open(c.log_dir / f"{name}.log", "ab")
             self._logs[name] = out
         # Own session: a terminal's Ctrl-C reaches only us, and we stop the daemons in order.
@@ -146,33 +182,129 @@ class Pod:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    # -- single daemons ----------------------------------------------------------------------------
+
+    def pid(self, name: str) -> int:
+        proc = self.procs.get(name)
+        return proc.pid if proc is not None and proc.poll() is None else 0
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, wait: float = 10.0) -> int | None:
+        """Send ``sig`` to one daemon; for SIGKILL/SIGTERM wait for it to exit. Returns its status."""
+        with self._lock:
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                return proc.returncode if proc is not None else None
+            proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            try:
+                return proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+        return None
+
+    def restart(self, name: str) -> None:
+        """Stop one daemon (SIGTERM, if it still runs) and start it again."""
+        self.stop_daemon(name)
+        self.start_daemon(name)
+
+    def stop_daemon(self, name: str, timeout: float | None = None) -> int | None:
+        with self._lock:
+            proc = self.procs.get(name)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.config.stop_timeout if timeout is None else timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    # -- supervision -------------------------------------------------------------------------------
+
+    def supervise(self, poll: float = 0.2, max_restarts: int = 5, window: float = 60.0) -> None:
+        """Restart daemons that exit unexpectedly, in a background thread, until stop().
+
+        More than ``max_restarts`` restarts of one daemon within ``window`` seconds stops the
+        supervision of that daemon (a crash loop needs an operator, not more restarts).
+        """
+        if self._supervisor is not None:
+            return
+        history: dict[str, list[float]] = {}
+
+        def loop() -> None:
+            while not self._supervisor_stop.wait(poll):
+                for name in DAEMONS:
+                    try:
+                        restart_if_dead(name)
+                    except Exception as exc:  # noqa: BLE001 - the supervisor must not die: see stop()
+                        print(f"supervising {name} failed: {exc}", file=sys.stderr, flush=True)
+
+        def restart_if_dead(name: str) -> None:
+            with self._lock:
+                proc = self.procs.get(name)
+                if self._stopping or proc is None or proc.poll() is None:
+                    return
+            now = time.monotonic()
+            recent = [t for t in history.get(name, []) if now - t < window]
+            if len(recent) >= max_restarts:
+                if self.gave_up is None:
+                    self.gave_up = name
+                    print(f"{name} keeps exiting ({len(recent)} restarts in {window:.0f}s); giving up",
+                          file=sys.stderr, flush=True)
+                return
+            history[name] = [*recent, now]
+            print(f"{name} exited with status {proc.returncode}; restarting it", file=sys.stderr, flush=True)
+            try:
+                self.start_daemon(name)
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+            except PodError as exc:
+                print(str(exc), file=sys.stderr, flush=True)
+
+        self._supervisor_stop.clear()
+        self._supervisor = threading.Thread(target=loop, name="pod-supervisor", daemon=True)
+        self._supervisor.start()
+
+    def _stop_supervisor(self) -> None:
+        thread, self._supervisor = self._supervisor, None
+        if thread is not None:
+            self._supervisor_stop.set()
+            thread.join()
+
     # -- stop --------------------------------------------------------------------------------------
 
-    def stop(self, timeout: float = 20.0) -> dict[str, int | None]:
+    def stop(self, timeout: float | None = None) -> dict[str, int | None]:
+        with self._lock:
+            self._stopping = True
         codes: dict[str, int | None] = {}
-        for name in reversed(list(self.procs)):
-            proc = self.procs[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            codes[name] = proc.returncode
-        self.procs.clear()
-        for f in self._logs.values():
-            f.close()
-        self._logs.clear()
+        for name in reversed([n for n in DAEMONS if n in self.procs]):
+            codes[name] = self.stop_daemon(name, timeout)
+        # Only now: a daemon the supervisor thread restarted gets its parent-death signal when
+        # that thread ends, and must get the chance to stop in order first.
+        self._stop_supervisor()
+        with self._lock:
+            self.procs.clear()
+            for f in self._logs.values():
+                f.close()
+            self._logs.clear()
+        self._stopping = False
         return codes
 
     def wait(self) -> str:
         """Block until a daemon exits (or a signal arrives); return the name of the one that exited."""
         while True:
-            for name, proc in self.procs.items():
+            for name, proc in list(self.procs.items()):
                 if proc.poll() is not None:
                     return name
             time.sleep(0.2)
+
+    def wait_supervised(self) -> str:
+        """Block while the supervisor keeps the pod running; returns the daemon it gave up on."""
+        while self.gave_up is None:
+            time.sleep(0.5)
+        return self.gave_up
 
 
 def _die_with_parent() -> None:
@@ -230,8 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pod.start()
         print(f"EasyFaaS pod is up: controller {pod.config.controller_url}, stubs {pod.config.stubs_url} "
               f"(Ctrl-C stops it)", file=sys.stderr, flush=True)
-        exited = pod.wait()
-        print(f"{exited} exited; stopping the pod", file=sys.stderr)
+        pod.supervise()
+        failed = pod.wait_supervised()
+        print(f"{failed} keeps failing; stopping the pod", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

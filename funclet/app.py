@@ -1,8 +1,14 @@
-"""The funclet daemon: its HTTP API on a unix socket and the lifetime of the sandbox pool."""
+"""The funclet daemon: its HTTP API on a unix socket and the lifetime of the sandbox pool.
+
+Routes: the original's (node, list, container, warmup, cooldown, reborn, healthz) plus
+``GET /v1/funclet/events`` (long poll of sandbox events), ``POST /v1/funclet/grow`` and
+``POST /v1/funclet/shrink`` (the elastic pool).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import sys
@@ -16,8 +22,8 @@ from aiohttp import web
 from easyfaas.config import Settings, parse_size
 from easyfaas.http import error_middleware, read_json, request_id_middleware
 from easyfaas.logging import setup_logging
-from easyfaas.models import ModelError, ResetRequest, WarmupRequest
-from easyfaas.errors import ValidationError
+from easyfaas.models import GrowRequest, ModelError, ResetRequest, ShrinkRequest, WarmupRequest
+from easyfaas.errors import InvalidParameterValue, ValidationError
 from funclet.options import parse_funclet_options
 from funclet.preflight import check_host
 from funclet.runner_link import Zygote
@@ -32,6 +38,8 @@ log = structlog.get_logger(__name__)
 POOL = web.AppKey("pool", SandboxPool)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_API_BODY = 64 * 1024 * 1024
+MAX_EVENTS_WAIT = 60.0
+MAX_GROW = 64
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -88,6 +96,28 @@ async def reborn(request: web.Request) -> web.Response:
     return _json({"Container": info.to_dict(), "ScaleDownResult": None})
 
 
+async def events(request: web.Request) -> web.Response:
+    try:
+        after = int(request.query.get("after", "-1"))
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        raise InvalidParameterValue("after must be an integer and wait a number of seconds") from None
+    batch = await request.app[POOL].events.wait(after, min(max(wait, 0.0), MAX_EVENTS_WAIT))
+    return _json(batch.to_dict())
+
+
+async def grow(request: web.Request) -> web.Response:
+    req = _model(GrowRequest, await read_json(request, max_size=MAX_API_BODY))
+    if not 1 <= req.Count <= MAX_GROW:
+        raise InvalidParameterValue(f"Count must be between 1 and {MAX_GROW}")
+    return _json((await request.app[POOL].grow(req.Count)).to_dict())
+
+
+async def shrink(request: web.Request) -> web.Response:
+    req = _model(ShrinkRequest, await read_json(request, max_size=MAX_API_BODY))
+    return _json((await request.app[POOL].shrink(req.ContainerIDs)).to_dict())
+
+
 def make_app(pool: SandboxPool) -> web.Application:
     app = web.Application(middlewares=[request_id_middleware, error_middleware], client_max_size=MAX_API_BODY)
     app[POOL] = pool
@@ -99,6 +129,9 @@ def make_app(pool: SandboxPool) -> web.Application:
     app.router.add_post("/v1/funclet/warmup", warmup)
     app.router.add_post("/v1/funclet/cooldown", cooldown)
     app.router.add_post("/v1/funclet/reborn", reborn)
+    app.router.add_get("/v1/funclet/events", events)
+    app.router.add_post("/v1/funclet/grow", grow)
+    app.router.add_post("/v1/funclet/shrink", shrink)
     return app
 
 
@@ -111,6 +144,16 @@ def build_pool(opts: Settings) -> SandboxPool:
     if cap_cpu is None:
         cap_cpu = int((opts.total_cpu or os.cpu_count() or 1) * 1000)
     state_dir = Path(opts.state_dir)
+    if opts.max_sandboxes and opts.max_sandboxes < opts.container_num:
+        raise SystemExit(f"--max-sandboxes ({opts.max_sandboxes}) must be 0 or at least --container-num "
+                         f"({opts.container_num})")
+    max_sandboxes = max(opts.max_sandboxes, opts.container_num)
+    if opts.network == "bridge":
+        # One address of the bridge subnet per sandbox (the gateway and broadcast excluded).
+        addresses = ipaddress.ip_interface(opts.bridge_ip).network.num_addresses - 3
+        if max_sandboxes > addresses:
+            raise SystemExit(f"--max-sandboxes {max_sandboxes} does not fit the {addresses} sandbox addresses "
+                             f"of --bridge-ip {opts.bridge_ip}")
     settings = PoolSettings(
         pod_name=pod, container_num=opts.container_num, state_dir=state_dir, run_dir=Path(opts.run_dir),
         runtime_path=Path(opts.runtime_path), rootfs_path=Path(opts.rootfs_path),
@@ -118,7 +161,9 @@ def build_pool(opts: Settings) -> SandboxPool:
         runner_pids=opts.runner_pids, tmp_size=opts.tmp_size, uid_base=opts.sandbox_uid_base,
         warmup_timeout=opts.warmup_timeout, runner_timeout=opts.runner_timeout,
         max_code_size=opts.max_code_size, capacity_memory=cap_mem, capacity_millicpus=cap_cpu,
-        reserved_memory=opts.reserved_memory, reserved_millicpus=int(opts.reserved_cpu * 1000))
+        reserved_memory=opts.reserved_memory, reserved_millicpus=int(opts.reserved_cpu * 1000),
+        max_sandboxes=max_sandboxes, ping_interval=opts.runner_ping_interval,
+        max_runner_defunct=opts.max_runner_defunct)
     network = None
     if opts.network == "bridge":
         network = BridgeNetwork(bridge=opts.bridge_name, cidr=opts.bridge_ip, veth_prefix=opts.veth_prefix)
@@ -128,7 +173,7 @@ def build_pool(opts: Settings) -> SandboxPool:
     binds = [*binds, {"src": str(Path(opts.rootfs_path) / "etc"), "dst": "/etc"}]
     return SandboxPool(settings, cgroups=cgroups, images=CodeImageStore(settings.images_dir,
                        max_uncompressed=opts.max_code_size),
-                       network=network, zygote=Zygote(opts.python or sys.executable, REPO_ROOT),
+                       network=network, zygote=Zygote(opts.python or sys.executable, REPO_ROOT, pod_name=pod),
                        host_binds=(binds, symlinks))
 
 
@@ -152,6 +197,7 @@ async def serve(opts: Settings) -> None:
         await stop.wait()
         log.info("funclet_stopping")
     finally:
+        pool.events.close()  # ends the controller's long polls now, not at the shutdown timeout
         if runner is not None:
             await runner.cleanup()
             Path(opts.api_sock).unlink(missing_ok=True)

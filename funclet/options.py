@@ -8,7 +8,12 @@ from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_
 
 OPTIONS = [
     Option("api-sock", str, "/var/run/faas/.funcletapi.sock", "unix socket of the funclet API"),
-    Option("container-num", int, 10, "sandboxes pre-created in the pool"),
+    Option("container-num", int, 10, "sandboxes pre-created in the pool: its idle size"),
+    Option("max-sandboxes", int, 0,
+           "the pool grows on the controller's request up to this many sandboxes (0: --container-num, a fixed pool)"),
+    Option("runner-ping-interval", parse_duration, "2s", "how often idle runners are pinged (0: never)"),
+    Option("max-runner-defunct", parse_duration, "10s",
+           "a runner silent for this long (no answer to pings) gets its sandbox rebuilt"),
     Option("pod-name", str, "funclet", "names sandboxes <pod-name>-c<i> (env MY_POD_NAME overrides)"),
     Option("state-dir", str, "/var/faas", "where code images, slot mountpoints and the rootfs live"),
     Option("run-dir", str, "/var/run/faas", "where the per-sandbox invoke sockets are bound"),

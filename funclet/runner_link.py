@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +43,8 @@ class RunnerLink:
         self._waiter: asyncio.Future[dict[str, Any]] | None = None
         self._expect: set[str] = set()
         self.closed = False
+        # Unix time of the runner's last datagram: its liveness, for health checks.
+        self.last_heard = time.time()
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
     async def _read_loop(self) -> None:
@@ -51,6 +54,7 @@ class RunnerLink:
                 data = await loop.sock_recv(self._sock, _MAX_DATAGRAM)
                 if not data:
                     break
+                self.last_heard = time.time()
                 try:
                     message = control.decode_message(data)
                 except ValueError:
@@ -112,11 +116,16 @@ class RunnerLink:
 
 
 class Zygote:
-    """The stdlib-only process that forks sandbox inits (runners) for the funclet."""
+    """The stdlib-only process that forks sandbox inits (runners) for the funclet.
 
-    def __init__(self, python: str, repo_root: Path) -> None:
+    If it dies (killed, say), every sandbox it forked dies with it (their parent-death signal) and
+    the next spawn starts a new one, so the funclet's rebuilds recover the pool by themselves.
+    """
+
+    def __init__(self, python: str, repo_root: Path, *, pod_name: str = "") -> None:
         self._python = python
         self._repo_root = repo_root
+        self._pod_name = pod_name
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._lock = asyncio.Lock()
@@ -126,6 +135,8 @@ class Zygote:
         cmd = zygote_command(self._python, str(self._repo_root), child.fileno())
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("PYTHON", "NODE_")) and k != "LD_PRELOAD"}
+        # Tells this pod's zygote and runners apart from other pods' on the same host (audits, ps).
+        env["EASYFAAS_POD"] = self._pod_name
         # Popen (not asyncio's) so the child is not tied to the loop's child watcher; the zygote
         # dies with us through PR_SET_PDEATHSIG and we reap it in stop().
         self._proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
@@ -139,20 +150,49 @@ class Zygote:
     def pid(self) -> int:
         return self._proc.pid if self._proc else 0
 
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None and self._sock is not None
+
     async def spawn(self, spec: dict[str, Any], fds: list[int], timeout: float = 10.0) -> int:
-        if self._sock is None:
+        if self._sock is None and self._proc is None:
             raise LinkClosed("zygote not started")
         loop = asyncio.get_running_loop()
         async with self._lock:
+            if not self.alive:
+                await self._restart()
+            assert self._sock is not None
             payload = control.encode_message({"op": "spawn", "spec": spec})
-            await loop.run_in_executor(None, _send_with_fds, self._sock, payload, fds)
-            data = await asyncio.wait_for(loop.sock_recv(self._sock, _MAX_DATAGRAM), timeout)
-        if not data:
-            raise LinkClosed("zygote exited")
+            try:
+                await loop.run_in_executor(None, _send_with_fds, self._sock, payload, fds)
+                data = await asyncio.wait_for(loop.sock_recv(self._sock, _MAX_DATAGRAM), timeout)
+            except OSError as exc:
+                data = b""
+                log.warning("zygote_unreachable", error=str(exc))
+            if not data:
+                self._drop_socket()
+                raise LinkClosed("zygote exited")
         reply = control.decode_message(data)
         if reply.get("op") != "spawned" or not reply.get("pid"):
             raise LinkClosed(f"zygote could not spawn a sandbox: {reply.get('error', reply)}")
         return int(reply["pid"])
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def _restart(self) -> None:
+        old = self._proc
+        log.warning("zygote_restarting", old_pid=old.pid if old else 0,
+                    status=old.poll() if old else None)
+        self._drop_socket()
+        if old is not None:
+            if old.poll() is None:
+                old.kill()
+            await asyncio.to_thread(old.wait)
+            self._proc = None
+        await self.start()
 
     async def stop(self) -> None:
         if self._sock is not None:

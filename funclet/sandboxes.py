@@ -1,11 +1,19 @@
-"""The funclet's pool of sandboxes: build, warm, reset, rebuild and tear down.
+"""The funclet's pool of sandboxes: build, warm, reset, rebuild, grow, shrink and tear down.
 
 A sandbox is built off the request path (cgroup, zygote fork into fresh namespaces, read-only root,
 veth). Warmup — the only step a request waits for — is: code image (built once per code hash),
-two bind mounts that propagate into the sandbox, a memory limit, and the runner's start command.
-Reset kills every process of the sandbox but its runner, refreshes /tmp and unmounts the code, so
-a sandbox serves many functions over its life without ever rebuilding its network. A sandbox whose
-runner stops answering is destroyed and rebuilt in the background.
+two bind mounts that propagate into the sandbox, the function's memory limit, and the runner's
+start command. Reset kills every process of the sandbox but its runner, refreshes /tmp and
+unmounts the code, so a sandbox serves many functions over its life without rebuilding its network.
+
+Health: a runner whose control socket closes, or that stops answering pings for
+``max_runner_defunct``, gets its sandbox destroyed and rebuilt in the background; a runtime's exit
+(with the cgroup's OOM count) is recorded. Every change of a sandbox is an event in
+:class:`EventLog`, which the controller follows (``GET /v1/funclet/events``) so it learns about
+dead runtimes within milliseconds instead of at its next poll.
+
+The pool starts with ``container_num`` sandboxes (its idle size) and grows on request up to
+``max_sandboxes``; shrinking destroys cold sandboxes, never below the idle size.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import os
 import signal
 import socket
 import time
+import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +35,10 @@ from typing import Any, Callable
 
 import structlog
 
-from easyfaas.errors import InvalidParameterValue, ResourceConflict, ResourceNotFound, ServiceError
-from easyfaas.models import (ContainerInfo, FunctionConfiguration, NodeResource, Resource, ResourceStats,
-                             RuntimeConfiguration, WarmupRequest, WarmupResponse)
+from easyfaas.errors import FaasError, InvalidParameterValue, ResourceConflict, ResourceNotFound, ServiceError
+from easyfaas.models import (ContainerInfo, FuncletEvent, FuncletEvents, FunctionConfiguration, NodeResource,
+                             Resource, ResourceStats, RuntimeConfiguration, RuntimeExit, ScaleResponse, WarmupRequest,
+                             WarmupResponse)
 from funclet.code_source import load_code
 from funclet.runner_link import LinkClosed, RunnerLink, Zygote
 from funclet.sandbox import mounts
@@ -48,6 +59,11 @@ class SandboxState(str, enum.Enum):
     STOPPED = "stopped"      # its runtime exited; needs a cooldown before reuse
     RESETTING = "resetting"
     DEAD = "dead"            # being destroyed or rebuilt
+    REMOVING = "removing"    # being destroyed for good (the pool shrinks)
+
+
+# States in which the runner is idle and must answer a ping.
+_PINGABLE = frozenset({SandboxState.COLD, SandboxState.WARM, SandboxState.STOPPED})
 
 
 @dataclass
@@ -70,6 +86,10 @@ class PoolSettings:
     capacity_millicpus: int
     reserved_memory: int
     reserved_millicpus: int
+    max_sandboxes: int = 0           # 0: container_num (a fixed pool)
+    ping_interval: float = 2.0       # 0: no health pings
+    max_runner_defunct: float = 10.0
+    event_buffer: int = 1024
 
     @property
     def slots_dir(self) -> Path:
@@ -87,6 +107,11 @@ class PoolSettings:
     def cgroup_group(self) -> str:
         return f"easyfaas-{self.pod_name}"
 
+    @property
+    def bound(self) -> int:
+        """The most sandboxes the pool may hold."""
+        return max(self.container_num, self.max_sandboxes)
+
 
 @dataclass
 class Sandbox:
@@ -101,14 +126,78 @@ class Sandbox:
     link: RunnerLink | None = None
     nic: SandboxNic | None = None
     identity: str = ""
+    function_brn: str = ""
     current_event: str = "event_init"
     memory_limit: int = 0
     oom_base: int = 0
+    oom_seen: int = 0
     runtime_pid: int = 0
-    last_exit: dict[str, Any] | None = None
+    epoch: int = 0
+    last_exit: RuntimeExit | None = None
     created_at: float = field(default_factory=time.time)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ready: asyncio.Future[dict[str, Any]] | None = None
+
+
+class EventLog:
+    """The last ``size`` sandbox events, numbered; readers wait for the ones after a number."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.boot_id = uuid.uuid4().hex
+        self._events: deque[FuncletEvent] = deque(maxlen=max(16, size))
+        self._seq = 0
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def emit(self, kind: str, container: ContainerInfo, *, exit: RuntimeExit | None = None,
+             reason: str = "") -> FuncletEvent:
+        self._seq += 1
+        event = FuncletEvent(Seq=self._seq, Time=time.time(), Type=kind, ContainerID=container.ContainerID,
+                             Container=container, Exit=exit, Reason=reason)
+        self._events.append(event)
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        return event
+
+    def since(self, after: int) -> FuncletEvents:
+        """Events numbered above ``after``; ``after`` < 0 asks only for the current number."""
+        if after < 0:
+            return FuncletEvents(BootID=self.boot_id, Seq=self._seq)
+        if after > self._seq:
+            # The reader counts events of another run of the funclet: it must resynchronise.
+            return FuncletEvents(BootID=self.boot_id, Seq=self._seq, Lost=True)
+        oldest = self._events[0].Seq if self._events else self._seq + 1
+        events = [e for e in self._events if e.Seq > after]
+        return FuncletEvents(BootID=self.boot_id, Seq=self._seq, Lost=after < oldest - 1, Events=events)
+
+    async def wait(self, after: int, timeout: float) -> FuncletEvents:
+        """Events after ``after``; waits up to ``timeout`` for the first one when there is none yet."""
+        batch = self.since(after)
+        if batch.Events or batch.Lost or timeout <= 0 or after < 0 or self._closed:
+            return batch
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+        return self.since(after)
+
+    def close(self) -> None:
+        """Wake every reader; later reads do not wait (the funclet is stopping)."""
+        self._closed = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
 
 
 class SandboxPool:
@@ -126,6 +215,8 @@ class SandboxPool:
         self._net_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funclet-net")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._epoch = 0
+        self.events = EventLog(settings.event_buffer)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -147,7 +238,13 @@ class SandboxPool:
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed and len(failed) == len(results):
             raise RuntimeError(f"no sandbox could be built: {failed[0]}")
-        log.info("pool_started", sandboxes=len(results) - len(failed), failed=len(failed))
+        for sb in self._sandboxes.values():
+            if sb.state is SandboxState.DEAD:
+                self._spawn_task(self._retry_build(sb))
+        if s.ping_interval > 0:
+            self._spawn_task(self._watch())
+        log.info("pool_started", sandboxes=len(results) - len(failed), failed=len(failed),
+                 max_sandboxes=s.bound, boot_id=self.events.boot_id)
 
     async def cleanup_leftovers(self) -> None:
         """Remove what a crashed predecessor left: mounts, loop devices, cgroups, veths, sockets."""
@@ -164,6 +261,7 @@ class SandboxPool:
 
     async def close(self) -> None:
         self._closing = True
+        self.events.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -199,7 +297,9 @@ class SandboxPool:
                                Memory=max(0, capacity.Memory - reserved.Memory))
         return NodeResource(BaseMemory=s.runner_memory,
                             Default=Resource(MilliCPUs=s.runner_millicpus, Memory=s.runner_memory),
-                            Capacity=capacity, Reserved=reserved, Allocatable=allocatable)
+                            Capacity=capacity, Reserved=reserved, Allocatable=allocatable,
+                            BootID=self.events.boot_id, IdleSandboxes=s.container_num, MaxSandboxes=s.bound,
+                            Sandboxes=len(self._sandboxes))
 
     def info(self, sb: Sandbox, *, stats: bool = False) -> ContainerInfo:
         oom = 0
@@ -214,10 +314,14 @@ class SandboxPool:
                                                    CPUUsageNanos=sb.cgroup.cpu_usage_ns(), OOMKills=oom)
             except OSError:
                 pass
+        link = sb.link
         return ContainerInfo(Hostname=sb.id, ContainerID=sb.id, HostPid=sb.pid, CurrentEvent=sb.current_event,
                              Resource=Resource(MilliCPUs=self.settings.runner_millicpus, Memory=sb.memory_limit),
                              ResourceStats=resource_stats, State=sb.state.value,
-                             InvokeSocket=str(sb.invoke_socket), Identity=sb.identity, OOMKills=oom)
+                             InvokeSocket=str(sb.invoke_socket), Identity=sb.identity, OOMKills=oom,
+                             Epoch=sb.epoch, LastExit=sb.last_exit,
+                             LastLiveness=link.last_heard if link is not None else 0.0,
+                             FunctionBrn=sb.function_brn)
 
     async def warmup(self, req: WarmupRequest) -> WarmupResponse:
         sb = self.get(req.ContainerID)
@@ -230,8 +334,12 @@ class SandboxPool:
         async with sb.lock:
             if sb.state is not SandboxState.COLD:
                 raise ResourceConflict(f"container {sb.id} is {sb.state.value}, not cold")
-            sb.state = SandboxState.WARMUP
+            sb.epoch = self._next_epoch()
+            sb.identity = req.Identity
+            sb.function_brn = cfg.FunctionArn
+            sb.last_exit = None
             sb.current_event = "event_warmup"
+            self._set_state(sb, SandboxState.WARMUP)
             started = time.monotonic()
             try:
                 image = await asyncio.wait_for(
@@ -240,10 +348,11 @@ class SandboxPool:
                 mounts.bind(str(image.mountpoint), str(sb.slot_dir / "task"), readonly=True)
                 mounts.bind(str(runtime_dir), str(sb.slot_dir / "runtime"), readonly=True)
                 assert sb.cgroup is not None and sb.link is not None
+                # The function's MemorySize is its sandbox's limit: the kernel OOM-kills inside this
+                # cgroup only, whatever the rest of the box is doing.
                 sb.memory_limit = cfg.MemorySize * MiB
                 sb.cgroup.set_memory_limit(sb.memory_limit)
-                sb.oom_base = sb.cgroup.oom_kills()
-                sb.last_exit = None
+                sb.oom_base = sb.oom_seen = sb.cgroup.oom_kills()
                 reply = await sb.link.request(
                     {"op": "start", "runtime": runtime.to_dict(), "env": runtime_env(cfg, runtime),
                      "function": {"name": cfg.FunctionName, "version": cfg.Version, "brn": cfg.FunctionArn,
@@ -252,16 +361,26 @@ class SandboxPool:
             except BaseException as exc:
                 log.warning("warmup_failed", container=sb.id, error=str(exc) or type(exc).__name__)
                 await self._reset_locked(sb)
+                if isinstance(exc, FaasError):
+                    raise
                 if isinstance(exc, (asyncio.TimeoutError, LinkClosed)):
                     raise ServiceError(f"warm up container {sb.id} failed: {exc or 'timed out'}") from None
+                if isinstance(exc, OSError):
+                    raise ServiceError(f"warm up container {sb.id} failed: {exc.strerror or exc}"
+                                       f"{' (' + exc.filename + ')' if exc.filename else ''}") from None
+                if isinstance(exc, Exception):
+                    raise ServiceError(f"warm up container {sb.id} failed: {exc}") from None
                 raise
-            sb.identity = req.Identity
             sb.runtime_pid = int(reply.get("pid") or 0)
-            sb.state = SandboxState.WARM if sb.state is SandboxState.WARMUP else sb.state
+            exited = sb.last_exit is not None and sb.last_exit.Epoch == sb.epoch
+            if sb.state is SandboxState.WARMUP:
+                self._set_state(sb, SandboxState.STOPPED if exited else SandboxState.WARM)
+            sb.current_event = ""
             init_error = None if reply.get("ok") else (reply.get("error") or {"errorMessage": "runtime failed to start",
                                                                                  "errorType": "Runtime.InitError"})
             log.info("warmup_done", container=sb.id, function=cfg.FunctionArn, code=code_hash[:12],
-                     ms=round((time.monotonic() - started) * 1000, 2), init_error=bool(init_error))
+                     ms=round((time.monotonic() - started) * 1000, 2), init_error=bool(init_error),
+                     memory_mb=cfg.MemorySize, epoch=sb.epoch)
             return WarmupResponse(Container=self.info(sb), InitError=init_error)
 
     async def cooldown(self, container_id: str) -> ContainerInfo:
@@ -276,6 +395,53 @@ class SandboxPool:
             await self._rebuild_locked(sb)
         return self.info(sb)
 
+    async def grow(self, count: int) -> ScaleResponse:
+        """Build up to ``count`` more sandboxes (never beyond the bound); answers with those built."""
+        if self._closing:
+            raise ServiceError("the funclet is shutting down")
+        room = self.settings.bound - len(self._sandboxes)
+        new: list[Sandbox] = []
+        for _ in range(max(0, min(count, room))):
+            sb = self._new_sandbox(self._free_index())
+            self._sandboxes[sb.id] = sb
+            new.append(sb)
+            self.events.emit("created", self.info(sb))
+        results = await asyncio.gather(*(self._grow_one(sb) for sb in new), return_exceptions=True)
+        built = [sb for sb, result in zip(new, results) if not isinstance(result, BaseException)]
+        refused = {} if len(new) == count else {
+            "bound": f"the pool is at its bound of {self.settings.bound} sandboxes"}
+        for sb, result in zip(new, results):
+            if isinstance(result, BaseException):
+                refused[sb.id] = f"build failed: {result}"
+        log.info("pool_grown", requested=count, built=len(built), failed=len(new) - len(built),
+                 sandboxes=len(self._sandboxes))
+        return ScaleResponse(Containers=[self.info(sb) for sb in built], Refused=refused)
+
+    async def shrink(self, container_ids: list[str]) -> ScaleResponse:
+        """Destroy these cold sandboxes for good; busy ones, and any below the idle size, are refused."""
+        removed: list[str] = []
+        refused: dict[str, str] = {}
+        for cid in container_ids:
+            sb = self._sandboxes.get(cid)
+            if sb is None:
+                removed.append(cid)  # already gone: the caller's goal is met
+                continue
+            if len(self._sandboxes) <= self.settings.container_num:
+                refused[cid] = f"the pool is at its idle size of {self.settings.container_num} sandboxes"
+                continue
+            if sb.lock.locked() or sb.state is not SandboxState.COLD:
+                refused[cid] = f"container {cid} is {sb.state.value}, not cold"
+                continue
+            async with sb.lock:
+                if sb.state is not SandboxState.COLD or self._sandboxes.get(cid) is not sb:
+                    refused[cid] = f"container {cid} is {sb.state.value}, not cold"
+                    continue
+                await self._remove_locked(sb, "shrink")
+                removed.append(cid)
+        if removed:
+            log.info("pool_shrunk", removed=removed, refused=sorted(refused), sandboxes=len(self._sandboxes))
+        return ScaleResponse(Removed=removed, Refused=refused)
+
     # ---- internals -----------------------------------------------------------------------------
 
     def _new_sandbox(self, index: int) -> Sandbox:
@@ -284,6 +450,24 @@ class SandboxPool:
         return Sandbox(index=index, id=sid, slot_dir=s.slots_dir / sid,
                        invoke_socket=s.sockets_dir / sid / "invoke.sock", uid=s.uid_base + index,
                        memory_limit=s.runner_memory)
+
+    def _free_index(self) -> int:
+        used = {sb.index for sb in self._sandboxes.values()}
+        index = 0
+        while index in used:
+            index += 1
+        return index
+
+    def _next_epoch(self) -> int:
+        self._epoch += 1
+        return self._epoch
+
+    def _set_state(self, sb: Sandbox, state: SandboxState, reason: str = "") -> None:
+        if sb.state is state:
+            return
+        sb.state = state
+        if self._sandboxes.get(sb.id) is sb:
+            self.events.emit("state", self.info(sb), reason=reason)
 
     async def _net(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._net_executor, fn, *args)
@@ -297,12 +481,23 @@ class SandboxPool:
             raise InvalidParameterValue(f"runtime {runtime.Name} is not prepared ({path} is missing)")
         return path
 
+    async def _grow_one(self, sb: Sandbox) -> None:
+        async with sb.lock:
+            try:
+                await self._build(sb)
+            except BaseException:
+                # A sandbox the pool grew by is not worth retrying: forget it entirely.
+                if self._sandboxes.get(sb.id) is sb:
+                    await self._remove_locked(sb, "build failed")
+                raise
+
     async def _build(self, sb: Sandbox) -> None:
         """Create the sandbox's kernel objects and start its runner; on failure leave it DEAD."""
         s = self.settings
-        sb.state = SandboxState.STARTING
+        self._set_state(sb, SandboxState.STARTING)
         sb.current_event = "event_init"
         sb.identity = ""
+        sb.function_brn = ""
         sb.memory_limit = s.runner_memory
         listener: socket.socket | None = None
         theirs: socket.socket | None = None
@@ -314,6 +509,7 @@ class SandboxPool:
             sb.cgroup.set_memory_limit(s.runner_memory)
             sb.cgroup.set_cpu_limit(s.runner_millicpus)
             sb.cgroup.set_pids_limit(s.runner_pids)
+            sb.oom_base = sb.oom_seen = sb.cgroup.oom_kills()
             sb.invoke_socket.unlink(missing_ok=True)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(sb.invoke_socket))
@@ -339,8 +535,9 @@ class SandboxPool:
                 raise RuntimeError(f"sandbox init failed: {message.get('error', message)}")
             if self._network is not None:
                 sb.nic = await self._net(self._network.attach, sb.pid, sb.index)
-            sb.state = SandboxState.COLD
+            sb.epoch = self._next_epoch()
             sb.current_event = ""
+            self._set_state(sb, SandboxState.COLD, "built")
             log.info("sandbox_built", container=sb.id, pid=sb.pid,
                      address=sb.nic.address if sb.nic else None)
         except BaseException as exc:
@@ -352,8 +549,8 @@ class SandboxPool:
             await self._destroy(sb)
             raise
 
-    async def _destroy(self, sb: Sandbox) -> None:
-        sb.state = SandboxState.DEAD
+    async def _destroy(self, sb: Sandbox, state: SandboxState = SandboxState.DEAD) -> None:
+        self._set_state(sb, state)
         sb.current_event = "event_reset"
         link, sb.link = sb.link, None
         if sb.pid:
@@ -376,15 +573,30 @@ class SandboxPool:
             await self._net(self._network.detach, nic)
         sb.invoke_socket.unlink(missing_ok=True)
         sb.pid = 0
+        sb.runtime_pid = 0
         sb.identity = ""
+        sb.function_brn = ""
+
+    async def _remove_locked(self, sb: Sandbox, reason: str) -> None:
+        """Destroy a sandbox for good: its kernel objects, its directories, its entry in the pool."""
+        await self._destroy(sb, SandboxState.REMOVING)
+        for path in (sb.slot_dir / "root", sb.slot_dir / "task", sb.slot_dir / "runtime", sb.slot_dir,
+                     sb.invoke_socket.parent):
+            try:
+                path.rmdir()
+            except OSError:
+                pass  # still a mountpoint of a dying namespace, or not empty: harmless, reused later
+        if self._sandboxes.get(sb.id) is sb:
+            del self._sandboxes[sb.id]
+            self.events.emit("removed", self.info(sb), reason=reason)
 
     async def _reset_locked(self, sb: Sandbox) -> None:
         """Back to COLD without rebuilding; a runner that fails to reset gets its sandbox rebuilt."""
         if sb.state in (SandboxState.DEAD, SandboxState.STARTING) or sb.link is None:
             await self._rebuild_locked(sb)
             return
-        sb.state = SandboxState.RESETTING
         sb.current_event = "event_reset"
+        self._set_state(sb, SandboxState.RESETTING)
         try:
             await sb.link.request({"op": "reset"}, {"reset_done"}, self.settings.runner_timeout)
             for sub in ("task", "runtime"):
@@ -397,9 +609,11 @@ class SandboxPool:
             await self._rebuild_locked(sb)
             return
         sb.identity = ""
+        sb.function_brn = ""
         sb.runtime_pid = 0
-        sb.state = SandboxState.COLD
+        sb.epoch = self._next_epoch()
         sb.current_event = ""
+        self._set_state(sb, SandboxState.COLD, "reset")
         log.info("sandbox_reset", container=sb.id)
 
     async def _rebuild_locked(self, sb: Sandbox) -> None:
@@ -414,10 +628,10 @@ class SandboxPool:
 
     async def _retry_build(self, sb: Sandbox) -> None:
         delay = 1.0
-        while not self._closing:
+        while not self._closing and self._sandboxes.get(sb.id) is sb:
             await asyncio.sleep(delay)
             async with sb.lock:
-                if sb.state is not SandboxState.DEAD:
+                if sb.state is not SandboxState.DEAD or self._sandboxes.get(sb.id) is not sb:
                     return
                 try:
                     await self._build(sb)
@@ -435,31 +649,80 @@ class SandboxPool:
             oom = False
             if sb.cgroup is not None:
                 try:
-                    oom = sb.cgroup.oom_kills() > sb.oom_base
+                    kills = sb.cgroup.oom_kills()
+                    oom = kills > sb.oom_base
+                    sb.oom_seen = max(sb.oom_seen, kills)
                 except OSError:
                     pass
-            sb.last_exit = {**message, "oom": oom}
+            code, sig = message.get("code"), message.get("signal")
+            output = str(message.get("output") or "")[-2000:]
+            sb.last_exit = RuntimeExit(Epoch=sb.epoch, Code=code if isinstance(code, int) else None,
+                                       Signal=sig if isinstance(sig, int) else None, OOMKilled=oom,
+                                       MemoryLimit=sb.memory_limit, Output=output, Time=time.time())
             sb.runtime_pid = 0
+            log.info("runtime_exited", container=sb.id, function=sb.function_brn, code=code, signal=sig, oom=oom,
+                     memory_limit_mb=sb.memory_limit // MiB, epoch=sb.epoch, output=output[-1000:])
+            self.events.emit("exited", self.info(sb), exit=sb.last_exit)
             if sb.state is SandboxState.WARM:
-                sb.state = SandboxState.STOPPED
-            log.info("runtime_exited", container=sb.id, code=message.get("code"),
-                     signal=message.get("signal"), oom=oom,
-                     output=str(message.get("output") or "")[-1000:])
+                self._set_state(sb, SandboxState.STOPPED, "runtime exited")
             return
         log.debug("runner_message", container=sb.id, op=op)
 
     def _on_runner_gone(self, sb: Sandbox, link_id: int) -> None:
         if sb.ready is not None and not sb.ready.done():
             sb.ready.set_result({"op": "failed", "error": "the sandbox init exited before it was ready"})
-        if self._closing or sb.state in (SandboxState.DEAD, SandboxState.STARTING):
+        if self._closing or sb.state in (SandboxState.DEAD, SandboxState.STARTING, SandboxState.REMOVING):
             return
         log.warning("runner_gone", container=sb.id, state=sb.state.value)
-        self._spawn_task(self._heal(sb))
+        self._spawn_task(self._heal(sb, "runner gone"))
 
-    async def _heal(self, sb: Sandbox) -> None:
+    async def _heal(self, sb: Sandbox, reason: str) -> None:
         async with sb.lock:
-            if sb.link is not None and not sb.link.closed:
+            if self._sandboxes.get(sb.id) is not sb or (sb.link is not None and not sb.link.closed):
                 return
+            self.events.emit("defunct", self.info(sb), reason=reason)
+            await self._rebuild_locked(sb)
+
+    # ---- health --------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Ping idle runners; rebuild the sandboxes whose runner has been silent too long."""
+        while not self._closing:
+            await asyncio.sleep(self.settings.ping_interval)
+            sandboxes = list(self._sandboxes.values())
+            await asyncio.gather(*(self._check(sb) for sb in sandboxes), return_exceptions=True)
+
+    async def _check(self, sb: Sandbox) -> None:
+        if sb.cgroup is not None:
+            # OOM kills that did not end the runtime (a process the exec runtime spawned, say).
+            try:
+                kills = sb.cgroup.oom_kills()
+            except OSError:
+                kills = sb.oom_seen
+            if kills > sb.oom_seen:
+                sb.oom_seen = kills
+                log.info("sandbox_oom_kill", container=sb.id, function=sb.function_brn, oom_kills=kills,
+                         memory_limit_mb=sb.memory_limit // MiB)
+                self.events.emit("oom", self.info(sb), reason=f"{kills} OOM kills")
+        if sb.state not in _PINGABLE or sb.link is None or sb.lock.locked():
+            return
+        async with sb.lock:
+            link = sb.link
+            if sb.state not in _PINGABLE or link is None or link.closed:
+                return
+            try:
+                await link.request({"op": "ping"}, {"pong"}, min(1.0, self.settings.ping_interval))
+                return
+            except LinkClosed:
+                return  # _on_runner_gone heals it
+            except asyncio.TimeoutError:
+                pass
+            silent = time.time() - link.last_heard
+            if silent < self.settings.max_runner_defunct:
+                log.warning("runner_ping_missed", container=sb.id, silent_s=round(silent, 1))
+                return
+            log.warning("runner_defunct", container=sb.id, state=sb.state.value, silent_s=round(silent, 1))
+            self.events.emit("defunct", self.info(sb), reason=f"runner silent for {silent:.1f}s")
             await self._rebuild_locked(sb)
 
     def _spawn_task(self, coro: Any) -> None:

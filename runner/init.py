@@ -24,7 +24,7 @@ import time
 from typing import Any, NoReturn
 
 from easyfaas import syscalls as sc
-from runner import control, privileges
+from runner import control, privileges, seccomp
 from runner.control import SandboxSpec
 from runner.runtimes.python import bootstrap as python_bootstrap
 
@@ -91,6 +91,7 @@ def build_sandbox(spec: SandboxSpec) -> None:
     _step("join cgroups", join_cgroups, spec.cgroup_procs)
     _step("unshare namespaces", sc.unshare, sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET)
     _step("set hostname", sc.sethostname, spec.hostname)
+    _step("disable IPv6 on new interfaces", disable_ipv6_by_default)
     if spec.loopback_up:
         _step("bring up lo", bring_loopback_up)
     # Slave, not private: mounts the funclet makes later under the (shared) slots dir must still
@@ -120,6 +121,20 @@ def join_cgroups(procs_files: list[str]) -> None:
             os.write(fd, b"0")
         finally:
             os.close(fd)
+
+
+def disable_ipv6_by_default() -> None:
+    """Interfaces that arrive in our (new) network namespace later, eth0 above all, get no IPv6.
+
+    An unprivileged process can forge the source address of IPv6 packets (IPV6_FREEBIND with
+    IPV6_PKTINFO), and a link-local address would reach the host's wildcard listeners past the
+    bridge's IPv4 rules. Loopback keeps ::1. /proc/sys/net is the writer's namespace's.
+    """
+    try:
+        with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        pass  # a kernel without IPv6
 
 
 def bring_loopback_up() -> None:
@@ -369,6 +384,8 @@ class Supervisor:
             os.chdir(TASK_DIR)
             privileges.set_rlimits(self.spec.nofile)
             privileges.drop_to(self.spec.uid, self.spec.gid)
+            # Last: everything above needed system calls the filter refuses (unshare, setns, ...).
+            seccomp.install_filter()
         except BaseException as exc:  # noqa: BLE001
             _write_status(status_fd, {"ok": False, "error": {
                 "errorMessage": f"runtime setup failed: {_describe(exc)}", "errorType": "Runtime.SandboxError"}})

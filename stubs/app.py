@@ -177,6 +177,7 @@ class FunctionFields:
     Code: str | None = None  # base64, still undecoded
     has_reserved_concurrency: bool = False
     ReservedConcurrentExecutions: int | None = None
+    Tags: dict[str, str] | None = None  # labels, e.g. the OpenFaaS scaling knobs com.openfaas.scale.*
 
     def apply(self, cfg: FunctionConfiguration, concurrency: Concurrency) -> None:
         for key in ("Description", "Runtime", "Timeout", "MemorySize", "Handler", "PodConcurrentQuota"):
@@ -211,10 +212,32 @@ def parse_function_fields(body: Any, runtimes: RuntimeCatalog) -> FunctionFields
         fields.ReservedConcurrentExecutions = _expect_range(
             body, "ReservedConcurrentExecutions", (0, RESERVED_CONCURRENCY_MAX)
         )
+    if body.get("Tags") is not None:
+        fields.Tags = _parse_tags(body["Tags"])
     if fields.Runtime is not None and runtimes.get(fields.Runtime) is None:
         known = ", ".join(runtimes.names()) or "none"
         raise InvalidParameterValue(f"Runtime: unknown runtime {fields.Runtime!r}; known runtimes: {known}")
     return fields
+
+
+MAX_TAGS = 50
+
+
+def _parse_tags(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValidationError(f"Tags: expected an object, got {_type_name(value)}")
+    if len(value) > MAX_TAGS:
+        raise ValidationError(f"Tags: more than {MAX_TAGS} tags")
+    tags: dict[str, str] = {}
+    for key, val in value.items():
+        if not (1 <= len(key) <= 128):
+            raise ValidationError(f"Tags: a tag name must have 1 to 128 characters, not {len(key)}")
+        if not isinstance(val, str):
+            raise ValidationError(f"Tags.{key}: expected a string, got {_type_name(val)}")
+        if len(val) > 256:
+            raise ValidationError(f"Tags.{key}: longer than 256 characters")
+        tags[key] = val
+    return tags
 
 
 def _decode_and_inspect(code_b64: str, max_code_size: int) -> tuple[bytes, codezip.CodeArchive]:
@@ -353,7 +376,8 @@ class StubsHandlers:
         cfg.CodeSize = archive.size
         cfg.LastModified = _now_rfc3339()
         latest = self.versioned(
-            FunctionRecord(Concurrency=concurrency, Configuration=cfg, LogConfig=LogConfig()), brn, LATEST
+            FunctionRecord(Concurrency=concurrency, Configuration=cfg, LogConfig=LogConfig(),
+                           Tags=dict(fields.Tags or {})), brn, LATEST
         )
         async with self.store.lock(brn.account, brn.name):
             written = await self.store.write(brn.account, brn.name, LATEST, latest, code)
@@ -379,6 +403,8 @@ class StubsHandlers:
                 raise ResourceNotFound(f"function not found: {brn.with_qualifier(LATEST)}")
             cfg = current.Configuration
             fields.apply(cfg, current.Concurrency)
+            if fields.Tags is not None:
+                current.Tags = dict(fields.Tags)
             _check_handler(cfg.Handler, self._runtime_name(cfg.Runtime))
             code = None
             if new_code is not None:

@@ -97,11 +97,20 @@ def kernel_leaks(state_dir: Path, names: TestNames) -> list[str]:
     for proc in psutil.process_iter(["cmdline", "pid"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
+            ours = prefix in cmd or ("runner.zygote" in cmd and _pod_of(proc) == names.pod_name)
         except (psutil.Error, TypeError):
             continue
-        if (prefix in cmd or "runner.zygote" in cmd) and proc.pid != os.getpid():
+        if ours and proc.pid != os.getpid():
             leaks.append(f"process {proc.pid}: {cmd[:120]}")
     return leaks
+
+
+def _pod_of(proc: psutil.Process) -> str:
+    """The pod a zygote or runner belongs to (the funclet puts EASYFAAS_POD in its environment)."""
+    try:
+        return proc.environ().get("EASYFAAS_POD", "")
+    except psutil.Error:
+        return ""
 
 
 def kernel_snapshot() -> dict[str, set[str]]:

@@ -338,7 +338,7 @@ async def test_warmup_failure_is_service_error(env: Env) -> None:
 
 
 async def test_no_free_slot_is_429() -> None:
-    e, cleanup = await make_env(containers=1)
+    e, cleanup = await make_env(containers=1, extra_args=("--queue-timeout", "0"))
     try:
         first = asyncio.create_task(e.invoke("hello", {"sleep": 0.5}))
         await until(lambda: e.requests_seen() != [])

@@ -169,7 +169,7 @@ def test_attach_configures_sandbox_netns(net):
         assert net.addresses_in_use() == []
 
 
-def test_sandboxes_reach_bridge_but_not_each_other(net):
+def test_sandboxes_reach_neither_the_host_nor_each_other(net):
     with sandbox_process() as pid_a, sandbox_process() as pid_b:
         nic_a = net.attach(pid_a, 1)
         nic_b = net.attach(pid_b, 2)
@@ -180,8 +180,8 @@ def test_sandboxes_reach_bridge_but_not_each_other(net):
             host_rx.bind((net.gateway, 0))
             b_rx.bind((nic_b.address, 0))
             a_rx.bind((nic_a.address, 0))
-            # sandbox -> bridge address: allowed
-            assert _probe(a_tx, host_rx, net.gateway)
+            # sandbox -> host (bridge address): dropped by the bridge firewall
+            assert not _probe(a_tx, host_rx, net.gateway)
             # host -> sandbox: allowed (the bridge is not an isolated port)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as host_tx:
                 assert _probe(host_tx, a_rx, nic_a.address)

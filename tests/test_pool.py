@@ -12,25 +12,34 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 from controller.funclet_client import FuncletError, FuncletUnavailable
-from controller.pool import FunctionInitError, Lease, Pool, Slot, SlotState
+from controller.pool import FunctionInitError, FunctionPolicy, Lease, Pool, Slot, SlotState, parse_scaling
 from easyfaas.errors import ServiceError, TooManyRequests
-from easyfaas.models import ContainerInfo, NodeResource, ResetRequest, Resource, WarmupRequest, WarmupResponse
+from easyfaas.models import (ContainerInfo, FuncletEvent, FuncletEvents, FunctionRecord, NodeResource, ResetRequest,
+                             Resource, RuntimeExit, ScaleResponse, WarmupRequest, WarmupResponse)
 
 MiB = 1 << 20
 
 
 class FakeFunclet:
-    """The funclet API in memory: containers c0..c<n-1>, every call recorded in ``calls``."""
+    """The funclet API in memory: containers c0..c<n-1>, every call recorded in ``calls``.
+
+    Sandbox events are what a test pushes (``push``); ``max_sandboxes`` > n lets the pool grow.
+    """
 
     def __init__(self, n: int = 3, *, socket_for: Callable[[str], str] = lambda cid: f"/nonexistent/{cid}.sock",
-                 states: dict[str, str] | None = None, allocatable_mb: int = 0) -> None:
+                 states: dict[str, str] | None = None, allocatable_mb: int = 0, max_sandboxes: int = 0) -> None:
         self.sock_path = "fake-funclet.sock"
         self.socket_for = socket_for
-        self.containers = {
-            f"c{i}": ContainerInfo(ContainerID=f"c{i}", Hostname=f"c{i}", State=(states or {}).get(f"c{i}", "cold"),
-                                   InvokeSocket=socket_for(f"c{i}"), Resource=Resource(500, 128 * MiB))
-            for i in range(n)
-        }
+        self.idle = n
+        self.max_sandboxes = max_sandboxes
+        self.boot_id = "boot-1"
+        self.containers = {f"c{i}": self._container(f"c{i}", (states or {}).get(f"c{i}", "cold")) for i in range(n)}
+        self.events_log: list[FuncletEvent] = []
+        self.events_changed: asyncio.Event | None = None
+        self.grow_gate: asyncio.Event | None = None
+        self.grow_error: FuncletError | None = None
+        self.refuse_shrink = False
+        self.epoch = 0
         self.calls: list[tuple[str, str]] = []
         self.warmups: list[WarmupRequest] = []
         self.list_failures = 0
@@ -45,11 +54,70 @@ class FakeFunclet:
     async def close(self) -> None:
         self.closed = True
 
+    def _container(self, cid: str, state: str = "cold") -> ContainerInfo:
+        return ContainerInfo(ContainerID=cid, Hostname=cid, State=state, InvokeSocket=self.socket_for(cid),
+                             Resource=Resource(500, 128 * MiB))
+
     async def node(self) -> NodeResource:
         self.calls.append(("node", ""))
         alloc = Resource(1000, self.allocatable_mb * MiB)
         return NodeResource(BaseMemory=128 * MiB, Default=Resource(500, 128 * MiB), Capacity=alloc,
-                            Allocatable=alloc)
+                            Allocatable=alloc, BootID=self.boot_id, IdleSandboxes=self.idle,
+                            MaxSandboxes=self.max_sandboxes, Sandboxes=len(self.containers))
+
+    def push(self, kind: str, cid: str, **kw: Any) -> None:
+        """Emit a sandbox event, as the funclet does when a sandbox changes."""
+        info = ContainerInfo.from_dict(self.containers[cid].to_dict()) if cid in self.containers else \
+            ContainerInfo(ContainerID=cid, State="removing")
+        self.events_log.append(FuncletEvent(Seq=len(self.events_log) + 1, Type=kind, ContainerID=cid,
+                                            Container=info, **kw))
+        if self.events_changed is not None:
+            self.events_changed.set()
+
+    async def events(self, after: int, wait: float) -> FuncletEvents:
+        self.calls.append(("events", str(after)))
+        seq = len(self.events_log)
+        if after < 0:
+            return FuncletEvents(BootID=self.boot_id, Seq=seq)
+        if after > seq:
+            return FuncletEvents(BootID=self.boot_id, Seq=seq, Lost=True)
+        if seq == after:
+            self.events_changed = asyncio.Event()
+            try:
+                async with asyncio.timeout(wait):
+                    await self.events_changed.wait()
+            except TimeoutError:
+                pass
+        return FuncletEvents(BootID=self.boot_id, Seq=len(self.events_log), Events=self.events_log[after:])
+
+    async def grow(self, count: int) -> ScaleResponse:
+        self.calls.append(("grow", str(count)))
+        if self.grow_gate is not None:
+            await self.grow_gate.wait()
+        if self.grow_error is not None:
+            raise self.grow_error
+        built = []
+        for _ in range(max(0, min(count, self.max_sandboxes - len(self.containers)))):
+            index = 0
+            while f"c{index}" in self.containers:
+                index += 1
+            c = self.containers[f"c{index}"] = self._container(f"c{index}")
+            built.append(ContainerInfo.from_dict(c.to_dict()))
+        return ScaleResponse(Containers=built)
+
+    async def shrink(self, ids: list[str]) -> ScaleResponse:
+        self.calls.append(("shrink", ",".join(ids)))
+        removed, refused = [], {}
+        for cid in ids:
+            c = self.containers.get(cid)
+            if c is None:
+                removed.append(cid)
+            elif self.refuse_shrink or c.State != "cold" or len(self.containers) <= self.idle:
+                refused[cid] = "refused"
+            else:
+                del self.containers[cid]
+                removed.append(cid)
+        return ScaleResponse(Removed=removed, Refused=refused)
 
     async def list(self) -> list[ContainerInfo]:
         self.calls.append(("list", ""))
@@ -59,7 +127,10 @@ class FakeFunclet:
         return [ContainerInfo.from_dict(c.to_dict()) for c in self.containers.values()]
 
     async def container(self, container_id: str) -> ContainerInfo:
-        return self.containers[container_id]
+        self.calls.append(("container", container_id))
+        if container_id not in self.containers:
+            raise FuncletError(404, "ResourceNotFoundException", f"container {container_id} does not exist")
+        return ContainerInfo.from_dict(self.containers[container_id].to_dict())
 
     async def warmup(self, request: WarmupRequest, timeout: float | None = None) -> WarmupResponse:
         self.calls.append(("warmup", request.ContainerID))
@@ -75,6 +146,7 @@ class FakeFunclet:
             raise self.warmup_error
         c.State = "warm"
         c.Identity = request.Identity
+        c.Epoch = self.next_epoch()
         c.Resource = Resource(500, request.Configuration.MemorySize * MiB)
         return WarmupResponse(Container=ContainerInfo.from_dict(c.to_dict()), InitError=self.init_error)
 
@@ -90,8 +162,13 @@ class FakeFunclet:
             raise self.reborn_error
         return self._reset(request.ContainerID)
 
+    def next_epoch(self) -> int:
+        self.epoch += 1
+        return self.epoch
+
     def _reset(self, cid: str) -> ContainerInfo:
         c = self.containers[cid]
+        c.Epoch = self.next_epoch()
         c.State = "cold"
         c.Identity = ""
         c.Resource = Resource(500, 128 * MiB)
@@ -198,7 +275,8 @@ async def test_cold_start_then_warm_reuse(make_pool: Any, funclet: FakeFunclet) 
     assert second is not None and second.slot is first.slot and not second.cold
     assert pool.release(second)
     assert len(funclet.ops("warmup")) == 1
-    assert pool.counters == {"warm_hit": 1, "cold_start": 1, "throttled": 0, "evicted": 0}
+    assert {k: pool.counters[k] for k in ("warm_hit", "cold_start", "throttled", "evicted")} == {
+        "warm_hit": 1, "cold_start": 1, "throttled": 0, "evicted": 0}
     assert first.slot.accepted == 2
 
 
@@ -539,5 +617,488 @@ async def test_views(make_pool: Any) -> None:
     res = pool.resource()
     assert res["Marked"]["Memory"] == 256 * MiB
     assert res["Used"]["Memory"] == 256 * MiB
-    assert res["Slots"] == {"cold": 2, "warmup": 0, "warm": 1, "stopping": 0, "broken": 0}
+    assert res["Slots"] == {"cold": 2, "warmup": 0, "warm": 1, "stopping": 0, "broken": 0, "removing": 0}
     pool.release(lease)
+
+
+# ---- memory: every path that reserves memory releases it ---------------------------------------
+
+def reserved_mb(pool: Pool) -> int:
+    return pool.resource()["Reserved"]["Memory"] // MiB
+
+
+async def test_reservation_follows_the_slot_through_warm_and_cooldown(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool(task_interval=0.02, max_runtime_idle=0.05)
+    lease = await acquire(pool, "A", memory=256)
+    assert reserved_mb(pool) == 256 and lease.slot.reserved_mb == 256
+    pool.release(lease)
+    await until(lambda: lease.slot.state is SlotState.COLD)
+    assert reserved_mb(pool) == 0
+
+
+async def test_failed_warmup_releases_memory_at_once(make_pool: Any, funclet: FakeFunclet) -> None:
+    """Reference §2.13/§9.9: the original kept a failed warmup's memory reserved until a reborn."""
+    pool = await make_pool()
+    funclet.reborn_error = FuncletUnavailable("down")  # the reborn cannot complete
+    funclet.warmup_error = FuncletError(500, "ServiceException", "code image build failed")
+    with pytest.raises(ServiceError):
+        await acquire(pool, "A", memory=512)
+    assert reserved_mb(pool) == 0, "the funclet answered and reset the sandbox: nothing is held"
+
+
+async def test_silent_funclet_keeps_memory_until_the_reborn(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool()
+    funclet.warmup_error = FuncletUnavailable("no answer")
+    funclet.reborn_error = FuncletUnavailable("still down")
+    with pytest.raises(ServiceError):
+        await acquire(pool, "A", memory=512)
+    slot = pool.slots[funclet.ops("warmup")[0]]
+    # Nobody knows whether the sandbox still runs with its limit: the memory stays reserved ...
+    await until(lambda: slot.busy is None and slot.state is SlotState.BROKEN)
+    assert reserved_mb(pool) == 512
+    funclet.reborn_error = None
+    await pool.tick()
+    # ... until the funclet confirms it rebuilt the sandbox.
+    await until(lambda: slot.state is SlotState.COLD)
+    assert reserved_mb(pool) == 0
+
+
+async def test_init_error_recycle_and_eviction_release_memory(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool(FakeFunclet(1))
+    fake = pool.funclet
+    fake.init_error = {"errorMessage": "x", "errorType": "Runtime.ImportModuleError"}
+    with pytest.raises(FunctionInitError):
+        await acquire(pool, "A", memory=300)
+    await until(lambda: pool.slots["c0"].state is SlotState.COLD)
+    assert reserved_mb(pool) == 0
+    fake.init_error = None
+    lease = await acquire(pool, "A", memory=300)
+    pool.release(lease)
+    lease = await acquire(pool, "B", memory=200)  # evicts A: the slot now holds B's memory only
+    assert reserved_mb(pool) == 200
+    pool.recycle(lease.slot, lease.generation, "timeout")
+    assert reserved_mb(pool) == 200, "held until the cooldown is confirmed"
+    await until(lambda: lease.slot.state is SlotState.COLD)
+    assert reserved_mb(pool) == 0
+    pool.release(lease)
+
+
+async def test_abandoned_cold_start_releases_memory(make_pool: Any) -> None:
+    pool = await make_pool()
+
+    def broken_factory(slot: Slot) -> WarmupRequest:
+        raise RuntimeError("runtime configuration vanished")
+
+    with pytest.raises(RuntimeError):
+        await pool.acquire("A", 1, broken_factory, brn="brn-A", memory_mb=256)
+    assert reserved_mb(pool) == 0
+    assert all(s.state is SlotState.COLD and s.in_flight == 0 for s in pool.slots.values())
+
+
+async def test_memory_admission_waits_for_memory_and_never_admits_the_impossible(make_pool: Any) -> None:
+    pool = await make_pool(FakeFunclet(3, allocatable_mb=400), queue_timeout=2)
+    first = await acquire(pool, "A", memory=256)
+    with pytest.raises(TooManyRequests, match="insufficient memory.*400 MB allocatable"):
+        await acquire(pool, "H", memory=1024)
+    waiting = asyncio.create_task(acquire(pool, "B", memory=256))
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "B waits for memory, not for a slot"
+    pool.recycle(first.slot, first.generation, "done with A")
+    second = await waiting
+    assert second.slot.memory_mb == 256 and reserved_mb(pool) == 256
+    pool.release(first)
+    pool.release(second)
+
+
+# ---- concurrency limits ------------------------------------------------------------------------
+
+async def test_reserved_concurrency_caps_every_version_of_a_function(make_pool: Any) -> None:
+    pool = await make_pool(FakeFunclet(4))
+    policy = FunctionPolicy(reserved_concurrency=2)
+    a1 = await pool.acquire("A1", 5, warmup_for(), brn="brn:cloud:faas:bj:acct:function:f:1", policy=policy)
+    a2 = await pool.acquire("A2", 5, warmup_for(), brn="brn:cloud:faas:bj:acct:function:f:2", policy=policy)
+    assert pool.take_warm("A1") is None, "the slot has room, but the function is at its cap"
+    with pytest.raises(TooManyRequests, match="reserved concurrency of 2"):
+        await pool.acquire("A1", 5, warmup_for(), brn="brn:cloud:faas:bj:acct:function:f:1", policy=policy)
+    pool.release(a2)
+    again = pool.take_warm("A1")
+    assert again is not None and again.slot is a1.slot
+    for lease in (a1, again):
+        pool.release(lease)
+    assert pool._limits["brn:cloud:faas:bj:acct:function:f"].in_flight == 0
+
+
+async def test_reserved_concurrency_zero_throttles(make_pool: Any) -> None:
+    pool = await make_pool(queue_timeout=5)
+    with pytest.raises(TooManyRequests, match="reserved concurrency of 0"):
+        await pool.acquire("A", 1, warmup_for(), brn="brn-A", policy=FunctionPolicy(reserved_concurrency=0))
+
+
+async def test_policy_from_a_record_and_the_operator_overrides() -> None:
+    record = FunctionRecord()
+    record.Tags = {"com.openfaas.scale.min": "2", "com.openfaas.scale.max": "4",
+                   "com.openfaas.scale.zero-duration": "90s"}
+    record.Concurrency.ReservedConcurrentExecutions = 7
+    assert FunctionPolicy.of(record) == FunctionPolicy(min_warm=2, max_sandboxes=4, max_idle=90.0,
+                                                       reserved_concurrency=7)
+    record.Tags = {"com.openfaas.scale.zero": "false", "com.openfaas.scale.min": "nonsense"}
+    assert FunctionPolicy.of(record).min_warm == 0, "a malformed label is ignored, not fatal"
+    record.Tags = {"com.openfaas.scale.zero": "false"}
+    assert FunctionPolicy.of(record).min_warm == 1
+    knobs = parse_scaling({"hello": {"min": 1, "zero-duration": "2s", "reserved_concurrency": 3}})
+    assert knobs == {"hello": {"min_warm": 1, "max_idle": 2.0, "reserved_concurrency": 3}}
+    pool = Pool(FakeFunclet(), scaling=knobs)  # type: ignore[arg-type]
+    brn = "brn:cloud:faas:bj:acct:function:hello:$LATEST"
+    assert pool.policy_for(brn, record) == FunctionPolicy(min_warm=1, max_idle=2.0, reserved_concurrency=3)
+    for bad, message in (({"f": {"colour": 1}}, "unknown knob"), ({"f": {"min": -1}}, "negative"),
+                         ({"f": {"zero-duration": "soon"}}, "not a duration"), (["f"], "must map")):
+        with pytest.raises(ValueError, match=message):
+            parse_scaling(bad)
+
+
+async def test_function_max_sandboxes(make_pool: Any) -> None:
+    pool = await make_pool(queue_timeout=0.2)
+    policy = FunctionPolicy(max_sandboxes=1)
+    first = await pool.acquire("A", 1, warmup_for(), brn="brn-A", policy=policy)
+    with pytest.raises(TooManyRequests, match="maximum of 1 sandboxes"):
+        await pool.acquire("A", 1, warmup_for(), brn="brn-A", policy=policy)
+    pool.release(first)
+
+
+# ---- the queue ---------------------------------------------------------------------------------
+
+async def test_queued_request_gets_the_slot_that_frees_up(make_pool: Any) -> None:
+    pool = await make_pool(FakeFunclet(1), queue_timeout=5)
+    first = await acquire(pool, "A")
+    waiter = asyncio.create_task(acquire(pool, "A"))
+    await until(lambda: pool.resource()["Queue"]["Waiting"] == 1)
+    assert pool.take_warm("A") is None
+    pool.release(first)
+    second = await waiter
+    assert second.slot is first.slot and not second.cold
+    assert pool.counters["queued"] == 1 and pool.resource()["Queue"]["Waiting"] == 0
+    pool.release(second)
+
+
+async def test_queue_is_bounded_in_length_and_time(make_pool: Any) -> None:
+    pool = await make_pool(FakeFunclet(1), queue_timeout=0.2, queue_length=2)
+    busy = await acquire(pool, "A")
+    waiters = [asyncio.create_task(acquire(pool, "A")) for _ in range(2)]
+    await until(lambda: pool.resource()["Queue"]["Waiting"] == 2)
+    with pytest.raises(TooManyRequests, match="queue of function brn-A is full"):
+        await acquire(pool, "A")
+    for task in waiters:
+        with pytest.raises(TooManyRequests, match="no sandbox became free for brn-A within 0.2s"):
+            await task
+    assert pool.counters["queue_timeout"] == 2 and pool.counters["throttled"] == 3
+    assert pool.resource()["Queue"]["Waiting"] == 0 and busy.slot.in_flight == 1
+    pool.release(busy)
+    assert busy.slot.in_flight == 0
+
+
+async def test_cancelled_waiter_leaves_the_queue_and_leaks_nothing(make_pool: Any) -> None:
+    pool = await make_pool(FakeFunclet(1), queue_timeout=5)
+    busy = await acquire(pool, "A")
+    waiter = asyncio.create_task(acquire(pool, "A"))
+    await until(lambda: pool.resource()["Queue"]["Waiting"] == 1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert pool.resource()["Queue"]["Waiting"] == 0
+    pool.release(busy)
+    assert busy.slot.in_flight == 0
+
+
+async def test_waiter_served_as_it_times_out_keeps_its_lease(make_pool: Any) -> None:
+    pool = await make_pool(FakeFunclet(1), queue_timeout=5)
+    busy = await acquire(pool, "A")
+    waiter = asyncio.create_task(acquire(pool, "A"))
+    await until(lambda: pool.resource()["Queue"]["Waiting"] == 1)
+    pool.release(busy)  # serves the waiter's future ...
+    waiter.cancel()      # ... and its task is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert busy.slot.in_flight == 0, "the lease the cancelled waiter was given went back"
+
+
+async def test_queues_are_served_round_robin_between_functions(make_pool: Any) -> None:
+    pool = await make_pool(FakeFunclet(1), queue_timeout=5)
+    busy = await acquire(pool, "A", quota=1)
+    order: list[str] = []
+
+    async def request(identity: str) -> None:
+        lease = await acquire(pool, identity)
+        order.append(identity)
+        await asyncio.sleep(0.01)
+        pool.release(lease)
+
+    tasks = [asyncio.create_task(request(i)) for i in ("A", "A", "A", "B", "B")]
+    await until(lambda: pool.resource()["Queue"]["Waiting"] == 5)
+    pool.release(busy)
+    await asyncio.gather(*tasks)
+    # A's three requests do not all go before B's: the functions take turns.
+    assert order[:4] in (["A", "B", "A", "B"], ["B", "A", "B", "A"]), order
+    assert pool.counters["evicted"] >= 3
+
+
+# ---- the elastic pool --------------------------------------------------------------------------
+
+async def test_pool_grows_under_a_burst_and_shrinks_back(make_pool: Any) -> None:
+    fake = FakeFunclet(2, max_sandboxes=5)
+    pool = await make_pool(fake, queue_timeout=2, max_sandbox_idle=0.05, min_free_sandboxes=1)
+    leases = await asyncio.gather(*(acquire(pool, "A") for _ in range(5)))
+    assert len({lease.slot.id for lease in leases}) == 5
+    assert len(pool.slots) == 5 and pool.counters["grown"] == 3
+    assert all(int(n) <= 5 for n in fake.ops("grow"))
+    with pytest.raises(TooManyRequests, match="within 2s"):
+        await acquire(pool, "B")  # at the bound: waits its queue time, then 429
+    for lease in leases:
+        pool.release(lease)
+        pool.recycle(lease.slot, lease.generation, "test: cool it now")
+    await until(lambda: all(s.state is SlotState.COLD for s in pool.slots.values()))
+    await asyncio.sleep(0.06)
+    await pool.tick()
+    await until(lambda: len(pool.slots) == 2)
+    assert sorted(fake.containers) == sorted(pool.slots) == ["c0", "c1"]
+    assert pool.counters["shrunk"] == 3
+    assert pool.resource()["Sandboxes"] == {"Total": 2, "Idle": 2, "Max": 5, "Free": 2, "Growing": 0}
+
+
+async def test_spare_sandbox_is_built_off_the_request_path(make_pool: Any) -> None:
+    fake = FakeFunclet(1, max_sandboxes=3)
+    pool = await make_pool(fake, min_free_sandboxes=1)
+    lease = await acquire(pool, "A")  # takes the only free sandbox: one more is built in the background
+    await until(lambda: len(pool.slots) == 2)
+    assert fake.ops("grow") == ["1"]
+    second = await acquire(pool, "B")
+    assert second.slot.id == "c1" and second.cold
+    pool.release(lease)
+    pool.release(second)
+
+
+async def test_growth_failure_backs_off_and_requests_get_429(make_pool: Any) -> None:
+    fake = FakeFunclet(1, max_sandboxes=3)
+    fake.grow_error = FuncletError(500, "ServiceException", "no more veths")
+    pool = await make_pool(fake, queue_timeout=0.2, min_free_sandboxes=0)
+    busy = await acquire(pool, "A")
+    with pytest.raises(TooManyRequests, match="within 0.2s"):
+        await acquire(pool, "B")
+    assert len(fake.ops("grow")) == 1, "one attempt, then a back-off"
+    pool.release(busy)
+
+
+async def test_refused_or_failed_shrink_leaves_the_slot_cold(make_pool: Any) -> None:
+    fake = FakeFunclet(1, max_sandboxes=2)
+    pool = await make_pool(fake, max_sandbox_idle=0, min_free_sandboxes=1)
+    pool.release(await acquire(pool, "A"))
+    await until(lambda: len(pool.slots) == 2)
+    fake.refuse_shrink = True
+    await pool.tick()
+    await until(lambda: all(s.busy is None for s in pool.slots.values()))
+    assert pool.slots["c1"].state is SlotState.COLD and len(pool.slots) == 2
+    assert fake.ops("shrink") == ["c1"]
+
+
+async def test_drain_stops_growth(make_pool: Any) -> None:
+    fake = FakeFunclet(1, max_sandboxes=3)
+    pool = await make_pool(fake, queue_timeout=0.1, min_free_sandboxes=0)
+    busy = await acquire(pool, "A")
+    pool.begin_drain()
+    with pytest.raises(TooManyRequests):
+        await acquire(pool, "B")
+    assert fake.ops("grow") == []
+    pool.release(busy)
+
+
+# ---- keeping functions warm (scale.min, zero-duration) -----------------------------------------
+
+async def test_min_warm_is_kept_and_topped_up(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool(max_runtime_idle=0.01)
+    policy = FunctionPolicy(min_warm=2)
+    lease = await pool.acquire("A", 1, warmup_for(), brn="brn-A", memory_mb=128, policy=policy)
+    pool.release(lease)
+    await pool.tick()  # pre-warms a second sandbox for A from the first one's warmup
+    await until(lambda: sum(1 for s in pool.slots.values() if s.identity == "A" and s.state is SlotState.WARM) == 2)
+    assert pool.counters["prewarm"] == 1
+    await asyncio.sleep(0.02)
+    await pool.tick()
+    assert funclet.ops("cooldown") == [], "idle, but owed to A"
+    # A lost sandbox is replaced.
+    kept = next(s for s in pool.slots.values() if s.identity == "A")
+    pool.recycle(kept, kept.generation, "runtime died")
+    await until(lambda: kept.state is SlotState.COLD)
+    await pool.tick()
+    await until(lambda: sum(1 for s in pool.slots.values() if s.identity == "A" and s.state is SlotState.WARM) == 2)
+
+
+async def test_min_warm_ends_when_the_function_changes(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool(max_runtime_idle=0.01)
+    policy = FunctionPolicy(min_warm=1)
+    pool.release(await pool.acquire("A-v1", 1, warmup_for(), brn="brn-A", policy=policy))
+    pool.release(await pool.acquire("A-v2", 1, warmup_for(), brn="brn-A", policy=policy))
+    await asyncio.sleep(0.02)
+    await pool.tick()
+    old = next(s for s in pool.slots.values() if s.identity == "A-v1" or s.state is SlotState.STOPPING)
+    await until(lambda: old.state is SlotState.COLD)
+    assert any(s.identity == "A-v2" and s.state is SlotState.WARM for s in pool.slots.values())
+
+
+async def test_per_function_idle_time(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool(max_runtime_idle=3600)
+    quick = await pool.acquire("A", 1, warmup_for(), brn="brn-A", policy=FunctionPolicy(max_idle=0.01))
+    slow = await acquire(pool, "B")
+    pool.release(quick)
+    pool.release(slow)
+    await asyncio.sleep(0.02)
+    await pool.tick()
+    await until(lambda: quick.slot.state is SlotState.COLD)
+    assert slow.slot.state is SlotState.WARM
+
+
+# ---- the funclet's events ----------------------------------------------------------------------
+
+async def test_oom_exit_event_recycles_and_explains(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool()
+    lease = await acquire(pool, "A", memory=128)
+    slot = lease.slot
+    c = funclet.containers[slot.id]
+    c.State, c.OOMKills = "stopped", 1
+    funclet.push("exited", slot.id, Exit=RuntimeExit(Epoch=c.Epoch, Signal=9, OOMKilled=True,
+                                                     MemoryLimit=128 * MiB))
+    failure = await pool.runtime_failure(lease, wait=2)
+    assert failure is not None and failure.oom and failure.error_type == "Runtime.OutOfMemory"
+    assert "memory limit of 128 MB" in failure.message("rid") and failure.message("rid").startswith("RequestID: rid")
+    await until(lambda: slot.state is SlotState.COLD)
+    assert funclet.ops("cooldown") == [slot.id]
+    assert pool.counters["oom_kill"] == 1 and pool.counters["runtime_exit"] == 1
+    assert not pool.release(lease)
+
+
+async def test_runtime_failure_asks_the_funclet_when_no_event_came(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool(use_events=False)
+    lease = await acquire(pool)
+    c = funclet.containers[lease.slot.id]
+    c.State = "stopped"
+    c.LastExit = RuntimeExit(Epoch=c.Epoch, Code=3, Output="Traceback ... ValueError: bad config")
+    failure = await pool.runtime_failure(lease, wait=1)
+    assert failure is not None and failure.error_type == "Runtime.ExitError"
+    assert "exited with status 3" in failure.detail and "bad config" in failure.detail
+    other = await acquire(pool, "B")
+    assert await pool.runtime_failure(other, wait=0.05) is None, "a healthy runtime has no failure"
+    pool.release(lease)
+    pool.release(other)
+
+
+async def test_dead_sandbox_event_fails_the_slot_and_waits_for_the_rebuild(make_pool: Any,
+                                                                          funclet: FakeFunclet) -> None:
+    pool = await make_pool()
+    lease = await acquire(pool, "A", memory=200)
+    slot = lease.slot
+    c = funclet.containers[slot.id]
+    funclet.push("defunct", slot.id, Reason="runner silent for 10.0s")
+    c.State = "dead"
+    funclet.push("state", slot.id)
+    await until(lambda: slot.state is SlotState.COLD and not slot.available)
+    failure = await pool.runtime_failure(lease, wait=0)
+    assert failure is not None and "runner silent" in failure.detail
+    assert reserved_mb(pool) == 0 and not pool.occupy(slot, "B", 1)
+    assert pool.counters["runner_defunct"] == 1
+    c.State, c.Epoch = "cold", funclet.next_epoch()
+    funclet.push("state", slot.id)
+    await until(lambda: slot.available)
+    assert funclet.ops("reborn") == [], "the funclet rebuilt it by itself"
+    pool.release(lease)
+
+
+async def test_stale_events_are_ignored(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool()
+    funclet.epoch = 10
+    lease = await acquire(pool)
+    slot = lease.slot
+    c = funclet.containers[slot.id]
+    stale = ContainerInfo.from_dict(c.to_dict())
+    stale.State, stale.Epoch = "cold", c.Epoch - 1  # the reset before this warmup, reported late
+    funclet.events_log.append(FuncletEvent(Seq=len(funclet.events_log) + 1, Type="state", ContainerID=slot.id,
+                                           Container=stale))
+    late = ContainerInfo.from_dict(c.to_dict())
+    late.State = "warmup"  # the warmup's own state change, reported after its answer
+    funclet.push("state", slot.id)
+    funclet.events_log[-1].Container = late
+    await until(lambda: funclet.calls.count(("events", str(len(funclet.events_log)))) >= 1)
+    assert slot.state is SlotState.WARM and funclet.ops("cooldown") == []
+    pool.release(lease)
+
+
+async def test_new_and_removed_sandboxes_from_events(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool()
+    funclet.containers["c9"] = funclet._container("c9", "starting")
+    funclet.push("created", "c9")
+    await until(lambda: "c9" in pool.slots)
+    assert not pool.slots["c9"].available
+    funclet.containers["c9"].State = "cold"
+    funclet.push("state", "c9")
+    await until(lambda: pool.slots["c9"].available)
+    del funclet.containers["c9"]
+    funclet.push("removed", "c9")
+    await until(lambda: "c9" not in pool.slots)
+
+
+async def test_funclet_restart_resets_the_view(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool()
+    lease = await acquire(pool, "A", memory=256)
+    old_slot = lease.slot
+    funclet.boot_id = "boot-2"
+    for cid in list(funclet.containers):
+        funclet.containers[cid] = funclet._container(cid, "starting" if cid == "c2" else "cold")
+    funclet.push("state", "c0")
+    await until(lambda: pool.slots.get(old_slot.id) is not old_slot)
+    assert all(s.state is SlotState.COLD for s in pool.slots.values())
+    assert not pool.slots["c2"].available and reserved_mb(pool) == 0
+    failure = await pool.runtime_failure(lease, wait=0)
+    assert failure is not None and "the funclet restarted" in failure.detail
+    assert not pool.release(lease)
+    assert pool.take_warm("A") is None
+
+
+async def test_sync_forgets_sandboxes_the_funclet_no_longer_has(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool(use_events=False)
+    del funclet.containers["c2"]
+    await pool.tick()
+    assert sorted(pool.slots) == ["c0", "c1"]
+
+
+# ---- a way out of every state ------------------------------------------------------------------
+
+async def test_every_stuck_state_is_reborn(make_pool: Any, funclet: FakeFunclet) -> None:
+    """Reference §2.11: slots used as memory donors were lost to the pool (no way out of reclaiming)."""
+    pool = await make_pool(max_runner_defunct=0.01)
+    stuck = {SlotState.WARMUP: pool.slots["c0"], SlotState.STOPPING: pool.slots["c1"],
+             SlotState.REMOVING: pool.slots["c2"]}
+    for state, slot in stuck.items():
+        pool._set_state(slot, state)
+    await asyncio.sleep(0.02)
+    await pool.tick()
+    await until(lambda: all(s.state is SlotState.COLD for s in pool.slots.values()))
+    assert sorted(funclet.ops("reborn")) == ["c0", "c1", "c2"]
+
+
+async def test_unavailable_sandbox_is_reborn_after_max_runner_defunct(make_pool: Any, funclet: FakeFunclet) -> None:
+    pool = await make_pool(max_runner_defunct=0.01, use_events=False)
+    funclet.containers["c0"].State = "dead"
+    await pool.tick()
+    assert not pool.slots["c0"].available
+    funclet.containers["c0"].State = "dead"
+    await asyncio.sleep(0.02)
+    await pool.tick()
+    await until(lambda: pool.slots["c0"].state is SlotState.COLD and pool.slots["c0"].available)
+    assert funclet.ops("reborn") == ["c0"]
+
+
+async def test_abnormal_slot_is_reborn_even_though_it_is_healthy(make_pool: Any, funclet: FakeFunclet) -> None:
+    """Reference §9.9: an abnormal slot whose runner kept heartbeating was never reborn."""
+    pool = await make_pool()
+    lease = await acquire(pool)
+    pool.release(lease)
+    assert pool.invalidate(lease.slot.id)
+    await until(lambda: funclet.ops("reborn") == [lease.slot.id])
+    await until(lambda: lease.slot.state is SlotState.COLD and not lease.slot.abnormal)

@@ -736,3 +736,28 @@ def test_daemon_serves_and_stops_cleanly_on_sigterm(tmp_path: Path, runtime_dir:
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+async def test_tags_carry_scaling_labels_through_versions(client: TestClient) -> None:
+    labels = {"com.openfaas.scale.min": "1", "com.openfaas.scale.zero-duration": "30s"}
+    record = await create(client, "tagged", {"Runtime": "python3", "Handler": "index.handler", "Tags": labels,
+                                             "Code": b64(make_zip({"index.py": "def handler(e, c): return 1\n"}))})
+    assert record["Tags"] == labels
+    resp = await client.put("/v1/functions/tagged", data=json.dumps({"Tags": {"team": "edge"}}))
+    assert resp.status == 200, await resp.text()
+    published = await resp.json()
+    assert published["Tags"] == {"team": "edge"}
+    status, latest = await get(client, "/v1/functions/tagged")
+    assert status == 200 and latest["Tags"] == {"team": "edge"}
+
+
+@pytest.mark.parametrize("tags,fragment", [
+    (["a"], "Tags: expected an object"),
+    ({"k": 1}, "Tags.k: expected a string"),
+    ({"": "v"}, "1 to 128 characters"),
+    ({f"k{i}": "v" for i in range(51)}, "more than 50"),
+])
+async def test_bad_tags_are_rejected_naming_the_field(client: TestClient, tags: Any, fragment: str) -> None:
+    resp = await client.post("/v1/functions/badtags", data=json.dumps({"Tags": tags}))
+    assert resp.status == 400
+    assert fragment in (await error_of(resp))["Cause"]

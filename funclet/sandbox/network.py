@@ -2,7 +2,9 @@
 
 Each sandbox (a process that unshared its own network namespace) gets ``eth0`` with an address
 from the bridge subnet and a default route via the bridge; the host end ``<prefix><slot>`` is an
-ISOLATED bridge port, so sandboxes reach the bridge (the host) but never each other.
+ISOLATED bridge port, so sandboxes never talk to each other at layer 2. The bridge's firewall
+(``firewall.py``, set up with the bridge) drops what sandboxes send to the host itself and, unless
+egress is allowed, what they send anywhere else; the bridge has no IPv6 address at all.
 
 No process is spawned and pyroute2's forking netns helpers are not used: to configure the inside
 of a sandbox, the calling thread setns()es into the sandbox netns just long enough to open a
@@ -30,6 +32,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from easyfaas import syscalls
+from funclet.sandbox.firewall import BridgeFirewall
 
 log = structlog.get_logger(__name__)
 
@@ -121,11 +124,13 @@ def netns_socket(pid: int) -> Iterator[IPRoute]:
 class BridgeNetwork:
     """The host bridge plus per-sandbox veths. Call every method from the same thread."""
 
-    def __init__(self, bridge: str = "efbr0", cidr: str = "172.33.0.1/24", veth_prefix: str = "efv"):
+    def __init__(self, bridge: str = "efbr0", cidr: str = "172.33.0.1/24", veth_prefix: str = "efv", *,
+                 firewall: bool = True, allow_egress: bool = False):
         if not bridge or len(bridge) >= IFNAMSIZ:
             raise ValueError(f"bridge name {bridge!r} must be 1-15 characters")
         self.bridge = bridge
         self.interface = ipaddress.IPv4Interface(cidr)
+        self.firewall = BridgeFirewall(bridge, cidr, allow_egress=allow_egress) if firewall else None
         self.gateway = str(self.interface.ip)
         self.prefixlen = self.interface.network.prefixlen
         self.veth_prefix = veth_prefix
@@ -151,7 +156,10 @@ class BridgeNetwork:
         return found[0] if found else None
 
     def setup(self) -> None:
-        """Create the bridge if missing, give it the gateway address, bring it up (idempotent)."""
+        """Create the bridge if missing, give it the gateway address, its firewall, bring it up (idempotent)."""
+        if self.firewall is not None:
+            # Before the bridge exists: a sandbox must never see it unprotected.
+            self.firewall.setup()
         index = self._lookup(self.bridge)
         if index is None:
             try:
@@ -160,6 +168,7 @@ class BridgeNetwork:
                 if e.code != EEXIST:
                     raise NetworkError(f"cannot create bridge {self.bridge}: {e}") from e
             index = self._lookup(self.bridge)
+        _disable_ipv6(self.bridge)
         addresses = {a.get("IFA_ADDRESS") for a in self.ipr.get_addr(index=index, family=2)}
         if self.gateway not in addresses:
             self.ipr.addr("add", index=index, address=self.gateway, prefixlen=self.prefixlen)
@@ -229,9 +238,11 @@ class BridgeNetwork:
         return self._pool.in_use()
 
     def teardown(self) -> None:
-        """Delete the bridge (its remaining ports are released, not deleted)."""
+        """Delete the bridge (its remaining ports are released, not deleted), then its firewall."""
         self._delete_link(self.bridge)
         self._bridge_index = None
+        if self.firewall is not None:
+            self.firewall.teardown()
         log.info("bridge_deleted", bridge=self.bridge)
 
     def cleanup_stale(self) -> int:
@@ -253,3 +264,16 @@ class BridgeNetwork:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self.firewall is not None:
+            self.firewall.teardown()
+
+
+def _disable_ipv6(ifname: str) -> None:
+    """No IPv6 address on ``ifname``: sandboxes have no IPv6 either, and a link-local address would
+    be a way to the host that the IPv4 subnet checks do not cover."""
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        pass  # a kernel without IPv6

@@ -1,0 +1,251 @@
+"""A real pod for the benchmarks, and the blocking HTTP calls the scenarios make to it.
+
+The pod is :class:`easyfaas.pod.Pod` with names of its own (bridge, veths, cgroups, directories:
+``tests.pod_harness.TestNames``), the controller at ``--log-level warning`` so that logging is not
+what is measured, warm sandboxes kept for the whole run (``--max-runtime-idle``), and a kernel-leak
+audit after it stops. With ``uvloop=True`` the controller (only it: pyroute2's async API does not run
+on uvloop) runs on uvloop through a ``sitecustomize`` hook on its PYTHONPATH, so the gain can be
+measured before the controller is changed to use it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from easyfaas.pod import Pod, PodConfig
+from tests.pod_harness import ACCOUNT, TestNames, b64zip, brn, free_port, kernel_leaks
+
+ACCOUNT_HEADER = "X-easyfaas-Account-Id"
+
+_UVLOOP_HOOK = """\
+# Written by bench/pod.py: run the controller (and only it) on uvloop.
+import sys
+if sys.orig_argv[1:3] == ["-m", "controller"]:
+    import uvloop
+    uvloop.install()
+"""
+
+
+class BenchError(RuntimeError):
+    """A step of a benchmark failed (an invocation answered an error, the pod did not start...)."""
+
+
+@dataclass
+class Function:
+    name: str
+    runtime: str
+    brn: str
+
+    @property
+    def path(self) -> str:
+        return f"/v1/functions/{self.brn}/invocations"
+
+
+@dataclass
+class BenchPod:
+    container_num: int
+    uvloop: bool = False
+    names: TestNames = field(default_factory=TestNames.new)
+    pod: Pod | None = None
+    base: Path | None = None
+    _conns: dict[str, http.client.HTTPConnection] = field(default_factory=dict)
+
+    # ---- lifetime ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        n = self.names
+        self.base = Path(tempfile.mkdtemp(prefix=f"efbench-{n.tag}-"))
+        env_path = os.environ.get("PYTHONPATH", "")
+        if self.uvloop:
+            hook = self.base / "uvloop-hook"
+            hook.mkdir()
+            (hook / "sitecustomize.py").write_text(_UVLOOP_HOOK)
+            os.environ["PYTHONPATH"] = f"{hook}{os.pathsep}{env_path}" if env_path else str(hook)
+        config = PodConfig(
+            state_dir=self.base / "state", run_dir=self.base / "run", controller_port=free_port(),
+            stubs_port=free_port(), container_num=self.container_num, pod_name=n.pod_name, bridge_name=n.bridge,
+            bridge_ip=n.bridge_ip, veth_prefix=n.veth_prefix, log_dir=self.base / "logs",
+            controller_args=["--log-level", "warning", "--max-runtime-idle", "3600", "--task-interval", "2"],
+            # EFBENCH_FUNCLET_LOG=info keeps the funclet's warmup timings (its log) for cold-path work.
+            stubs_args=["--log-level", "warning"],
+            funclet_args=["--log-level", os.environ.get("EFBENCH_FUNCLET_LOG", "warning")],
+            start_timeout=120.0)
+        self.pod = Pod(config)
+        try:
+            self.pod.start()
+        finally:
+            if self.uvloop:
+                os.environ["PYTHONPATH"] = env_path
+        self.wait_pool_ready(self.container_num, timeout=120.0)
+
+    def stop(self) -> list[str]:
+        """Stop the pod; the list of kernel objects it left behind (empty when clean)."""
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+        if self.pod is None or self.base is None:
+            return []
+        ours = self._descendants()
+        codes = self.pod.stop(timeout=120.0)
+        leaks = [leak for leak in _kernel_leaks(self.pod.config.state_dir, self.names) if _is_ours(leak, ours)]
+        leaks += [f"process {pid} still alive" for pid in ours if psutil.pid_exists(pid)
+                  and f"process {pid}:" not in " ".join(leaks)]
+        bad = {name: code for name, code in codes.items() if code != 0}
+        if bad:
+            leaks.append(f"daemons exited uncleanly: {bad}")
+        if not leaks:
+            shutil.rmtree(self.base, ignore_errors=True)
+        self.pod = None
+        return leaks
+
+    def _descendants(self) -> set[int]:
+        """Every process under our daemons (zygote, runners, runtimes), to audit after the stop."""
+        pids: set[int] = set()
+        for pid in self.daemon_pids().values():
+            try:
+                pids.update(p.pid for p in psutil.Process(pid).children(recursive=True))
+            except psutil.Error:
+                pass
+        return pids
+
+    def wait_pool_ready(self, count: int, timeout: float) -> None:
+        """Until the controller knows ``count`` cold slots (the funclet built them all)."""
+        deadline = time.monotonic() + timeout
+        cold = 0
+        while time.monotonic() < deadline:
+            try:
+                cold = sum(1 for s in self.get_json("controller", "/v1/runtimes")
+                           if s["State"] == "cold" and s["Available"])
+            except (OSError, BenchError, ValueError):
+                cold = 0
+            if cold >= count:
+                return
+            time.sleep(0.2)
+        raise BenchError(f"only {cold} of {count} sandboxes became available in {timeout:g}s")
+
+    @property
+    def config(self) -> PodConfig:
+        assert self.pod is not None
+        return self.pod.config
+
+    @property
+    def controller_url(self) -> str:
+        return self.config.controller_url
+
+    def daemon_pids(self) -> dict[str, int]:
+        assert self.pod is not None
+        return {name: proc.pid for name, proc in self.pod.procs.items()}
+
+    def log_tail(self, daemon: str) -> str:
+        return self.pod.log_tail(daemon, 20) if self.pod else ""
+
+    # ---- HTTP --------------------------------------------------------------------------------------
+
+    def _conn(self, which: str) -> http.client.HTTPConnection:
+        conn = self._conns.get(which)
+        if conn is None:
+            port = self.config.controller_port if which == "controller" else self.config.stubs_port
+            conn = self._conns[which] = http.client.HTTPConnection(self.config.host, port, timeout=60)
+        return conn
+
+    def request(self, which: str, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        conn = self._conn(which)
+        for attempt in (1, 2):
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            except (http.client.HTTPException, ConnectionError):
+                conn.close()  # a kept-alive connection the server closed: reconnect once
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get_json(self, which: str, path: str) -> Any:
+        status, body = self.request(which, "GET", path)
+        if status != 200:
+            raise BenchError(f"GET {path} on {which}: HTTP {status}: {body[:300]!r}")
+        return json.loads(body)
+
+    def create_function(self, name: str, runtime: str, files: dict[str, str], *, handler: str = "index.handler",
+                        memory_mb: int = 64, quota: int = 1, timeout_s: int = 10) -> Function:
+        """A function published as version 1 (numeric versions are cached by the controller)."""
+        body = {"Version": "1", "Runtime": runtime, "Handler": handler, "Timeout": timeout_s,
+                "MemorySize": memory_mb, "PodConcurrentQuota": quota, "Code": b64zip(files)}
+        status, text = self.request("stubs", "POST", f"/v1/functions/{name}", json.dumps(body).encode(),
+                                    {ACCOUNT_HEADER: ACCOUNT, "Content-Type": "application/json"})
+        if status != 200:
+            raise BenchError(f"creating {name}: HTTP {status}: {text[:300]!r}")
+        return Function(name, runtime, brn(name, "1"))
+
+    def invoke(self, fn: Function, payload: bytes = b'{"n": 1}') -> bytes:
+        status, body = self.request("controller", "POST", fn.path, payload,
+                                    {ACCOUNT_HEADER: ACCOUNT, "Content-Type": "application/json"})
+        if status != 200:
+            raise BenchError(f"invoking {fn.name}: HTTP {status}: {body[:300]!r}")
+        return body
+
+    def funclet_list(self) -> list[dict[str, Any]]:
+        """GET /v1/funclet/list on the funclet's unix socket (HostPid, State, Identity per sandbox)."""
+        return self.funclet_get("/v1/funclet/list")
+
+    def funclet_get(self, path: str) -> Any:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.config.funclet_sock))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: funclet\r\nConnection: close\r\n\r\n".encode())
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise BenchError(f"funclet GET {path} failed: {head[:100]!r}")
+        if b"chunked" in head.lower():
+            body = _dechunk(body)
+        return json.loads(body)
+
+
+def _is_ours(leak: str, ours: set[int]) -> bool:
+    """kernel_leaks reports every zygote on the machine; other pods (tests running beside the
+    benchmark) have theirs, so a zygote counts only if it was under our funclet."""
+    if leak.startswith("process ") and "runner.zygote" in leak:
+        pid = leak.split()[1].rstrip(":")
+        return pid.isdigit() and int(pid) in ours
+    return True
+
+
+def _kernel_leaks(state_dir: Path, names: TestNames) -> list[str]:
+    # The audit walks /sys/fs/cgroup, where other pods on this machine add and remove cgroups
+    # while it looks: a directory vanishing under the walk is not a leak of ours, look again.
+    for attempt in range(5):
+        try:
+            return kernel_leaks(state_dir, names)
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2:]
+    return bytes(out)

@@ -1,0 +1,455 @@
+"""Pool lifecycle end to end, with real sandboxes: cooldown, reborn after kill -9, OOM, elastic growth
+and shrink, the bounded queue and 429, reserved concurrency, and the funclet's health reports.
+
+One pod for the module (2 idle sandboxes, up to 5), with timers short enough that each test takes
+seconds. ``LivePod`` is reused by tests/test_faults.py and tests/test_soak.py: it starts a pod with
+names of its own, talks to its daemons, and audits that nothing it made is left behind — counting
+only this pod's processes, since other test runs may share the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import aiohttp
+import psutil
+import pytest
+
+import controller.invoke
+from easyfaas.pod import Pod, PodConfig
+from easyfaas.unixhttp import UnixHTTPClient
+import tests.pod_harness as harness
+from tests.pod_harness import ACCOUNT, b64zip, free_port, kernel_leaks
+
+pytestmark = pytest.mark.e2e
+
+PY_FN = (
+    "import os, time\n"
+    "TOKEN = os.urandom(8).hex()\n"
+    "def handler(event, context):\n"
+    "    if event.get('sleep'):\n"
+    "        time.sleep(event['sleep'])\n"
+    "    if event.get('alloc'):\n"
+    "        hog = b'x' * (event['alloc'] << 20)\n"
+    "        return {'allocated': len(hog)}\n"
+    "    if event.get('exit'):\n"
+    "        os._exit(event['exit'])\n"
+    "    return {'token': TOKEN, 'pid': os.getpid(), 'n': event.get('n')}\n"
+)
+
+# invoke.py reports what the pool knows about a dead runtime once it calls Pool.runtime_failure.
+INVOKE_EXPLAINS_EXITS = "runtime_failure" in inspect.getsource(controller.invoke)
+
+
+def unique(name: str) -> str:
+    return f"{name}{secrets.token_hex(3)}"
+
+
+class LivePod:
+    """A real pod of its own, and the client side of its APIs."""
+
+    def __init__(self, *, container_num: int = 2, funclet_args: tuple[str, ...] = (),
+                 controller_args: tuple[str, ...] = (), scaling: dict[str, Any] | None = None) -> None:
+        self.names = harness.TestNames.new()
+        self.base = Path(tempfile.mkdtemp(prefix=f"efpool-{self.names.tag}-"))
+        extra: list[str] = []
+        if scaling:
+            path = self.base / "scaling.json"
+            path.write_text(json.dumps(scaling))  # JSON is YAML
+            extra = ["--function-scaling", str(path)]
+        self.config = PodConfig(
+            state_dir=self.base / "state", run_dir=self.base / "run", controller_port=free_port(),
+            stubs_port=free_port(), container_num=container_num, pod_name=self.names.pod_name,
+            bridge_name=self.names.bridge, bridge_ip=self.names.bridge_ip, veth_prefix=self.names.veth_prefix,
+            log_dir=self.base / "logs", stop_timeout=30,
+            funclet_args=["--runner-ping-interval", "0.5", "--max-runner-defunct", "3", *funclet_args],
+            controller_args=["--task-interval", "0.2", *extra, *controller_args])
+        self.pod = Pod(self.config)
+        self.zygotes: set[int] = set()
+        self.http: aiohttp.ClientSession | None = None
+        self.funclet = UnixHTTPClient(str(self.config.funclet_sock), timeout=10)
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.pod.start()
+        self.note_zygote()
+
+    def note_zygote(self) -> None:
+        """Remember this pod's zygote (and so, later, whether it outlived the pod)."""
+        pid = self.pod.pid("funclet")
+        if pid:
+            for child in psutil.Process(pid).children():
+                if "runner.zygote" in " ".join(child.cmdline()):
+                    self.zygotes.add(child.pid)
+
+    def stop(self) -> dict[str, int | None]:
+        return self.pod.stop()
+
+    def leaks(self) -> list[str]:
+        """This pod's kernel objects and processes that are still there (after stop)."""
+        found = [leak for leak in kernel_leaks(self.config.state_dir, self.names) if not leak.startswith("process ")]
+        for pid in self.zygotes:
+            if psutil.pid_exists(pid):
+                try:
+                    if "runner.zygote" in " ".join(psutil.Process(pid).cmdline()):
+                        found.append(f"zygote process {pid}")
+                except psutil.Error:
+                    pass
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if str(self.config.state_dir) in cmd or str(self.config.run_dir) in cmd:
+                found.append(f"process {proc.pid}: {cmd[:100]}")
+        return found
+
+    def wait_no_leaks(self, timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while (leaks := self.leaks()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return leaks
+
+    def cleanup(self) -> None:
+        if not self.leaks():
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(f"--- {n}\n{self.pod.log_tail(n, lines)}" for n in ("funclet", "controller"))
+
+    # -- APIs --------------------------------------------------------------------------------------
+
+    def session(self) -> aiohttp.ClientSession:
+        if self.http is None or self.http.closed:
+            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        return self.http
+
+    async def close_clients(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        await self.funclet.close()
+        self.funclet = UnixHTTPClient(str(self.config.funclet_sock), timeout=10)
+
+    async def create(self, name: str, **fields: Any) -> dict[str, Any]:
+        body = {"Runtime": "python3", "Handler": "index.handler", "Timeout": 30, "MemorySize": 128,
+                "Code": b64zip({"index.py": PY_FN}), **fields}
+        async with self.session().post(f"{self.config.stubs_url}/v1/functions/{name}",
+                                       headers={"X-easyfaas-Account-Id": ACCOUNT}, data=json.dumps(body)) as resp:
+            text = await resp.text()
+            assert resp.status == 200, text
+            return json.loads(text)
+
+    async def invoke(self, name: str, event: Any = None, **params: str) -> tuple[int, Any]:
+        async with self.session().post(f"{self.config.controller_url}/v1/functions/{name}/invocations",
+                                       headers={"X-easyfaas-Account-Id": ACCOUNT}, params=params or None,
+                                       data=json.dumps(event or {})) as resp:
+            raw = await resp.read()
+            try:
+                return resp.status, json.loads(raw)
+            except ValueError:
+                return resp.status, raw.decode(errors="replace")
+
+    async def get(self, path: str) -> Any:
+        async with self.session().get(f"{self.config.controller_url}{path}") as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+    async def runtimes(self) -> list[dict[str, Any]]:
+        return await self.get("/v1/runtimes")
+
+    async def resource(self) -> dict[str, Any]:
+        return await self.get("/v1/resource")
+
+    async def containers(self) -> list[dict[str, Any]]:
+        status, data = await self.funclet.request_json("GET", "/v1/funclet/list")
+        assert status == 200, data
+        return data
+
+    async def slot_of(self, name: str) -> dict[str, Any]:
+        matches = [r for r in await self.runtimes() if f":function:{name}:" in r["FunctionBrn"]]
+        assert matches, f"no slot serves {name}"
+        return matches[0]
+
+    async def runtime_pid(self, slot_id: str) -> int:
+        """Host pid of the language runtime in a sandbox (the runner's child)."""
+        status, info = await self.funclet.request_json("GET", f"/v1/funclet/container/{slot_id}")
+        assert status == 200, info
+        children = psutil.Process(info["HostPid"]).children()
+        assert children, f"sandbox {slot_id} runs no runtime"
+        return children[0].pid
+
+    async def until(self, predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not reached in {timeout}s: {what}\n{self.log_tail()}")
+            await asyncio.sleep(0.1)
+
+
+def live_pod(**kw: Any) -> Iterator[LivePod]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: sandboxes are built from cgroups, namespaces and mounts")
+    pod = LivePod(**kw)
+    pod.start()
+    try:
+        yield pod
+    finally:
+        codes = pod.stop()
+        leaks = pod.wait_no_leaks()
+        logs = pod.log_tail()
+        pod.cleanup()
+        assert not leaks, f"the pod left kernel objects behind: {leaks}\n{logs}"
+        assert all(code == 0 for code in codes.values()), f"daemons exited uncleanly: {codes}\n{logs}"
+
+
+@pytest.fixture(scope="module")
+def lp() -> Iterator[LivePod]:
+    yield from live_pod(
+        container_num=2, funclet_args=("--max-sandboxes", "5"),
+        controller_args=("--max-runtime-idle", "1s", "--queue-timeout", "4s", "--queue-length", "3",
+                         "--max-sandbox-idle", "1s", "--min-free-sandboxes", "1"),
+        scaling={"capped": {"reserved-concurrency": 1}, "kept": {"min": 1, "zero-duration": "0.5s"},
+                 "frozen": {"zero-duration": "60s"}})
+
+
+@pytest.fixture
+async def pod(lp: LivePod) -> AsyncIterator[LivePod]:
+    # Each test starts from the idle pool: nothing warm, nothing queued, memory all released.
+    await lp.until(lambda: _idle(lp), timeout=30, what="the pool back at its idle size")
+    try:
+        yield lp
+    finally:
+        await lp.close_clients()
+
+
+async def _idle(lp: LivePod) -> bool:
+    res = await lp.resource()
+    kept = {r["RuntimeID"] for r in await lp.runtimes() if ":function:kept" in r["FunctionBrn"]}
+    return (res["Sandboxes"]["Total"] - len(kept) <= 2 and res["Queue"]["Waiting"] == 0
+            and res["Reserved"]["Memory"] == 128 * len(kept) << 20 and res["Slots"]["cold"] + len(kept) == res["Sandboxes"]["Total"])
+
+
+# ---- cooldown ----------------------------------------------------------------------------------
+
+async def test_idle_sandbox_is_cooled_down_and_returns_to_the_pool(pod: LivePod) -> None:
+    name = unique("cool")
+    await pod.create(name)
+    status, body = await pod.invoke(name)
+    assert status == 200, body
+    slot = await pod.slot_of(name)
+    assert slot["State"] == "warm" and slot["ReservedMemory"] == 128 << 20
+    started = time.monotonic()
+
+    async def cooled() -> bool:
+        r = next(r for r in await pod.runtimes() if r["RuntimeID"] == slot["RuntimeID"])
+        return r["State"] == "cold" and r["Available"] and not r["FunctionBrn"]
+
+    await pod.until(cooled, what="the idle sandbox cooled down")
+    assert time.monotonic() - started >= 0.5, "cooled down before --max-runtime-idle"
+    res = await pod.resource()
+    assert res["Reserved"]["Memory"] == 0 and res["Counters"]["reset"] >= 1
+    info = next(c for c in await pod.containers() if c["ContainerID"] == slot["RuntimeID"])
+    assert info["State"] == "cold" and info["Resource"]["Memory"] == 128 << 20
+    status, again = await pod.invoke(name)
+    assert status == 200 and again["token"] != body["token"], "a cooled sandbox starts the function afresh"
+
+
+async def test_scale_min_keeps_a_sandbox_warm(pod: LivePod) -> None:
+    await pod.create("kept")
+    status, body = await pod.invoke("kept")
+    assert status == 200, body
+    await asyncio.sleep(2.5)  # well past its zero-duration (0.5 s) and the pool's idle time (1 s)
+    status, again = await pod.invoke("kept")
+    assert status == 200 and again["token"] == body["token"], "scale.min kept the same runtime warm"
+    slot = await pod.slot_of("kept")
+    # Killing it: the pool warms a new one by itself.
+    os.kill(await pod.runtime_pid(slot["RuntimeID"]), signal.SIGKILL)
+
+    async def rewarmed() -> bool:
+        slots = [r for r in await pod.runtimes() if ":function:kept:" in r["FunctionBrn"] and r["State"] == "warm"]
+        return bool(slots) and slots[0]["Prewarmed"]
+
+    await pod.until(rewarmed, what="a new sandbox pre-warmed for the kept function")
+    status, third = await pod.invoke("kept")
+    assert status == 200 and third["token"] != body["token"]
+
+
+# ---- health and reborn ---------------------------------------------------------------------------
+
+async def test_kill_9_of_a_runtime_fails_only_its_request_and_is_rebuilt(pod: LivePod) -> None:
+    name = unique("victim")
+    await pod.create(name)
+    status, first = await pod.invoke(name)
+    assert status == 200
+    slot = await pod.slot_of(name)
+    call = asyncio.create_task(pod.invoke(name, {"sleep": 20}))
+    await asyncio.sleep(0.5)
+    os.kill(await pod.runtime_pid(slot["RuntimeID"]), signal.SIGKILL)
+    status, body = await asyncio.wait_for(call, 10)
+    assert status == 500, body
+    assert body["errorType"] in ("Runtime.ExitError", "Sandbox.Failed")
+    assert "Process exited before completing request" in body["errorMessage"]
+    if INVOKE_EXPLAINS_EXITS:
+        assert "SIGKILL" in body["errorMessage"], body
+    res = await pod.resource()
+    assert res["Counters"]["runtime_exit"] >= 1
+    status, again = await pod.invoke(name)
+    assert status == 200 and again["token"] != first["token"]
+
+
+async def test_oom_kill_stays_inside_the_sandbox_and_says_so(pod: LivePod) -> None:
+    name = unique("hog")
+    await pod.create(name, MemorySize=64)
+    status, body = await pod.invoke(name, {"alloc": 8})
+    assert status == 200 and body["allocated"] == 8 << 20, body
+    before = (await pod.resource())["Counters"]["oom_kill"]
+    status, body = await pod.invoke(name, {"alloc": 200})
+    assert status == 500, body
+    assert body["errorType"] in ("Runtime.OutOfMemory", "Runtime.ExitError"), body
+    if INVOKE_EXPLAINS_EXITS:
+        assert body["errorType"] == "Runtime.OutOfMemory" and "memory limit of 64 MB" in body["errorMessage"], body
+
+    async def counted() -> bool:
+        return (await pod.resource())["Counters"]["oom_kill"] > before
+
+    await pod.until(counted, what="the OOM kill counted")
+    # The kernel killed inside the function's cgroup only: the pod and its other sandboxes live on.
+    assert all(pod.pod.pid(d) for d in ("funclet", "stubs", "controller"))
+    status, body = await pod.invoke(name, {"alloc": 8})
+    assert status == 200, body
+
+
+async def test_stopped_runner_is_declared_defunct_and_rebuilt(pod: LivePod) -> None:
+    name = "frozen"  # not cooled down for a minute: only the health pings can notice the runner
+    await pod.create(name)
+    assert (await pod.invoke(name))[0] == 200
+    slot = await pod.slot_of(name)
+    status, info = await pod.funclet.request_json("GET", f"/v1/funclet/container/{slot['RuntimeID']}")
+    runner = info["HostPid"]
+    os.kill(runner, signal.SIGSTOP)
+    try:
+        async def rebuilt() -> bool:
+            s, i = await pod.funclet.request_json("GET", f"/v1/funclet/container/{slot['RuntimeID']}")
+            return s == 200 and i["HostPid"] not in (0, runner) and i["State"] == "cold"
+
+        await pod.until(rebuilt, timeout=20, what="the silent runner's sandbox rebuilt")
+    finally:
+        try:
+            os.kill(runner, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert not psutil.pid_exists(runner) or psutil.Process(runner).status() == psutil.STATUS_ZOMBIE
+    assert (await pod.resource())["Counters"]["runner_defunct"] >= 1
+    status, _ = await pod.invoke(name)
+    assert status == 200
+    slot = await pod.slot_of(name)
+    async with pod.session().post(f"{pod.config.controller_url}/v1/runtimes/{slot['RuntimeID']}/invalidate") as r:
+        assert r.status == 200  # back to the idle pool for the next test
+
+
+# ---- the elastic pool, the queue, concurrency limits -----------------------------------------------
+
+async def test_pool_grows_under_a_burst_and_shrinks_back(pod: LivePod) -> None:
+    name = unique("burst")
+    await pod.create(name, PodConcurrentQuota=0)
+    burst = 5 - await _held(pod)
+    results = await asyncio.gather(*(pod.invoke(name, {"sleep": 1, "n": n}) for n in range(burst)))
+    assert [r[0] for r in results] == [200] * burst, results
+    assert len({r[1]["token"] for r in results}) == burst, "one sandbox per request of the burst"
+    res = await pod.resource()
+    assert res["Sandboxes"]["Total"] == 5 and res["Sandboxes"]["Max"] == 5
+    assert res["Counters"]["grown"] >= 3
+    assert len(await pod.containers()) == 5
+
+    async def shrunk() -> bool:
+        return len(await pod.containers()) == 2 and len(await pod.runtimes()) == 2
+
+    await pod.until(shrunk, timeout=20, what="the pool shrunk back to its idle size")
+    assert (await pod.resource())["Counters"]["shrunk"] >= 3
+
+
+async def test_bounded_queue_then_429(pod: LivePod) -> None:
+    name = unique("queued")
+    await pod.create(name, PodConcurrentQuota=0)
+    room = 5 - await _held(pod)
+    running = [asyncio.create_task(pod.invoke(name, {"sleep": 1.5, "n": n})) for n in range(room)]
+    await pod.until(lambda: _in_flight(pod, room), what="a request running in every sandbox")
+    queued = [asyncio.create_task(pod.invoke(name, {"n": 10 + n})) for n in range(3)]
+    await pod.until(lambda: _queued(pod, 3), what="three requests queued")
+    status, body = await pod.invoke(name, {"n": 99})
+    assert status == 429 and body["Code"] == "TooManyRequestsException", body
+    assert "queue" in body["Message"] + body.get("Cause", "")
+    assert [r[0] for r in await asyncio.gather(*running)] == [200] * room
+    assert [r[0] for r in await asyncio.gather(*queued)] == [200] * 3, "queued requests are served, not dropped"
+    assert (await pod.resource())["Counters"]["queued"] >= 3
+
+
+async def test_reserved_concurrency_queues_then_times_out(pod: LivePod) -> None:
+    await pod.create("capped")
+    first = asyncio.create_task(pod.invoke("capped", {"sleep": 6}))
+    await pod.until(lambda: _in_flight(pod, 1), what="the first request running")
+    started = time.monotonic()
+    status, body = await pod.invoke("capped")
+    waited = time.monotonic() - started
+    assert status == 429 and "reserved concurrency of 1" in body.get("Cause", body["Message"]), body
+    assert 3.5 <= waited < 6, f"a queued request waits --queue-timeout (4 s), not {waited:.1f}s"
+    assert (await first)[0] == 200
+    assert (await pod.invoke("capped"))[0] == 200
+
+
+async def test_reserved_concurrency_of_the_function_record(pod: LivePod) -> None:
+    name = unique("off")
+    await pod.create(name, ReservedConcurrentExecutions=0)
+    status, body = await pod.invoke(name)
+    assert status == 429 and "reserved concurrency of 0" in body.get("Cause", ""), body
+    assert not any(f":function:{name}:" in r["FunctionBrn"] for r in await pod.runtimes())
+
+
+async def _held(pod: LivePod) -> int:
+    """Sandboxes an earlier test's function keeps warm (scale.min)."""
+    return sum(1 for r in await pod.runtimes() if r["FunctionBrn"])
+
+
+async def _in_flight(pod: LivePod, n: int) -> bool:
+    return sum(r["Concurrency"] for r in await pod.runtimes()) >= n
+
+
+async def _queued(pod: LivePod, n: int) -> bool:
+    return (await pod.resource())["Queue"]["Waiting"] >= n
+
+
+# ---- what the APIs show --------------------------------------------------------------------------------
+
+async def test_runtimes_resource_and_invalidate(pod: LivePod) -> None:
+    name = unique("shown")
+    await pod.create(name, MemorySize=256)
+    held = await _held(pod)
+    assert (await pod.invoke(name))[0] == 200
+    slot = await pod.slot_of(name)
+    assert {"State", "FunctionBrn", "Concurrency", "LastAccessTime", "StateSince", "LastLivenessTime",
+            "ReservedMemory", "Epoch"} <= set(slot)
+    assert slot["ReservedMemory"] == 256 << 20 and slot["LastLivenessTime"].endswith("Z")
+    res = await pod.resource()
+    assert res["Capacity"]["Memory"] >= res["Allocatable"]["Memory"] > 0
+    assert res["Reserved"]["Memory"] == res["Used"]["Memory"] == (256 + 128 * held) << 20
+    assert res["Sandboxes"]["Idle"] == 2
+    async with pod.session().post(f"{pod.config.controller_url}/v1/runtimes/{slot['RuntimeID']}/invalidate") as r:
+        assert r.status == 200
+
+    async def rebuilt() -> bool:
+        r = next(r for r in await pod.runtimes() if r["RuntimeID"] == slot["RuntimeID"])
+        return r["State"] == "cold" and not r["Abnormal"] and r["Available"]
+
+    await pod.until(rebuilt, what="the invalidated sandbox rebuilt")
+    assert (await pod.resource())["Reserved"]["Memory"] == (128 * held) << 20
