@@ -10,6 +10,7 @@ queued requests get up to ``--drain-timeout`` to finish, then the pool and clien
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator, Sequence
 
 import structlog
@@ -22,7 +23,7 @@ from controller.options import parse_controller_options
 from controller.pool import Pool
 from controller.registry import Registry
 from easyfaas.config import Settings
-from easyfaas.http import error_middleware, request_id_middleware
+from easyfaas.http import error_middleware, request_id_middleware, serve_until_signal
 from easyfaas.logging import setup_logging
 
 log = structlog.get_logger(__name__)
@@ -101,5 +102,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = create_app(opts)
     log.info("controller_starting", host=opts.bind_address, port=opts.port, funclet=opts.funclet_api_sock,
              registry=opts.repository_endpoint)
-    web.run_app(app, host=opts.bind_address, port=opts.port, print=None, access_log=None,
-                shutdown_timeout=opts.drain_timeout)
+    asyncio.run(serve_until_signal(app, host=opts.bind_address, port=opts.port,
+                                   shutdown_timeout=opts.drain_timeout))

@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from easyfaas.errors import (
     FaasError,
@@ -165,3 +165,60 @@ def _valid_unicode(value: Any) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return True
+
+
+# ---- errors the HTTP parser raises before any handler runs --------------------------------------
+
+class _JsonErrorRequestHandler(web_protocol.RequestHandler):
+    """aiohttp answers unparsable requests (huge headers, bad framing, TLS on a plain port) itself,
+    in plain text; this gives them the platform's JSON error shape like every other answer."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs, and refuses if data went out
+        if status >= 500:
+            err: FaasError = ServiceError("internal error while reading the request")
+        else:
+            detail = (getattr(exc, "message", None) or message or "").strip().splitlines()
+            err = FaasError(f"the request is not valid HTTP: {detail[0] if detail else 'unparsable'}",
+                            message="The request could not be parsed")
+            err.code, err.status = "InvalidRequestException", status
+        resp = web.json_response(err.to_dict(), status=status, headers={"Connection": "close"})
+        resp.force_close()
+        del plain
+        return resp
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class JsonErrorAppRunner(web.AppRunner):
+    """AppRunner whose connections answer even unparsable requests with FaasError JSON."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp has no hook for the protocol class; the subclass adds only __call__.
+        server.__class__ = _JsonErrorServer
+        return server
+
+
+async def serve_until_signal(app: web.Application, *, host: str | None = None, port: int | None = None,
+                             path: str | None = None, shutdown_timeout: float = 10.0) -> None:
+    """Serve ``app`` on a TCP port or a unix socket until SIGINT/SIGTERM, then shut down gracefully."""
+    import asyncio
+    import signal
+
+    runner = JsonErrorAppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.UnixSite(runner, path) if path else web.TCPSite(runner, host, port)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()

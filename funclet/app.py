@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from easyfaas.config import Settings, parse_size
-from easyfaas.http import error_middleware, read_json, request_id_middleware
+from easyfaas.http import JsonErrorAppRunner, error_middleware, read_json, request_id_middleware
 from easyfaas.logging import setup_logging
 from easyfaas.models import GrowRequest, ModelError, ResetRequest, ShrinkRequest, WarmupRequest
 from easyfaas.errors import InvalidParameterValue, ValidationError
@@ -183,13 +183,13 @@ async def serve(opts: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner: web.AppRunner | None = None
+    runner: JsonErrorAppRunner | None = None
     try:
         await pool.start()
         sock = Path(opts.api_sock)
         sock.parent.mkdir(parents=True, exist_ok=True)
         sock.unlink(missing_ok=True)
-        runner = web.AppRunner(make_app(pool), access_log=None, shutdown_timeout=5)
+        runner = JsonErrorAppRunner(make_app(pool), access_log=None, shutdown_timeout=5)
         await runner.setup()
         await web.UnixSite(runner, str(sock)).start()
         os.chmod(sock, 0o660)

@@ -23,7 +23,8 @@ from aiohttp import web
 from easyfaas.brn import LATEST, Brn, account_hash, valid_function_name
 from easyfaas.config import Option, Settings, parse_options, parse_size
 from easyfaas.errors import FaasError, InvalidParameterValue, ServiceError
-from easyfaas.http import ACCOUNT_ID, REQUEST_ID_KEY, FUNCTION_ERROR, REQUEST_ID, error_middleware, read_body, request_id_middleware
+from easyfaas.http import (ACCOUNT_ID, FUNCTION_ERROR, REQUEST_ID, REQUEST_ID_KEY, JsonErrorAppRunner, error_middleware,
+                           read_body, request_id_middleware)
 from easyfaas.logging import setup_logging
 
 log = structlog.get_logger(__name__)
@@ -135,7 +136,7 @@ def make_app(controller: str, *, max_body: int = 6 << 20) -> web.Application:
 
 
 async def serve(opts: Settings) -> None:
-    runner = web.AppRunner(make_app(opts.controller_host, max_body=opts.max_body_size), access_log=None)
+    runner = JsonErrorAppRunner(make_app(opts.controller_host, max_body=opts.max_body_size), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, opts.host, opts.port).start()
     log.info("httptrigger_listening", host=opts.host, port=opts.port)

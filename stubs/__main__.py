@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import structlog
 from aiohttp import web
 
+from easyfaas.http import JsonErrorAppRunner
+
 from easyfaas.config import Option, parse_options, parse_size
 from easyfaas.logging import setup_logging
 from stubs.app import DEFAULT_ACCOUNT_ID, make_app
@@ -46,7 +48,7 @@ async def serve(opts: Any) -> None:
         max_code_size=opts.max_code_size,
         public_url=opts.public_url,
     )
-    runner = web.AppRunner(app, shutdown_timeout=opts.shutdown_timeout)
+    runner = JsonErrorAppRunner(app, shutdown_timeout=opts.shutdown_timeout)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from pathlib import Path
 import structlog
 
 from easyfaas.brn import LATEST, valid_function_name
+from easyfaas.errors import ServiceError
 from easyfaas.models import REPOSITORY_FILESYSTEM, FunctionRecord, ModelError
 
 log = structlog.get_logger(__name__)
@@ -271,7 +273,13 @@ class FunctionStore:
 
         Returns the record as a reader will see it (with its Code.Location).
         """
-        return await asyncio.to_thread(self._write_sync, account, name, version, record, code)
+        try:
+            return await asyncio.to_thread(self._write_sync, account, name, version, record, code)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ServiceError(f"the function store has no room left ({os.strerror(exc.errno)}); "
+                                   f"nothing was written") from None
+            raise
 
     def _write_sync(self, account: str, name: str, version: str, record: FunctionRecord, code: bytes | None) -> FunctionRecord:
         sha_hex = code_sha256_hex(record.Configuration.CodeSha256)

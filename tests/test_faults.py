@@ -387,6 +387,7 @@ async def test_full_data_disk(full_disk_pod: LivePod) -> None:
                                                       "Code": _b64({"index.py": "x = 1\n" * 50000})})) as r:
             body = await r.json()
             assert r.status >= 500 and body["Code"] == "ServiceException", body
+            assert "No space left on device" in body["Cause"], body
         assert await stored_functions(lp) == stored
         # A warm function goes on working.
         assert (await lp.invoke(running))[0] == 200

@@ -430,10 +430,15 @@ def test_malformed_http_is_refused_and_the_daemons_live_on(api: Api, request_byt
             except (BrokenPipeError, ConnectionResetError):
                 pass
             reply = _read_reply(sock)
-        # The HTTP parser refuses these before any handler runs: aiohttp's own plain-text 4xx (there
-        # is no request to shape an error for) and a closed connection.
+        # The HTTP parser refuses these before any handler runs; even so the answer is a 4xx in the
+        # platform's JSON error shape, and the connection is closed.
         assert reply.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4")), reply[:200]
         assert b"Traceback" not in reply
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert b"application/json" in head.lower(), reply[:300]
+        err = json.loads(body)
+        assert err["Code"] == "InvalidRequestException" and err["Type"] == "User", err
+        assert err["Status"] == int(head.split()[1])
     api.healthy()
 
 
