@@ -37,9 +37,24 @@ def setup_logging(opts: Any = None, *, level: str | None = None, fmt: str | None
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # aiohttp and asyncio log through the stdlib: route their records into the same stream.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr,
-                        format='{"event": "%(message)s", "logger": "%(name)s", "level": "%(levelname)s"}')
+    # aiohttp and asyncio log through the stdlib: render their records with the same processors,
+    # so they too are one event per line (a traceback becomes the event's "exception" field).
+    pre_chain: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    if daemon:
+        pre_chain.insert(0, _add_daemon(daemon))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=pre_chain,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
 
 
 def _add_daemon(name: str) -> Any:
