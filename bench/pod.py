@@ -11,6 +11,7 @@ measured before the controller is changed to use it.
 from __future__ import annotations
 
 import http.client
+import base64
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ class Function:
     name: str
     runtime: str
     brn: str
+    code_sha256_hex: str = ""
 
     @property
     def path(self) -> str:
@@ -188,7 +190,12 @@ class BenchPod:
                                     {ACCOUNT_HEADER: ACCOUNT, "Content-Type": "application/json"})
         if status != 200:
             raise BenchError(f"creating {name}: HTTP {status}: {text[:300]!r}")
-        return Function(name, runtime, brn(name, "1"))
+        sha = base64.b64decode(json.loads(text)["Configuration"]["CodeSha256"]).hex()
+        return Function(name, runtime, brn(name, "1"), sha)
+
+    def code_image_ready(self, fn: Function) -> bool:
+        """Whether the funclet has the function's code image built and mounted."""
+        return os.path.ismount(self.config.state_dir / "images" / fn.code_sha256_hex)
 
     def invoke(self, fn: Function, payload: bytes = b'{"n": 1}') -> bytes:
         status, body = self.request("controller", "POST", fn.path, payload,

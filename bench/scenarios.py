@@ -88,15 +88,36 @@ def warm_slots(pod: BenchPod) -> int:
     return sum(1 for s in pod.get_json("controller", "/v1/runtimes") if s["State"] == "warm")
 
 
+def prefetch_stats(pod: BenchPod) -> dict[str, Any]:
+    return pod.get_json("controller", "/v1/resource").get("CodePrefetch") or {}
+
+
 def create_many(pod: BenchPod, prefix: str, runtime: str, count: int, *, quota: int = 1,
-                own_code: bool = False) -> list[Function]:
-    """``count`` trivial functions; with ``own_code`` each has code of its own (its own code image)."""
+                own_code: bool = False, prepared: dict[str, Any] | None = None) -> list[Function]:
+    """``count`` trivial functions; with ``own_code`` each has code of its own (its own code image).
+
+    Returns once the pod has built the new code images ahead of need (its code prefetch), as it
+    does for a function deployed a moment before its first call; ``prepared`` gets how long that
+    took after the last create.
+    """
     fns = []
     for i in range(count):
         name = f"{prefix}{i}"
         mark = ("// " if runtime == "nodejs" else "# ") + name + "\n" if own_code else ""
         files = {"index.js": mark + NODE_TRIVIAL} if runtime == "nodejs" else {"index.py": mark + PY_TRIVIAL}
         fns.append(pod.create_function(name, runtime, files, quota=quota))
+    t0 = time.perf_counter()
+    deadline = t0 + 60 + count
+    waiting = list(fns)
+    while waiting:
+        waiting = [fn for fn in waiting if not pod.code_image_ready(fn)]
+        if waiting and time.perf_counter() > deadline:
+            raise BenchError(f"the pod did not build {len(waiting)} code images within {deadline - t0:.0f}s "
+                             f"(code prefetch: {prefetch_stats(pod)})")
+        time.sleep(0.005)
+    if prepared is not None:
+        prepared.update(after_last_create_s=round(time.perf_counter() - t0, 3),
+                        images=len({fn.code_sha256_hex for fn in fns}))
     return fns
 
 
@@ -147,24 +168,26 @@ def _timed_invoke(client: RawHTTPClient, fn: Function) -> float:
 def cold_starts(pod: BenchPod, runtime: str, count: int, prefix: str, *, own_code: bool = True) -> dict[str, Any]:
     """``count`` functions created first, then each invoked once, one after the other.
 
-    With ``own_code`` (the default) every function has code of its own, so each cold start also
-    builds and mounts its code image, as a function never seen before does; without it they all
-    share one code image, built by the first.
+    With ``own_code`` (the default) every function has code of its own (its own code image, built
+    by the pod when the function is created); without it they all share one code image.
     """
-    fns = create_many(pod, prefix, runtime, count, own_code=own_code)
+    prepared: dict[str, Any] = {}
+    fns = create_many(pod, prefix, runtime, count, own_code=own_code, prepared=prepared)
     free_before = free_slots(pod)
     times = []
     with RawHTTPClient(pod.config.host, pod.config.controller_port) as client:
         for fn in fns:
             times.append(_timed_invoke(client, fn))
     return {**summary(times), "runtime": runtime, "own_code": own_code, "free_sandboxes_before": free_before,
-            "evictions": max(0, count - free_before), "samples_ms": [round(t, 3) for t in times]}
+            "evictions": max(0, count - free_before), "samples_ms": [round(t, 3) for t in times],
+            "code_prefetch": prepared}
 
 
 def cold_start_rate(pod: BenchPod, count: int, clients: int, prefix: str = "brate") -> dict[str, Any]:
     """Distinct Python functions (each with code of its own) cold-started back to back by ``clients``
     concurrent clients."""
-    fns = create_many(pod, prefix, "python3", count, own_code=True)
+    prepared: dict[str, Any] = {}
+    fns = create_many(pod, prefix, "python3", count, own_code=True, prepared=prepared)
     free_before = free_slots(pod)
     lock = threading.Lock()
     queue = list(reversed(fns))
@@ -198,7 +221,7 @@ def cold_start_rate(pod: BenchPod, count: int, clients: int, prefix: str = "brat
         raise errors[0]
     return {"per_s": round(count / elapsed, 1), "functions": count, "clients": clients,
             "seconds": round(elapsed, 3), "latency": summary(times), "free_sandboxes_before": free_before,
-            "evictions": max(0, count - free_before)}
+            "evictions": max(0, count - free_before), "code_prefetch": prepared}
 
 
 def fill_warm(pod: BenchPod, python_warm: int, target: int, prefix: str = "bfill") -> int:

@@ -1,6 +1,7 @@
 """The controller daemon: application factory, the lifetimes of its parts, and ``main``.
 
-Parts and their order (cleanup runs in reverse): the funclet and registry clients, the slot pool
+Parts and their order (cleanup runs in reverse): the funclet and registry clients, the code
+prefetcher (builds new functions' code images ahead of their first invocation), the slot pool
 (which finds the funclet's sandboxes in the background and runs the periodic task), and the invoke
 pipeline (whose asynchronous invocations are drained before the pool goes away).
 
@@ -16,8 +17,9 @@ from typing import AsyncIterator, Sequence
 import structlog
 from aiohttp import web
 
+from controller.code_prefetch import CodePrefetcher
 from controller.funclet_client import FuncletClient
-from controller.handlers import INVOKER, POOL, add_routes
+from controller.handlers import INVOKER, POOL, PREFETCHER, add_routes
 from controller.invoke import Invoker
 from controller.options import parse_controller_options
 from controller.pool import Pool
@@ -59,6 +61,9 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     app[POOL] = pool
     app[INVOKER] = Invoker(registry, pool, max_body_size=opts.max_body_size, simple_auth=opts.enable_simple_auth)
     app.cleanup_ctx.append(_clients)
+    if getattr(opts, "prefetch_code", True):
+        app[PREFETCHER] = CodePrefetcher(registry, funclet)
+        app.cleanup_ctx.append(_prefetch)
     app.cleanup_ctx.append(_pool)
     app.cleanup_ctx.append(_async_invocations)
     app.on_shutdown.append(_begin_drain)
@@ -73,6 +78,14 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
     finally:
         await app[REGISTRY].close()
         await app[FUNCLET].close()
+
+
+async def _prefetch(app: web.Application) -> AsyncIterator[None]:
+    await app[PREFETCHER].start()
+    try:
+        yield
+    finally:
+        await app[PREFETCHER].close()
 
 
 async def _pool(app: web.Application) -> AsyncIterator[None]:

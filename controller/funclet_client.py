@@ -1,6 +1,7 @@
 """The controller's client of the funclet API (HTTP over the funclet's unix socket).
 
-Besides the original's calls: ``events`` (long poll of sandbox changes), ``grow`` and ``shrink``.
+Besides the original's calls: ``events`` (long poll of sandbox changes), ``grow``, ``shrink`` and
+``prepare_code`` (build a code image ahead of the first warmup).
 
 Every call returns a wire model from :mod:`easyfaas.models`. The funclet answers errors as FaasError
 JSON; they are raised as :class:`FuncletError` (status, code, message). An unreachable or silent
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from easyfaas.models import (ContainerInfo, FuncletEvents, GrowRequest, ModelError, NodeResource, ResetRequest,
+from easyfaas.models import (CodePrepareRequest, CodePrepareResponse, ContainerInfo, FuncletEvents, GrowRequest, ModelError, NodeResource, ResetRequest,
                              ScaleResponse, ShrinkRequest, WarmupRequest, WarmupResponse)
 from easyfaas.unixhttp import UnixHTTPClient, UnixHTTPUnavailable
 
@@ -90,6 +91,10 @@ class FuncletClient:
     async def warmup(self, request: WarmupRequest, timeout: float | None = None) -> WarmupResponse:
         data = await self._call("POST", "/v1/funclet/warmup", request.to_dict(), timeout=timeout)
         return self._model(WarmupResponse, data, "warmup response")
+
+    async def prepare_code(self, request: CodePrepareRequest) -> CodePrepareResponse:
+        data = await self._call("POST", "/v1/funclet/code", request.to_dict(), timeout=self.grow_timeout)
+        return self._model(CodePrepareResponse, data, "code prepare answer")
 
     async def cooldown(self, request: ResetRequest) -> ContainerInfo:
         data = await self._call("POST", "/v1/funclet/cooldown", request.to_dict(), timeout=self.reset_timeout)

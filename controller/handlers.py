@@ -6,11 +6,13 @@ from aiohttp import web
 
 from easyfaas.errors import ResourceNotFound
 
+from controller.code_prefetch import CodePrefetcher
 from controller.invoke import Invoker
 from controller.pool import Pool
 
 POOL = web.AppKey("pool", Pool)
 INVOKER = web.AppKey("invoker", Invoker)
+PREFETCHER = web.AppKey("prefetcher", CodePrefetcher)
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -26,7 +28,11 @@ async def list_runtimes(request: web.Request) -> web.Response:
 
 
 async def resource(request: web.Request) -> web.Response:
-    return web.json_response(request.app[POOL].resource())
+    resource = request.app[POOL].resource()
+    prefetcher = request.app.get(PREFETCHER)
+    if prefetcher is not None:
+        resource["CodePrefetch"] = prefetcher.stats()
+    return web.json_response(resource)
 
 
 async def invalidate(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ import structlog
 from easyfaas.brn import LATEST, Brn
 from easyfaas.errors import InvalidInvokeCaller, ResourceNotFound, ServiceError
 from easyfaas.http import ACCOUNT_ID, REQUEST_ID
-from easyfaas.models import FunctionRecord, ModelError, RuntimeConfiguration, function_identity
+from easyfaas.models import CodeChanges, FunctionRecord, ModelError, RuntimeConfiguration, function_identity
 
 log = structlog.get_logger(__name__)
 
@@ -169,6 +169,17 @@ class Registry:
 
         return await self._single_flight(f"runtime:{name}", fetch)
 
+    # ---- code changes --------------------------------------------------------------------------
+
+    async def code_changes(self, after: int, wait: float) -> CodeChanges:
+        """Code stored after ``after`` (long poll of up to ``wait`` seconds)."""
+        data = await self._get(f"/code-changes?after={int(after)}&wait={wait:g}", "code changes",
+                               account_id="", request_id="", timeout=wait + self.timeout)
+        try:
+            return CodeChanges.from_dict(data)
+        except ModelError as exc:
+            raise ServiceError(f"the registry sent malformed code changes: {exc}") from None
+
     # ---- plumbing ------------------------------------------------------------------------------
 
     async def _single_flight(self, key: str, fetch: Callable[[], Awaitable[T]]) -> T:
@@ -186,17 +197,21 @@ class Registry:
         if not task.cancelled():
             task.exception()  # retrieved here so an error nobody awaited is not reported as lost
 
-    async def _get(self, path: str, what: str, *, account_id: str, request_id: str) -> Any:
+    async def _get(self, path: str, what: str, *, account_id: str, request_id: str,
+                   timeout: float | None = None) -> Any:
         if self._session is None:
             raise ServiceError("the registry client is not started")
         headers = {ACCOUNT_ID: account_id, REQUEST_ID: request_id}
         url = self.base + path
+        # Passing timeout=None to aiohttp would mean "no timeout": give it only when set.
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}
         try:
-            async with self._session.get(url, headers=headers) as resp:
+            async with self._session.get(url, headers=headers, **extra) as resp:
                 status = resp.status
                 body = await resp.read()
         except asyncio.TimeoutError:
-            raise ServiceError(f"registry at {self.base} did not answer within {self.timeout:g}s for {what}") from None
+            raise ServiceError(f"registry at {self.base} did not answer within {timeout or self.timeout:g}s "
+                               f"for {what}") from None
         except aiohttp.ClientError as exc:
             raise ServiceError(f"registry at {self.base} is unreachable: {exc or type(exc).__name__}") from None
         if status == 404:

@@ -389,6 +389,43 @@ class FuncletEvents(WireModel):
     Events: list[FuncletEvent] = field(default_factory=list)
 
 
+@dataclass
+class CodeChange(WireModel):
+    """New code stored by stubs (``GET /v1/code-changes``): what the pod may prepare before it is invoked."""
+
+    Seq: int = 0
+    FunctionBrn: str = ""
+    CodeSha256: str = ""
+    CodeSize: int = 0
+    Runtime: str = ""
+    Code: CodeLocation = field(default_factory=lambda: CodeLocation())
+
+
+@dataclass
+class CodeChanges(WireModel):
+    """A batch of code changes after a sequence number; Lost means some were dropped."""
+
+    BootID: str = ""
+    Seq: int = 0
+    Lost: bool = False
+    Changes: list[CodeChange] = field(default_factory=list)
+
+
+@dataclass
+class CodePrepareRequest(WireModel):
+    """``POST /v1/funclet/code``: build (once) the read-only image of this code, off the request path."""
+
+    Code: CodeLocation = field(default_factory=lambda: CodeLocation())
+    CodeSha256: str = ""
+
+
+@dataclass
+class CodePrepareResponse(WireModel):
+    CodeSha256: str = ""
+    ImageSize: int = 0
+    Built: bool = False  # False: the image was there already
+
+
 def function_identity(cfg: FunctionConfiguration) -> str:
     """What a warm sandbox is bound to: it may only serve requests with the same identity.
 

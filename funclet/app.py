@@ -22,7 +22,7 @@ from aiohttp import web
 from easyfaas.config import Settings, parse_size
 from easyfaas.http import JsonErrorAppRunner, error_middleware, read_json, request_id_middleware
 from easyfaas.logging import setup_logging
-from easyfaas.models import GrowRequest, ModelError, ResetRequest, ShrinkRequest, WarmupRequest
+from easyfaas.models import CodePrepareRequest, GrowRequest, ModelError, ResetRequest, ShrinkRequest, WarmupRequest
 from easyfaas.errors import InvalidParameterValue, ValidationError
 from funclet.options import parse_funclet_options
 from funclet.preflight import check_host
@@ -84,6 +84,11 @@ async def warmup(request: web.Request) -> web.Response:
     return _json(resp.to_dict())
 
 
+async def prepare_code(request: web.Request) -> web.Response:
+    req = _model(CodePrepareRequest, await read_json(request, max_size=MAX_API_BODY))
+    return _json((await request.app[POOL].prepare_code(req)).to_dict())
+
+
 async def cooldown(request: web.Request) -> web.Response:
     req = _model(ResetRequest, await read_json(request, max_size=MAX_API_BODY))
     info = await request.app[POOL].cooldown(req.ContainerID)
@@ -102,6 +107,8 @@ async def events(request: web.Request) -> web.Response:
         wait = float(request.query.get("wait", "0"))
     except ValueError:
         raise InvalidParameterValue("after must be an integer and wait a number of seconds") from None
+    if wait != wait:  # NaN
+        raise InvalidParameterValue("wait must be a number of seconds")
     batch = await request.app[POOL].events.wait(after, min(max(wait, 0.0), MAX_EVENTS_WAIT))
     return _json(batch.to_dict())
 
@@ -132,6 +139,7 @@ def make_app(pool: SandboxPool) -> web.Application:
     app.router.add_get("/v1/funclet/events", events)
     app.router.add_post("/v1/funclet/grow", grow)
     app.router.add_post("/v1/funclet/shrink", shrink)
+    app.router.add_post("/v1/funclet/code", prepare_code)
     return app
 
 
@@ -163,7 +171,7 @@ def build_pool(opts: Settings) -> SandboxPool:
         max_code_size=opts.max_code_size, capacity_memory=cap_mem, capacity_millicpus=cap_cpu,
         reserved_memory=opts.reserved_memory, reserved_millicpus=int(opts.reserved_cpu * 1000),
         max_sandboxes=max_sandboxes, ping_interval=opts.runner_ping_interval,
-        max_runner_defunct=opts.max_runner_defunct)
+        max_runner_defunct=opts.max_runner_defunct, max_code_images=opts.max_code_images)
     network = None
     if opts.network == "bridge":
         network = BridgeNetwork(bridge=opts.bridge_name, cidr=opts.bridge_ip, veth_prefix=opts.veth_prefix)
@@ -172,7 +180,7 @@ def build_pool(opts: Settings) -> SandboxPool:
     binds, symlinks = host_binds()
     binds = [*binds, {"src": str(Path(opts.rootfs_path) / "etc"), "dst": "/etc"}]
     return SandboxPool(settings, cgroups=cgroups, images=CodeImageStore(settings.images_dir,
-                       max_uncompressed=opts.max_code_size),
+                       max_uncompressed=opts.max_code_size, max_images=opts.max_code_images),
                        network=network, zygote=Zygote(opts.python or sys.executable, REPO_ROOT, pod_name=pod),
                        host_binds=(binds, symlinks))
 

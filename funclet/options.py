@@ -38,6 +38,8 @@ OPTIONS = [
     Option("runner-timeout", parse_duration, "10s", "how long a runner may take to answer a command"),
     Option("python", str, "", "interpreter for the zygote (default: this one)"),
     Option("max-code-size", parse_size, "250M", "largest unpacked code accepted"),
+    Option("max-code-images", int, 256,
+           "code images kept built and mounted (least recently used idle ones are evicted beyond it)"),
     Option("preflight-only", parse_bool, False, "check the host and exit"),
 ]
 

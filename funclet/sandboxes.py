@@ -26,8 +26,6 @@ import os
 import signal
 import socket
 import time
-import uuid
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,14 +34,16 @@ from typing import Any, Callable
 import structlog
 
 from easyfaas.errors import FaasError, InvalidParameterValue, ResourceConflict, ResourceNotFound, ServiceError
-from easyfaas.models import (ContainerInfo, FuncletEvent, FuncletEvents, FunctionConfiguration, NodeResource,
+from easyfaas.codezip import CodeArchiveError
+from easyfaas.models import (CodePrepareRequest, CodePrepareResponse, ContainerInfo, FuncletEvent, FuncletEvents, FunctionConfiguration, NodeResource,
                              Resource, ResourceStats, RuntimeConfiguration, RuntimeExit, ScaleResponse, WarmupRequest,
                              WarmupResponse)
+from easyfaas.feed import FeedBatch, NumberedFeed
 from funclet.code_source import load_code
 from funclet.runner_link import LinkClosed, RunnerLink, Zygote
 from funclet.sandbox import mounts
 from funclet.sandbox.cgroup import CgroupDriver, SandboxCgroup
-from funclet.sandbox.codeimage import CodeImageStore
+from funclet.sandbox.codeimage import CodeImageError, CodeImageStore
 from funclet.sandbox.network import BridgeNetwork, SandboxNic
 
 log = structlog.get_logger(__name__)
@@ -90,6 +90,7 @@ class PoolSettings:
     ping_interval: float = 2.0       # 0: no health pings
     max_runner_defunct: float = 10.0
     event_buffer: int = 1024
+    max_code_images: int = 256
 
     @property
     def slots_dir(self) -> Path:
@@ -127,6 +128,7 @@ class Sandbox:
     nic: SandboxNic | None = None
     identity: str = ""
     function_brn: str = ""
+    code_hash: str = ""              # the code image bound into the slot
     current_event: str = "event_init"
     memory_limit: int = 0
     oom_base: int = 0
@@ -143,61 +145,31 @@ class EventLog:
     """The last ``size`` sandbox events, numbered; readers wait for the ones after a number."""
 
     def __init__(self, size: int = 1024) -> None:
-        self.boot_id = uuid.uuid4().hex
-        self._events: deque[FuncletEvent] = deque(maxlen=max(16, size))
-        self._seq = 0
-        self._waiters: set[asyncio.Future[None]] = set()
-        self._closed = False
+        self._feed: NumberedFeed[FuncletEvent] = NumberedFeed(size)
+        self.boot_id = self._feed.boot_id
 
     @property
     def seq(self) -> int:
-        return self._seq
+        return self._feed.seq
 
     def emit(self, kind: str, container: ContainerInfo, *, exit: RuntimeExit | None = None,
              reason: str = "") -> FuncletEvent:
-        self._seq += 1
-        event = FuncletEvent(Seq=self._seq, Time=time.time(), Type=kind, ContainerID=container.ContainerID,
-                             Container=container, Exit=exit, Reason=reason)
-        self._events.append(event)
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        return event
+        return self._feed.append(lambda seq: FuncletEvent(
+            Seq=seq, Time=time.time(), Type=kind, ContainerID=container.ContainerID, Container=container,
+            Exit=exit, Reason=reason))
 
     def since(self, after: int) -> FuncletEvents:
-        """Events numbered above ``after``; ``after`` < 0 asks only for the current number."""
-        if after < 0:
-            return FuncletEvents(BootID=self.boot_id, Seq=self._seq)
-        if after > self._seq:
-            # The reader counts events of another run of the funclet: it must resynchronise.
-            return FuncletEvents(BootID=self.boot_id, Seq=self._seq, Lost=True)
-        oldest = self._events[0].Seq if self._events else self._seq + 1
-        events = [e for e in self._events if e.Seq > after]
-        return FuncletEvents(BootID=self.boot_id, Seq=self._seq, Lost=after < oldest - 1, Events=events)
+        return self._batch(self._feed.since(after))
 
     async def wait(self, after: int, timeout: float) -> FuncletEvents:
-        """Events after ``after``; waits up to ``timeout`` for the first one when there is none yet."""
-        batch = self.since(after)
-        if batch.Events or batch.Lost or timeout <= 0 or after < 0 or self._closed:
-            return batch
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.add(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            self._waiters.discard(waiter)
-        return self.since(after)
+        return self._batch(await self._feed.wait(after, timeout))
+
+    @staticmethod
+    def _batch(batch: FeedBatch[FuncletEvent]) -> FuncletEvents:
+        return FuncletEvents(BootID=batch.boot_id, Seq=batch.seq, Lost=batch.lost, Events=batch.items)
 
     def close(self) -> None:
-        """Wake every reader; later reads do not wait (the funclet is stopping)."""
-        self._closed = True
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
+        self._feed.close()
 
 
 class SandboxPool:
@@ -346,6 +318,7 @@ class SandboxPool:
                     self._images.ensure(code_hash, lambda: load_code(req.Code, max_size=self.settings.max_code_size)),
                     self.settings.warmup_timeout)
                 mounts.bind(str(image.mountpoint), str(sb.slot_dir / "task"), readonly=True)
+                sb.code_hash = code_hash
                 mounts.bind(str(runtime_dir), str(sb.slot_dir / "runtime"), readonly=True)
                 assert sb.cgroup is not None and sb.link is not None
                 # The function's MemorySize is its sandbox's limit: the kernel OOM-kills inside this
@@ -381,7 +354,33 @@ class SandboxPool:
             log.info("warmup_done", container=sb.id, function=cfg.FunctionArn, code=code_hash[:12],
                      ms=round((time.monotonic() - started) * 1000, 2), init_error=bool(init_error),
                      memory_mb=cfg.MemorySize, epoch=sb.epoch)
+            if len(self._images.images()) > self._images.max_images:
+                self._spawn_task(self._trim_images())
             return WarmupResponse(Container=self.info(sb), InitError=init_error)
+
+    async def prepare_code(self, req: CodePrepareRequest) -> CodePrepareResponse:
+        """Build the code's image now, so the first warmup of a function using it does not wait for it."""
+        code_hash = _code_hash_hex(req.CodeSha256)
+        if self._closing:
+            raise ServiceError("the funclet is stopping")
+        built = not self._images.is_built(code_hash)
+        try:
+            image = await asyncio.wait_for(
+                self._images.ensure(code_hash, lambda: load_code(req.Code, max_size=self.settings.max_code_size)),
+                self.settings.warmup_timeout)
+        except asyncio.TimeoutError:
+            raise ServiceError(f"building the image of code {code_hash[:12]} timed out") from None
+        except CodeImageError as exc:
+            raise ServiceError(str(exc)) from None
+        except CodeArchiveError as exc:
+            raise InvalidParameterValue(f"code {code_hash[:12]}: {exc}") from None
+        await self._trim_images()
+        return CodePrepareResponse(CodeSha256=req.CodeSha256, ImageSize=image.size, Built=built)
+
+    async def _trim_images(self) -> None:
+        evicted = await self._images.trim({sb.code_hash for sb in self._sandboxes.values() if sb.code_hash})
+        if evicted:
+            log.info("code_images_trimmed", evicted=len(evicted), kept=len(self._images.images()))
 
     async def cooldown(self, container_id: str) -> ContainerInfo:
         sb = self.get(container_id)
@@ -575,6 +574,7 @@ class SandboxPool:
         sb.pid = 0
         sb.runtime_pid = 0
         sb.identity = ""
+        sb.code_hash = ""
         sb.function_brn = ""
 
     async def _remove_locked(self, sb: Sandbox, reason: str) -> None:
@@ -610,6 +610,7 @@ class SandboxPool:
             return
         sb.identity = ""
         sb.function_brn = ""
+        sb.code_hash = ""
         sb.runtime_pid = 0
         sb.epoch = self._next_epoch()
         sb.current_event = ""

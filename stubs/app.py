@@ -33,9 +33,12 @@ from easyfaas.errors import (
     ResourceNotFound,
     ValidationError,
 )
+from easyfaas.feed import NumberedFeed
 from easyfaas.http import ACCOUNT_ID, error_middleware, read_json, request_id_middleware
 from easyfaas.models import (
     REPOSITORY_HTTP,
+    CodeChange,
+    CodeChanges,
     CodeLocation,
     Concurrency,
     Environment,
@@ -71,6 +74,8 @@ _RESERVED_ENV_PREFIXES = ("EASYFAAS_", "AWS_LAMBDA_")
 _RESERVED_ENV_KEYS = frozenset({"LAMBDA_TASK_ROOT", "_HANDLER"})
 _PUBLISHED_VERSION_RE = re.compile(r"^[1-9][0-9]*$")
 _CODE_FILE_RE = re.compile(r"^([0-9a-f]{64})\.zip$")
+CODE_FEED_SIZE = 1024
+MAX_CODE_FEED_WAIT = 60.0
 
 _NODE_HELLO = b'exports.handler = (event, context, callback) => {\n    callback(null, "Hello world!");\n};\n'
 
@@ -270,6 +275,8 @@ class StubsHandlers:
         self.public_url = public_url.rstrip("/")
         # base64 grows 4/3; leave room for the other fields.
         self.max_body = max_code_size * 4 // 3 + 1024 * 1024
+        # New code, announced so that pods build its image before the first invocation waits for it.
+        self.code_feed: NumberedFeed[CodeChange] = NumberedFeed(CODE_FEED_SIZE)
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -311,16 +318,28 @@ class StubsHandlers:
             raise ResourceNotFound(f"function not found: {brn.with_qualifier(brn.qualifier or LATEST)}")
         return record
 
+    def code_location(self, record: FunctionRecord, brn: Brn) -> CodeLocation:
+        """Where clients fetch the record's code: an HTTP URL when a public URL is set."""
+        if not self.public_url:
+            return record.Code
+        sha_hex = code_sha256_hex(record.Configuration.CodeSha256)
+        return CodeLocation(
+            Location=f"{self.public_url}/v1/code/{brn.account}/{quote(brn.name)}/{sha_hex}.zip",
+            RepositoryType=REPOSITORY_HTTP,
+            LogType=record.Code.LogType,
+        )
+
     def present(self, record: FunctionRecord, brn: Brn) -> dict[str, Any]:
-        """The record as clients see it: with an HTTP code location when a public URL is set."""
-        if self.public_url:
-            sha_hex = code_sha256_hex(record.Configuration.CodeSha256)
-            record.Code = CodeLocation(
-                Location=f"{self.public_url}/v1/code/{brn.account}/{quote(brn.name)}/{sha_hex}.zip",
-                RepositoryType=REPOSITORY_HTTP,
-                LogType=record.Code.LogType,
-            )
+        """The record as clients see it."""
+        record.Code = self.code_location(record, brn)
         return record.to_dict()
+
+    def announce_code(self, record: FunctionRecord, brn: Brn) -> None:
+        cfg = record.Configuration
+        location = self.code_location(record, brn)
+        self.code_feed.append(lambda seq: CodeChange(
+            Seq=seq, FunctionBrn=cfg.FunctionArn, CodeSha256=cfg.CodeSha256, CodeSize=cfg.CodeSize,
+            Runtime=cfg.Runtime, Code=CodeLocation.from_dict(location.to_dict())))
 
     async def inspect_code(self, code_b64: str | None) -> tuple[bytes, codezip.CodeArchive]:
         if code_b64 is None:
@@ -385,6 +404,7 @@ class StubsHandlers:
                 written = await self.store.write(
                     brn.account, brn.name, publish, self.versioned(latest, brn, publish), None
                 )
+        self.announce_code(written, brn)
         log.info("function_created", function=str(brn.unqualified()), version=publish or LATEST, uid=uid)
         return web.json_response(self.present(written, brn))
 
@@ -418,6 +438,8 @@ class StubsHandlers:
             latest = self.versioned(current, brn, LATEST)
             await self.store.write(brn.account, brn.name, LATEST, latest, code)
             written = await self.store.write(brn.account, brn.name, version, self.versioned(latest, brn, version), None)
+        if code is not None:
+            self.announce_code(written, brn)
         log.info("function_updated", function=str(brn.unqualified()), version=version, uid=uid)
         return web.json_response(self.present(written, brn))
 
@@ -490,6 +512,19 @@ class StubsHandlers:
             raise ResourceNotFound("code not found")
         return web.Response(body=data, content_type="application/zip")
 
+    async def code_changes(self, request: web.Request) -> web.Response:
+        """Code stored after ``after`` (a number from an earlier answer), waiting up to ``wait`` s for some."""
+        try:
+            after = int(request.query.get("after", "-1"))
+            wait = float(request.query.get("wait", "0"))
+        except ValueError:
+            raise InvalidParameterValue("after must be an integer and wait a number of seconds") from None
+        if wait != wait:  # NaN
+            raise InvalidParameterValue("wait must be a number of seconds")
+        batch = await self.code_feed.wait(after, min(max(wait, 0.0), MAX_CODE_FEED_WAIT))
+        return web.json_response(CodeChanges(BootID=batch.boot_id, Seq=batch.seq, Lost=batch.lost,
+                                             Changes=batch.items).to_dict())
+
     async def list_runtimes(self, request: web.Request) -> web.Response:
         return web.json_response({"Runtimes": [r.to_dict() for r in self.runtimes.list()]})
 
@@ -520,7 +555,11 @@ def make_app(
     async def start_store(_app: web.Application) -> None:
         await store.start()
 
+    async def close_feed(_app: web.Application) -> None:
+        handlers.code_feed.close()  # ends the pods' long polls now, not at the shutdown timeout
+
     app.on_startup.append(start_store)
+    app.on_shutdown.append(close_feed)
     h = handlers
     app.router.add_get("/hello", h.hello)
     app.router.add_get("/healthz", h.healthz)
@@ -535,4 +574,5 @@ def make_app(
     app.router.add_get("/v1/functions/{ref}/code", h.get_code)
     app.router.add_get("/v1/code/{account}/{name}/{file}", h.get_code_by_digest)
     app.router.add_get("/v1/runtimes", h.list_runtimes)
+    app.router.add_get("/v1/code-changes", h.code_changes)
     return app

@@ -247,6 +247,51 @@ async def test_healthz_and_resource(http: aiohttp.ClientSession) -> None:
         assert data["Capacity"]["Memory"] > 0
 
 
+async def test_new_code_image_is_built_before_the_first_invocation(http: aiohttp.ClientSession) -> None:
+    """Creating a function makes the pod build its code image; the cold start only binds it."""
+    import hashlib
+
+    pod = http.pod  # type: ignore[attr-defined]
+    name = unique("prefetched")
+    code = b64zip({"index.py": PY_ECHO, "marker.txt": name})
+    sha_hex = hashlib.sha256(base64.b64decode(code)).hexdigest()
+    image = pod.config.state_dir / "images" / f"{sha_hex}.erofs"
+    await create(http, name, {"Version": "1", "Runtime": "python3", "Handler": "index.handler", "Code": code})
+    for _ in range(200):
+        if image.exists():
+            break
+        await asyncio.sleep(0.05)
+    assert image.exists(), "the funclet did not build the new code's image ahead of its invocation"
+    async with http.get(f"{pod.config.controller_url}/v1/resource") as r:
+        prefetch = (await r.json())["CodePrefetch"]
+    assert prefetch["Prepared"] >= 1 and prefetch["Failed"] == 0, prefetch
+    built = image.stat()
+    status, _, body = await invoke(http, brn(name, "1"), {"k": 1})
+    assert status == 200 and json.loads(body)["event"] == {"k": 1}, body
+    after = image.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)  # not rebuilt on warmup
+
+
+async def test_funclet_code_prepare_refuses_bad_input(http: aiohttp.ClientSession) -> None:
+    from easyfaas.unixhttp import UnixHTTPClient
+
+    pod = http.pod  # type: ignore[attr-defined]
+    missing = base64.b64encode(bytes(32)).decode()
+    async with UnixHTTPClient(str(pod.config.funclet_sock)) as funclet:
+        cases = [
+            ({"CodeSha256": "not base64!", "Code": {"Location": "/nonexistent.zip"}}, 400,
+             "InvalidParameterValueException"),
+            ({"CodeSha256": missing, "Code": {"Location": ""}}, 400, "InvalidParameterValueException"),
+            ({"CodeSha256": missing, "Code": {"Location": "/nonexistent/code.zip"}}, 500, "ServiceException"),
+            ({"CodeSha256": missing, "Code": "zip"}, 400, None),
+        ]
+        for body, status, code in cases:
+            got, answer = await funclet.request_json("POST", "/v1/funclet/code", json=body)
+            assert got == status and isinstance(answer, dict), (body, got, answer)
+            assert answer["Status"] == status and (code is None or answer["Code"] == code), answer
+    assert not (pod.config.state_dir / "images" / f"{bytes(32).hex()}.erofs").exists()
+
+
 async def test_operator_adds_a_runtime_by_configuration(http: aiohttp.ClientSession) -> None:
     """A new runtime is a directory with a runtime.yaml: no code change, no restart."""
     import shutil

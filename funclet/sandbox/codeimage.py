@@ -11,6 +11,10 @@ sha256, compiles ``.pyc`` (unchecked-hash, so imports skip the source stat; the 
 PYTHONDONTWRITEBYTECODE and could not write them anyway), runs ``mkfs.erofs`` (the one process
 spawned here, once per code hash), attaches a read-only autoclear loop device and mounts it.
 Unmounting is then the whole teardown: the kernel frees the loop device when its last user goes.
+
+Images are built ahead of need (the controller asks for each new code stubs announces) and on
+demand at warmup; the store keeps at most ``max_images``, evicting the least recently used one
+that no sandbox has bound (a bound one stays mounted in its slot even after eviction anyway).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import re
 import secrets
 import shutil
 import subprocess
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +70,12 @@ def validate_code_hash(code_hash: str) -> str:
 
 class CodeImageStore:
     def __init__(self, root: Path, *, mkfs: str = "mkfs.erofs", max_uncompressed: int = 250 * MiB,
-                 task_dir: str = "/var/task"):
+                 task_dir: str = "/var/task", max_images: int = 256):
         self.root = Path(root)
         self.mkfs = mkfs
         self.max_uncompressed = max_uncompressed
+        self.max_images = max(1, max_images)
+        self._last_used: dict[str, float] = {}
         self.task_dir = task_dir  # path the code has inside a sandbox, recorded in the .pyc files
         self._images: dict[str, CodeImage] = {}
         self._building: dict[str, asyncio.Task[CodeImage]] = {}
@@ -89,6 +96,7 @@ class CodeImageStore:
     async def ensure(self, code_hash: str, load_zip: Callable[[], Awaitable[bytes]]) -> CodeImage:
         """Return the mounted image of ``code_hash``, building it once however many callers wait."""
         code_hash = validate_code_hash(code_hash)
+        self._last_used[code_hash] = time.monotonic()
         image = self._images.get(code_hash)
         if image is not None:
             return image
@@ -177,6 +185,18 @@ class CodeImageStore:
         # The mount holds the device now; with autoclear, unmount alone detaches it.
         loop.close()
 
+    def is_built(self, code_hash: str) -> bool:
+        return code_hash in self._images
+
+    async def trim(self, in_use: Collection[str]) -> list[str]:
+        """Evict least recently used images not in ``in_use`` until at most ``max_images`` remain."""
+        evicted: list[str] = []
+        idle = sorted((h for h in self._images if h not in in_use), key=lambda h: self._last_used.get(h, 0.0))
+        for code_hash in idle[:max(0, len(self._images) - self.max_images)]:
+            await self.evict(code_hash)
+            evicted.append(code_hash)
+        return evicted
+
     async def evict(self, code_hash: str) -> None:
         """Unmount and delete the image (slots still bound to it keep it alive until they unmount)."""
         code_hash = validate_code_hash(code_hash)
@@ -187,6 +207,7 @@ class CodeImageStore:
             except Exception:
                 pass
         image = self._images.pop(code_hash, None)
+        self._last_used.pop(code_hash, None)
         if image is not None:
             await asyncio.to_thread(self._remove_image, image)
             log.info("code_image_evicted", code_hash=code_hash)
@@ -215,6 +236,7 @@ class CodeImageStore:
                 except OSError as e:
                     log.warning("code_image_dir_not_removed", path=str(entry), error=e.strerror)
         self._images.clear()
+        self._last_used.clear()
 
     async def close(self) -> None:
         """Unmount every image (in-flight builds are awaited first) and delete the files."""
