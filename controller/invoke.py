@@ -268,7 +268,7 @@ class Invoker:
                                  RuntimeConfiguration=runtime, Identity=fn.identity)
 
         return await self.pool.acquire(fn.identity, cfg.PodConcurrentQuota, make_warmup, brn=fn.brn,
-                                       memory_mb=cfg.MemorySize, record=record)
+                                       memory_mb=cfg.MemorySize, record=record, runtime=runtime.Name)
 
     async def _call(self, fn: ResolvedFunction, lease: Lease, event: str, request_id: str,
                     want_log: bool) -> InvokeResult:

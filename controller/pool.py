@@ -250,7 +250,7 @@ class FunctionGroup:
     """The slots warming or warm for one function identity, its policy and its queue."""
 
     __slots__ = ("identity", "brn", "fkey", "policy", "quota", "memory_mb", "slots", "waiters", "template",
-                 "limit", "last_used", "superseded")
+                 "limit", "last_used", "superseded", "runtime")
 
     def __init__(self, identity: str, brn: str) -> None:
         self.identity = identity
@@ -265,6 +265,7 @@ class FunctionGroup:
         self.limit: ConcurrencyLimit | None = None
         self.last_used = time.monotonic()
         self.superseded = False
+        self.runtime = ""  # its runtime's Name: a sandbox with that runtime pre-started is preferred
 
 
 @dataclass(eq=False)
@@ -329,6 +330,7 @@ class Slot:
             "Generation": self.generation,
             "Epoch": self.epoch,
             "FuncletState": self.container.State,
+            "Standby": self.container.Standby if self.state is SlotState.COLD else "",
             "OOMKills": self.oom_kills_seen,
             "AcceptReqCnt": self.accepted,
             "RejectReqCnt": self.rejected,
@@ -555,7 +557,7 @@ class Pool:
 
     async def acquire(self, identity: str, quota: int, make_warmup: WarmupFactory, *, brn: str = "",
                       memory_mb: int = 0, record: FunctionRecord | None = None,
-                      policy: FunctionPolicy | None = None) -> Lease:
+                      policy: FunctionPolicy | None = None, runtime: str = "") -> Lease:
         """A slot ready to serve ``identity``: warm if possible, else join or start a warmup, else wait.
 
         ``record`` (the function's registry record) or ``policy`` give the function's scaling and
@@ -579,6 +581,7 @@ class Pool:
             raise ServiceError("the controller is shutting down")
         quota = max(1, quota) if self.concurrent_mode else 1
         group = self._group_for(identity, brn, quota, memory_mb, self.policy_for(brn, record, policy))
+        group.runtime = runtime or group.runtime
         request = _Request(group, make_warmup, memory_mb)
         lease = None if group.waiters else self._try_serve(request)
         if lease is None:
@@ -661,7 +664,7 @@ class Pool:
         if allocatable and request.memory_mb > allocatable:
             raise self._throttle(group, f"insufficient memory for a {request.memory_mb} MB function: the box has "
                                         f"{allocatable} MB allocatable")
-        slot = self._free_slot()
+        slot = self._free_slot(group.runtime)
         if slot is not None and self._memory_admits(request.memory_mb):
             return self._start_cold(request, slot)
         if slot is None and self._can_grow():
@@ -679,11 +682,18 @@ class Pool:
             request.blocked = "empty runtime: every slot is busy"
         return None
 
-    def _free_slot(self) -> Slot | None:
+    def _free_slot(self, runtime: str = "") -> Slot | None:
+        """A free slot; first one whose sandbox has ``runtime`` pre-started, then one with none
+        (a pre-started runtime of another kind is wasted when its sandbox is taken)."""
+        spare = None
         for slot in self.slots.values():
             if self._can_occupy(slot):
-                return slot
-        return None
+                standby = slot.container.Standby
+                if standby and standby == runtime:
+                    return slot
+                if spare is None or (spare.container.Standby and not standby):
+                    spare = slot
+        return spare
 
     def _start_cold(self, request: _Request, slot: Slot) -> Lease:
         group = request.group
@@ -1240,7 +1250,7 @@ class Pool:
             keep = self._keep(group, now)
             have = self._warm_count(group)
             while have < keep and group.template is not None:
-                slot = self._free_slot()
+                slot = self._free_slot(group.runtime)
                 if slot is None or not self._memory_admits(group.memory_mb):
                     return
                 if not self.occupy(slot, group.identity, group.quota, brn=group.brn, memory_mb=group.memory_mb,

@@ -247,6 +247,8 @@ class RuntimeConfiguration(WireModel):
     Launch: str = LAUNCH_EXEC  # "exec" | "fork-python"
     Env: dict[str, str] = field(default_factory=dict)
     Aliases: list[str] = field(default_factory=list)
+    # The runtime can be started before a function is assigned (EASYFAAS_STANDBY_FD, see runner/init.py).
+    Standby: bool = False
 
 
 @dataclass
@@ -312,6 +314,8 @@ class ContainerInfo(WireModel):
     # Unix time the runner last answered (built, command or health ping).
     LastLiveness: float = 0.0
     FunctionBrn: str = ""
+    # A cold sandbox's pre-started runtime (by runtime Name), waiting for a function of that runtime.
+    Standby: str = ""
 
 
 @dataclass

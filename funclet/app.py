@@ -171,7 +171,9 @@ def build_pool(opts: Settings) -> SandboxPool:
         max_code_size=opts.max_code_size, capacity_memory=cap_mem, capacity_millicpus=cap_cpu,
         reserved_memory=opts.reserved_memory, reserved_millicpus=int(opts.reserved_cpu * 1000),
         max_sandboxes=max_sandboxes, ping_interval=opts.runner_ping_interval,
-        max_runner_defunct=opts.max_runner_defunct, max_code_images=opts.max_code_images)
+        max_runner_defunct=opts.max_runner_defunct, max_code_images=opts.max_code_images,
+        standby_runtimes=tuple(n.strip() for n in opts.standby_runtimes.split(",") if n.strip()),
+        standby_sandboxes=max(0, opts.standby_sandboxes))
     network = None
     if opts.network == "bridge":
         network = BridgeNetwork(bridge=opts.bridge_name, cidr=opts.bridge_ip, veth_prefix=opts.veth_prefix)

@@ -39,6 +39,7 @@ from easyfaas.models import (CodePrepareRequest, CodePrepareResponse, ContainerI
                              Resource, ResourceStats, RuntimeConfiguration, RuntimeExit, ScaleResponse, WarmupRequest,
                              WarmupResponse)
 from easyfaas.feed import FeedBatch, NumberedFeed
+from easyfaas.runtimes import RuntimeCatalog
 from funclet.code_source import load_code
 from funclet.runner_link import LinkClosed, RunnerLink, Zygote
 from funclet.sandbox import mounts
@@ -61,6 +62,10 @@ class SandboxState(str, enum.Enum):
     DEAD = "dead"            # being destroyed or rebuilt
     REMOVING = "removing"    # being destroyed for good (the pool shrinks)
 
+
+# Pre-started runtimes that fail or die this many times in a row are given up on (a broken runtime
+# must not be restarted in a loop); the count restarts when one serves a function.
+MAX_STANDBY_FAILURES = 5
 
 # States in which the runner is idle and must answer a ping.
 _PINGABLE = frozenset({SandboxState.COLD, SandboxState.WARM, SandboxState.STOPPED})
@@ -91,6 +96,8 @@ class PoolSettings:
     max_runner_defunct: float = 10.0
     event_buffer: int = 1024
     max_code_images: int = 256
+    standby_runtimes: tuple[str, ...] = ()  # runtimes kept pre-started in idle sandboxes
+    standby_sandboxes: int = 0              # how many idle sandboxes each of them stands by in
 
     @property
     def slots_dir(self) -> Path:
@@ -129,6 +136,8 @@ class Sandbox:
     identity: str = ""
     function_brn: str = ""
     code_hash: str = ""              # the code image bound into the slot
+    runtime_bound: str = ""          # the runtime directory bound into the slot
+    standby: str = ""                # the runtime pre-started in it (COLD only), by Name
     current_event: str = "event_init"
     memory_limit: int = 0
     oom_base: int = 0
@@ -187,6 +196,9 @@ class SandboxPool:
         self._net_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funclet-net")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._runtimes = RuntimeCatalog(settings.runtime_path)
+        self._standby_filling = False
+        self._standby_failures = 0
         self._epoch = 0
         self.events = EventLog(settings.event_buffer)
 
@@ -293,7 +305,7 @@ class SandboxPool:
                              InvokeSocket=str(sb.invoke_socket), Identity=sb.identity, OOMKills=oom,
                              Epoch=sb.epoch, LastExit=sb.last_exit,
                              LastLiveness=link.last_heard if link is not None else 0.0,
-                             FunctionBrn=sb.function_brn)
+                             FunctionBrn=sb.function_brn, Standby=sb.standby)
 
     async def warmup(self, req: WarmupRequest) -> WarmupResponse:
         sb = self.get(req.ContainerID)
@@ -319,13 +331,15 @@ class SandboxPool:
                     self.settings.warmup_timeout)
                 mounts.bind(str(image.mountpoint), str(sb.slot_dir / "task"), readonly=True)
                 sb.code_hash = code_hash
-                mounts.bind(str(runtime_dir), str(sb.slot_dir / "runtime"), readonly=True)
+                self._bind_runtime(sb, runtime_dir)
                 assert sb.cgroup is not None and sb.link is not None
                 # The function's MemorySize is its sandbox's limit: the kernel OOM-kills inside this
                 # cgroup only, whatever the rest of the box is doing.
                 sb.memory_limit = cfg.MemorySize * MiB
                 sb.cgroup.set_memory_limit(sb.memory_limit)
                 sb.oom_base = sb.oom_seen = sb.cgroup.oom_kills()
+                # The runner hands a matching pre-started runtime the function, or replaces it.
+                used_standby, sb.standby = sb.standby == runtime.Name, ""
                 reply = await sb.link.request(
                     {"op": "start", "runtime": runtime.to_dict(), "env": runtime_env(cfg, runtime),
                      "function": {"name": cfg.FunctionName, "version": cfg.Version, "brn": cfg.FunctionArn,
@@ -353,7 +367,11 @@ class SandboxPool:
                                                                                  "errorType": "Runtime.InitError"})
             log.info("warmup_done", container=sb.id, function=cfg.FunctionArn, code=code_hash[:12],
                      ms=round((time.monotonic() - started) * 1000, 2), init_error=bool(init_error),
-                     memory_mb=cfg.MemorySize, epoch=sb.epoch)
+                     memory_mb=cfg.MemorySize, epoch=sb.epoch, standby=used_standby)
+            if used_standby:
+                if not init_error:
+                    self._standby_failures = 0
+                self._want_standby()
             if len(self._images.images()) > self._images.max_images:
                 self._spawn_task(self._trim_images())
             return WarmupResponse(Container=self.info(sb), InitError=init_error)
@@ -539,6 +557,7 @@ class SandboxPool:
             self._set_state(sb, SandboxState.COLD, "built")
             log.info("sandbox_built", container=sb.id, pid=sb.pid,
                      address=sb.nic.address if sb.nic else None)
+            self._want_standby()
         except BaseException as exc:
             if listener is not None:
                 listener.close()
@@ -575,6 +594,8 @@ class SandboxPool:
         sb.runtime_pid = 0
         sb.identity = ""
         sb.code_hash = ""
+        sb.runtime_bound = ""
+        sb.standby = ""
         sb.function_brn = ""
 
     async def _remove_locked(self, sb: Sandbox, reason: str) -> None:
@@ -598,9 +619,11 @@ class SandboxPool:
         sb.current_event = "event_reset"
         self._set_state(sb, SandboxState.RESETTING)
         try:
+            sb.standby = ""
             await sb.link.request({"op": "reset"}, {"reset_done"}, self.settings.runner_timeout)
             for sub in ("task", "runtime"):
                 mounts.unmount(str(sb.slot_dir / sub))
+            sb.runtime_bound = ""
             assert sb.cgroup is not None
             sb.memory_limit = self.settings.runner_memory
             sb.cgroup.set_memory_limit(sb.memory_limit)
@@ -616,6 +639,7 @@ class SandboxPool:
         sb.current_event = ""
         self._set_state(sb, SandboxState.COLD, "reset")
         log.info("sandbox_reset", container=sb.id)
+        self._want_standby()
 
     async def _rebuild_locked(self, sb: Sandbox) -> None:
         await self._destroy(sb)
@@ -645,6 +669,9 @@ class SandboxPool:
         if op in ("ready", "failed"):
             if sb.ready is not None and not sb.ready.done():
                 sb.ready.set_result(message)
+            return
+        if op == "exited" and message.get("standby"):
+            self._standby_exited(sb, message)
             return
         if op == "exited":
             oom = False
@@ -725,6 +752,88 @@ class SandboxPool:
             log.warning("runner_defunct", container=sb.id, state=sb.state.value, silent_s=round(silent, 1))
             self.events.emit("defunct", self.info(sb), reason=f"runner silent for {silent:.1f}s")
             await self._rebuild_locked(sb)
+
+    # ---- pre-started runtimes ------------------------------------------------------------------
+
+    def _bind_runtime(self, sb: Sandbox, runtime_dir: Path) -> None:
+        if sb.runtime_bound == str(runtime_dir):
+            return
+        if sb.runtime_bound:
+            mounts.unmount(str(sb.slot_dir / "runtime"))
+            sb.runtime_bound = ""
+        mounts.bind(str(runtime_dir), str(sb.slot_dir / "runtime"), readonly=True)
+        sb.runtime_bound = str(runtime_dir)
+
+    def _standby_targets(self) -> list[RuntimeConfiguration]:
+        """The configured standby runtimes that are prepared here and support it."""
+        targets = []
+        for name in self.settings.standby_runtimes:
+            runtime = self._runtimes.get(name)
+            if runtime is not None and runtime.Standby and runtime.Launch == "exec":
+                targets.append(runtime)
+        return targets
+
+    def _want_standby(self) -> None:
+        """Top up the pre-started runtimes in idle sandboxes, in the background."""
+        s = self.settings
+        if (s.standby_sandboxes <= 0 or not s.standby_runtimes or self._closing or self._standby_filling
+                or self._standby_failures >= MAX_STANDBY_FAILURES):
+            return
+        self._standby_filling = True
+        self._spawn_task(self._fill_standby())
+
+    async def _fill_standby(self) -> None:
+        try:
+            for runtime in self._standby_targets():
+                while not self._closing and self._standby_failures < MAX_STANDBY_FAILURES:
+                    sandboxes = list(self._sandboxes.values())
+                    if sum(1 for sb in sandboxes if sb.standby == runtime.Name) >= self.settings.standby_sandboxes:
+                        break
+                    # Never more than half the pool: the other runtimes' cold starts need sandboxes too.
+                    if sum(1 for sb in sandboxes if sb.standby) >= len(sandboxes) // 2:
+                        return
+                    free = [sb for sb in sandboxes if sb.state is SandboxState.COLD and not sb.standby
+                            and not sb.lock.locked() and sb.link is not None]
+                    if not free:
+                        return
+                    sb = free[-1]  # the controller takes free sandboxes from the front
+                    async with sb.lock:
+                        if sb.state is not SandboxState.COLD or sb.standby or sb.link is None:
+                            continue
+                        if not await self._prestart_locked(sb, runtime):
+                            self._standby_failures += 1
+                if self._standby_failures >= MAX_STANDBY_FAILURES:
+                    log.error("standby_disabled", runtime=runtime.Name, failures=self._standby_failures)
+                    return
+        finally:
+            self._standby_filling = False
+
+    async def _prestart_locked(self, sb: Sandbox, runtime: RuntimeConfiguration) -> bool:
+        assert sb.link is not None
+        try:
+            self._bind_runtime(sb, self._runtime_dir(runtime))
+            reply = await sb.link.request({"op": "prestart", "runtime": runtime.to_dict()}, {"prestarted"},
+                                          self.settings.runner_timeout)
+        except (LinkClosed, asyncio.TimeoutError, OSError, FaasError) as exc:
+            log.warning("standby_failed", container=sb.id, runtime=runtime.Name, error=str(exc) or type(exc).__name__)
+            return False
+        if not reply.get("ok"):
+            log.warning("standby_refused", container=sb.id, runtime=runtime.Name, error=reply.get("error"))
+            return False
+        sb.standby = runtime.Name
+        sb.runtime_pid = int(reply.get("pid") or 0)
+        self.events.emit("state", self.info(sb), reason=f"standby {runtime.Name}")
+        log.info("standby_started", container=sb.id, runtime=runtime.Name, pid=sb.runtime_pid)
+        return True
+
+    def _standby_exited(self, sb: Sandbox, message: dict[str, Any]) -> None:
+        runtime, sb.standby, sb.runtime_pid = sb.standby, "", 0
+        self._standby_failures += 1
+        log.warning("standby_exited", container=sb.id, runtime=runtime, code=message.get("code"),
+                    signal=message.get("signal"), output=str(message.get("output") or "")[-500:])
+        if self._sandboxes.get(sb.id) is sb:
+            self.events.emit("state", self.info(sb), reason="standby exited")
+        self._want_standby()
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -7,7 +7,11 @@ protocol (docs/design.md, "Funclet ↔ zygote ↔ runner"):
   zygote → funclet ``{"op": "spawned", "pid": <host pid>}`` (``pid`` 0 and ``error`` on failure).
 * runner → funclet ``{"op": "ready"}`` | ``{"op": "failed", "error": "..."}`` once the sandbox is built.
 * ``start`` → ``started`` (``ok``, ``error``, ``pid``), ``reset`` → ``reset_done``,
-  ``ping`` → ``pong`` (``runtime_pid``), and the unprompted ``exited`` (``pid``, ``code``, ``signal``).
+  ``ping`` → ``pong`` (``runtime_pid``, ``standby``), and the unprompted ``exited`` (``pid``,
+  ``code``, ``signal``; ``standby`` true when it was a pre-started runtime no function had yet).
+* ``prestart`` (``runtime``) → ``prestarted`` (``ok``, ``pid``, ``error``): start a runtime that
+  supports a standby before any function is assigned; a later ``start`` of the same runtime hands
+  it the function's environment instead of starting a new process.
 
 Stdlib only: the zygote and the sandbox init import it.
 """
@@ -35,6 +39,8 @@ OP_RESET_DONE = "reset_done"
 OP_PING = "ping"
 OP_PONG = "pong"
 OP_EXITED = "exited"
+OP_PRESTART = "prestart"
+OP_PRESTARTED = "prestarted"
 OP_ERROR = "error"
 
 LAUNCH_EXEC = "exec"

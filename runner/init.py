@@ -39,6 +39,10 @@ MAX_STATUS = 1 << 20
 # failure report can carry its exit status.
 STATUS_EOF_GRACE = 1.0
 RESET_TIMEOUT = 5.0
+STANDBY_FD = 5
+# Read by the dynamic loader, libc or the runtime's own start-up, before a pre-started runtime could
+# take the function's environment: a function that sets one gets a freshly started runtime.
+_START_TIME_ENV_PREFIXES = ("LD_", "MALLOC_", "GLIBC_", "NODE_OPTIONS", "UV_")
 
 _RO_BIND = sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
 _SIOCGIFFLAGS = 0x8913
@@ -239,6 +243,10 @@ class Supervisor:
         self.status_eof_at: float | None = None
         self.output_fd = -1
         self.output_tail = bytearray()
+        # A pre-started runtime waiting for its function: the pipe that hands it the environment,
+        # and what it was started as (Bin and Args: a start of anything else replaces it).
+        self.standby_w = -1
+        self.standby_key = ""
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, _ignore_signal)
@@ -291,31 +299,89 @@ class Supervisor:
             self.reset()
             self.send({"op": control.OP_RESET_DONE})
         elif op == control.OP_PING:
-            self.send({"op": control.OP_PONG, "runtime_pid": self.runtime_pid})
+            self.send({"op": control.OP_PONG, "runtime_pid": self.runtime_pid, "standby": self.standby_w >= 0})
+        elif op == control.OP_PRESTART:
+            self.prestart(message)
         else:
             self.send({"op": control.OP_ERROR, "error": f"unknown op {op!r}"})
 
     def start(self, message: dict[str, Any]) -> None:
+        runtime = message.get("runtime") or {}
+        env = runtime_environment(message.get("env") or {}, runtime)
+        if self.standby_w >= 0:
+            if self.standby_key == _standby_key(runtime) and not _needs_fresh_start(env) and self._assign(env):
+                return
+            self._drop_standby()
         if self.runtime_pid or self.starting:
             self.send(_started_failure("a runtime is already running in this sandbox; reset it first",
                                        "Runtime.Busy"))
             return
+        problem = _launch_problem(runtime)
+        if problem:
+            self.send(_started_failure(problem, "Runtime.InvalidConfiguration"))
+            return
+        self._fork_runtime(runtime, env)
+        self.starting = True
+
+    def prestart(self, message: dict[str, Any]) -> None:
+        """Start a runtime with no function yet; ``start`` of the same runtime completes it."""
         runtime = message.get("runtime") or {}
+        failure: str | None = None
+        if self.runtime_pid or self.starting or self.standby_w >= 0:
+            failure = "a runtime is already running in this sandbox"
+        elif not runtime.get("Standby") or (runtime.get("Launch") or control.LAUNCH_EXEC) != control.LAUNCH_EXEC:
+            failure = f"runtime {runtime.get('Name')!r} cannot be pre-started (it needs Standby and Launch exec)"
+        else:
+            failure = _launch_problem(runtime)
+        if failure:
+            self.send({"op": control.OP_PRESTARTED, "ok": False, "pid": 0, "error": failure})
+            return
+        env = runtime_environment({}, runtime)
+        env["EASYFAAS_STANDBY_FD"] = str(STANDBY_FD)
+        standby_r, standby_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._fork_runtime(runtime, env, standby_r)
+        finally:
+            os.close(standby_r)
+        self.standby_w, self.standby_key = standby_w, _standby_key(runtime)
+        self.send({"op": control.OP_PRESTARTED, "ok": True, "pid": self.runtime_pid})
+
+    def _assign(self, env: dict[str, str]) -> bool:
+        """Hand the function's environment to the pre-started runtime; False if it is gone."""
+        line = json.dumps({"env": env}, separators=(",", ":")).encode() + b"\n"
+        try:
+            while line:
+                line = line[os.write(self.standby_w, line):]
+        except OSError:
+            return False  # it died: its exit is reaped and it is replaced by a fresh start
+        os.close(self.standby_w)
+        self.standby_w, self.standby_key = -1, ""
+        self.starting = True
+        return True
+
+    def _drop_standby(self) -> None:
+        """Kill the pre-started runtime (quietly: nobody needs to hear about its exit)."""
+        pid = self.runtime_pid
+        os.close(self.standby_w)
+        self.standby_w, self.standby_key = -1, ""
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self.runtime_pid = 0
+        self._close_status()
+        self._close_output()
+
+    def _fork_runtime(self, runtime: dict[str, Any], env: dict[str, str], standby_r: int = -1) -> None:
         launch = runtime.get("Launch") or control.LAUNCH_EXEC
-        if launch not in (control.LAUNCH_EXEC, control.LAUNCH_FORK_PYTHON):
-            self.send(_started_failure(f"unknown runtime Launch {launch!r}", "Runtime.InvalidConfiguration"))
-            return
-        if launch == control.LAUNCH_EXEC and not str(runtime.get("Bin") or "").startswith("/"):
-            self.send(_started_failure(f"runtime {runtime.get('Name')!r} has no absolute Bin to exec",
-                                       "Runtime.InvalidConfiguration"))
-            return
-        env = runtime_environment(message.get("env") or {}, runtime)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         output_r, output_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:
             try:
-                self._become_runtime(launch, runtime, env, status_w, output_w)
+                self._become_runtime(launch, runtime, env, status_w, output_w, standby_r)
             finally:
                 os._exit(127)
         os.close(status_w)
@@ -323,7 +389,6 @@ class Supervisor:
         os.set_blocking(status_r, False)
         os.set_blocking(output_r, False)
         self.runtime_pid = pid
-        self.starting = True
         self.status_fd, self.status_buf, self.status_eof_at = status_r, b"", None
         self._close_output()
         self.output_fd = output_r
@@ -349,6 +414,9 @@ class Supervisor:
         self.status_eof_at = None
         self._close_status()
         self._close_output()
+        if self.standby_w >= 0:
+            os.close(self.standby_w)
+            self.standby_w, self.standby_key = -1, ""
         try:
             for path, size in (("/tmp", self.spec.tmp_size), ("/dev/shm", self.spec.effective_shm_size)):
                 sc.umount(path, sc.MNT_DETACH)
@@ -361,7 +429,7 @@ class Supervisor:
     # -- the runtime child --
 
     def _become_runtime(self, launch: str, runtime: dict[str, Any], env: dict[str, str],
-                        status_w: int, output_w: int) -> None:
+                        status_w: int, output_w: int, standby_r: int = -1) -> None:
         status_fd = status_w
         try:
             signal.set_wakeup_fd(-1)
@@ -373,14 +441,16 @@ class Supervisor:
             sc.unshare(sc.CLONE_NEWIPC)
             devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
             # Move every source above the target range first so no dup2 clobbers another source.
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (devnull, output_w, listener_fd, status_w)]
-            for target, source in zip((0, 1, 2, 3, 4), (high[0], high[1], high[1], high[2], high[3])):
+            sources = [devnull, output_w, listener_fd, status_w] + ([standby_r] if standby_r >= 0 else [])
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in sources]
+            targets = (0, 1, 2, 3, 4, STANDBY_FD)
+            for target, source in zip(targets, (high[0], high[1], *high[1:])):
                 os.dup2(source, target)
             status_fd = 4
             # O_NONBLOCK lives on the listener's shared file description; a previous runtime may
             # have set it, and the contract promises every runtime a blocking listener.
             os.set_blocking(3, True)
-            os.closerange(5, 1 << 20)
+            os.closerange(STANDBY_FD + 1 if standby_r >= 0 else 4 + 1, 1 << 20)
             os.chdir(TASK_DIR)
             privileges.set_rlimits(self.spec.nofile)
             privileges.drop_to(self.spec.uid, self.spec.gid)
@@ -505,6 +575,10 @@ class Supervisor:
                 return False
 
     def runtime_exited(self, pid: int, status: int) -> None:
+        standby = self.standby_w >= 0
+        if standby:
+            os.close(self.standby_w)
+            self.standby_w, self.standby_key = -1, ""
         if self.starting:
             self.read_status()
             if self.starting:
@@ -516,6 +590,8 @@ class Supervisor:
         message: dict[str, Any] = {"op": control.OP_EXITED, "pid": pid,
                                    "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
                                    "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+        if standby:
+            message["standby"] = True
         output = self.output_text()
         if output:
             message["output"] = output
@@ -548,6 +624,23 @@ def runtime_environment(env: dict[str, Any], runtime: dict[str, Any]) -> dict[st
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+def _launch_problem(runtime: dict[str, Any]) -> str:
+    launch = runtime.get("Launch") or control.LAUNCH_EXEC
+    if launch not in (control.LAUNCH_EXEC, control.LAUNCH_FORK_PYTHON):
+        return f"unknown runtime Launch {launch!r}"
+    if launch == control.LAUNCH_EXEC and not str(runtime.get("Bin") or "").startswith("/"):
+        return f"runtime {runtime.get('Name')!r} has no absolute Bin to exec"
+    return ""
+
+
+def _standby_key(runtime: dict[str, Any]) -> str:
+    return json.dumps([runtime.get("Bin"), runtime.get("Args") or [], runtime.get("Env") or {}], sort_keys=True)
+
+
+def _needs_fresh_start(env: dict[str, str]) -> bool:
+    return any(key.startswith(_START_TIME_ENV_PREFIXES) for key in env)
+
 
 def _started_failure(message: str, error_type: str, pid: int = 0) -> dict[str, Any]:
     return {"op": control.OP_STARTED, "ok": False, "pid": pid,

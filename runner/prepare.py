@@ -133,7 +133,7 @@ def runtime_configurations(runtime_dir: Path, python: PythonInfo, node: str | No
     }
     if node:
         configs["nodejs"] = {"Name": "nodejs", "Bin": node, "Path": str(runtime_dir / "nodejs"),
-                             "Args": ["/var/runtime/bootstrap.js"], "Launch": "exec", "Env": {},
+                             "Args": ["/var/runtime/bootstrap.js"], "Launch": "exec", "Env": {}, "Standby": True,
                              "Aliases": list(NODE_ALIASES)}
     return configs
 

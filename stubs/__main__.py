@@ -15,7 +15,7 @@ from easyfaas.http import JsonErrorAppRunner
 from easyfaas.config import Option, parse_options, parse_size
 from easyfaas.logging import setup_logging
 from stubs.app import DEFAULT_ACCOUNT_ID, make_app
-from stubs.runtimes import RuntimeCatalog
+from easyfaas.runtimes import RuntimeCatalog
 from stubs.store import FunctionStore
 
 log = structlog.get_logger(__name__)

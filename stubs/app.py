@@ -46,7 +46,7 @@ from easyfaas.models import (
     FunctionRecord,
     LogConfig,
 )
-from stubs.runtimes import RuntimeCatalog
+from easyfaas.runtimes import RuntimeCatalog
 from stubs.store import FunctionStore, code_sha256_hex, version_sort_key
 
 log = structlog.get_logger(__name__)

@@ -19,7 +19,7 @@ from easyfaas.models import CodeChanges, CodePrepareRequest, CodePrepareResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from stubs.app import make_app
-from stubs.runtimes import RuntimeCatalog
+from easyfaas.runtimes import RuntimeCatalog
 from stubs.store import FunctionStore
 from tests.pod_harness import free_port
 from tests.test_stubs import (CODE_A, CODE_B, MAX_CODE, UID, b64, create, error_of, function_dir, runtime_dir,  # noqa: F401

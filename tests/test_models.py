@@ -74,7 +74,7 @@ def test_defaults_and_field_order() -> None:
     ]
     assert list(FunctionRecord().to_dict()) == ["Code", "Concurrency", "Configuration", "LogConfig", "Tags"]
     assert RuntimeConfiguration().to_dict() == {
-        "Name": "", "Bin": "", "Path": "", "Args": [], "Launch": "exec", "Env": {}, "Aliases": []
+        "Name": "", "Bin": "", "Path": "", "Args": [], "Launch": "exec", "Env": {}, "Aliases": [], "Standby": False
     }
     assert FunctionRecord.from_dict({}) == FunctionRecord()
     # mutable defaults are not shared between instances

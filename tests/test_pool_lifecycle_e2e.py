@@ -453,3 +453,53 @@ async def test_runtimes_resource_and_invalidate(pod: LivePod) -> None:
 
     await pod.until(rebuilt, what="the invalidated sandbox rebuilt")
     assert (await pod.resource())["Reserved"]["Memory"] == (128 * held) << 20
+
+
+# ---- pre-started Node.js runtimes ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def standby_pod() -> Iterator[LivePod]:
+    yield from live_pod(container_num=4, funclet_args=("--standby-sandboxes", "2"),
+                        controller_args=("--max-runtime-idle", "60s"))
+
+
+async def test_nodejs_cold_start_takes_a_prestarted_runtime(standby_pod: LivePod) -> None:
+    """Idle sandboxes keep node started; a Node.js cold start hands it the function, then one is refilled."""
+    pod = standby_pod
+
+    async def standing() -> dict[str, str]:
+        return {r["RuntimeID"]: r["Standby"] for r in await pod.runtimes() if r["Standby"]}
+
+    async def two_standing() -> bool:
+        return len(await standing()) == 2
+
+    await pod.until(two_standing, what="two idle sandboxes with node pre-started")
+    before = await standing()
+    assert set(before.values()) == {"nodejs"}, before
+    infos = {c["ContainerID"]: c for c in await pod.containers()}
+    assert all(infos[cid]["Standby"] == "nodejs" and infos[cid]["State"] == "cold" for cid in before)
+
+    name = unique("nodeStandby")
+    await pod.create(name, Runtime="nodejs20", Environment={"Variables": {"GREETING": "hi"}},
+                     Code=b64zip({"index.js": "exports.handler = async (e) => "
+                                              "({greeting: process.env.GREETING, e, pid: process.pid});\n"}))
+    status, body = await pod.invoke(name, {"x": 1})
+    assert status == 200 and body["greeting"] == "hi" and body["e"] == {"x": 1}, body
+    mine = (await pod.slot_of(name))["RuntimeID"]
+    assert mine in before, (mine, before)  # it landed on a sandbox whose node was already started
+
+    async def refilled() -> bool:
+        now = await standing()
+        return len(now) == 2 and mine not in now
+
+    await pod.until(refilled, what="another idle sandbox taking over the standby")
+    now = await standing()
+
+    # A Python function prefers a sandbox without a standby, so both pre-started nodes survive.
+    py = unique("pyBesideStandby")
+    await pod.create(py)
+    status, body = await pod.invoke(py)
+    assert status == 200, body
+    assert (await pod.slot_of(py))["RuntimeID"] not in now
+    assert await standing() == now

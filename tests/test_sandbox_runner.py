@@ -359,7 +359,7 @@ def test_spawn_start_invoke_reset_in_a_real_sandbox(host: Host, spawn: Any, code
     assert reply["op"] == "started" and reply["ok"] is True, reply
     print(f"start → started (python, fork): {start_ms:.1f} ms")
     runtime_pid_inside = reply["pid"]
-    assert box.request({"op": "ping"}, {"pong"}) == {"op": "pong", "runtime_pid": runtime_pid_inside}
+    assert box.request({"op": "ping"}, {"pong"}) == {"op": "pong", "runtime_pid": runtime_pid_inside, "standby": False}
 
     began = time.monotonic()
     response = box.invoke()
@@ -469,6 +469,78 @@ def test_nodejs_runtime_is_execed_in_the_sandbox(host: Host, spawn: Any, code_di
     with open(f"/proc/{runtime[0]}/status") as f:
         status = f.read()
     assert "NoNewPrivs:\t1" in status and "CapEff:\t0000000000000000" in status
+
+
+def test_nodejs_standby_is_prestarted_then_handed_its_function(host: Host, spawn: Any, code_dirs: Any) -> None:
+    if not (host.runtime_dir / "nodejs" / "runtime.yaml").exists():
+        pytest.skip("node is not installed")
+    box, first, _ = spawn()
+    assert first["op"] == "ready"
+    node = host.runtime("nodejs")
+    assert node.get("Standby") is True
+    box.mount_runtime("nodejs")  # the runtime is there before any function is
+    pre = box.request({"op": "prestart", "runtime": node}, {"prestarted"})
+    assert pre["ok"] is True and pre["pid"] > 1, pre
+    assert box.request({"op": "ping"}, {"pong"}) == {"op": "pong", "runtime_pid": pre["pid"], "standby": True}
+    assert box.request({"op": "prestart", "runtime": node}, {"prestarted"})["ok"] is False  # one at a time
+
+    box.mount_task(code_dirs({"index.js": """
+        exports.handler = async () => ({ pid: process.pid, cwd: process.cwd(), mine: process.env.MINE || null,
+                                         standbyFd: process.env.EASYFAAS_STANDBY_FD || null,
+                                         name: process.env.AWS_LAMBDA_FUNCTION_NAME || null });
+    """}))
+    time.sleep(0.2)  # let node reach its wait for the assignment (it works either way)
+    reply, start_ms = box.start("nodejs", "index.handler", MINE="yes")
+    assert reply["ok"] is True and reply["pid"] == pre["pid"], reply  # the same process, not a new one
+    print(f"\nstart → started (node, standby): {start_ms:.1f} ms")
+    out = json.loads(box.invoke(id="sb-1")["result"])
+    assert out == {"pid": out["pid"], "cwd": "/var/task", "mine": "yes", "standbyFd": None, "name": None}
+    assert box.request({"op": "ping"}, {"pong"})["standby"] is False
+
+    # A start of another runtime replaces the standby quietly (no "exited" for it).
+    box.request({"op": "reset"}, {"reset_done"})
+    pre = box.request({"op": "prestart", "runtime": node}, {"prestarted"})
+    assert pre["ok"] is True
+    sc.umount(str(box.slot / "runtime"), sc.MNT_DETACH)
+    box.mount_runtime("python3")
+    box.mount_task(code_dirs({"index.py": "import os\ndef handler(e, c):\n    return os.getpid()\n"}))
+    reply, _ = box.start("python3", "index.handler")
+    assert reply["ok"] is True and reply["pid"] != pre["pid"], reply
+    assert pre["pid"] not in _inner_pids(box)
+    assert box.invoke()["result"] == str(reply["pid"])
+    assert not [e for e in box.events if e["op"] == "exited"]
+
+    # Variables read at process start get a freshly exec'd runtime.
+    box.request({"op": "reset"}, {"reset_done"})
+    for sub in ("runtime", "task"):
+        sc.umount(str(box.slot / sub), sc.MNT_DETACH)
+    box.mount_runtime("nodejs")
+    box.mount_task(code_dirs({"index.js": "exports.handler = async () => process.execArgv;\n"}))
+    pre = box.request({"op": "prestart", "runtime": node}, {"prestarted"})
+    reply, _ = box.start("nodejs", "index.handler", NODE_OPTIONS="--max-old-space-size=64")
+    assert reply["ok"] is True and reply["pid"] != pre["pid"], reply
+
+    # A standby that dies is reported as such; a runtime without Standby cannot be pre-started.
+    box.request({"op": "reset"}, {"reset_done"})
+    pre = box.request({"op": "prestart", "runtime": node}, {"prestarted"})
+    (standby,) = [p for p in box.processes() if p != box.pid]
+    os.kill(standby, signal.SIGKILL)
+    exited = box.wait_for({"exited"})
+    assert exited["standby"] is True and exited["signal"] == signal.SIGKILL
+    assert box.request({"op": "ping"}, {"pong"}) == {"op": "pong", "runtime_pid": 0, "standby": False}
+    refused = box.request({"op": "prestart", "runtime": host.runtime("python3")}, {"prestarted"})
+    assert refused["ok"] is False and "cannot be pre-started" in refused["error"]
+
+
+def _inner_pids(box: Any) -> set[int]:
+    """Pids of the sandbox's processes as its own pid namespace numbers them."""
+    inner = set()
+    for host_pid in box.processes():
+        with open(f"/proc/{host_pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    inner.add(int(line.split()[-1]))
+    return inner
 
 
 def test_exec_runtime_runs_a_shell_script(host: Host, spawn: Any, code_dirs: Any) -> None:

@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from easyfaas.brn import account_hash
 from easyfaas.models import FunctionRecord
 from stubs.app import DEFAULT_ACCOUNT_ID, default_code_zip, make_app
-from stubs.runtimes import RuntimeCatalog
+from easyfaas.runtimes import RuntimeCatalog
 from stubs.store import FunctionStore
 from tests.pod_harness import free_port
 
@@ -565,7 +565,7 @@ async def test_runtime_configurations(client: TestClient) -> None:
     assert status == 200
     assert node == {"Name": "nodejs", "Bin": "/usr/bin/node", "Path": "/var/faas/runtime/nodejs",
                     "Args": ["/var/runtime/bootstrap.js"], "Launch": "exec", "Env": {},
-                    "Aliases": ["nodejs10", "nodejs12", "nodejs20"]}
+                    "Aliases": ["nodejs10", "nodejs12", "nodejs20"], "Standby": False}
     assert (await get(client, "/v1/runtimes/nodejs10/configuration"))[1] == node
     status, python = await get(client, "/inside-v1/runtimes/python3.11/configuration")
     assert python["Name"] == "python3" and python["Launch"] == "fork-python"

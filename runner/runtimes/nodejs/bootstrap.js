@@ -45,7 +45,9 @@ let settings = readSettings(process.env);
 // ~2 ms to load a handler). With EASYFAAS_STANDBY_FD=<fd> the runtime can be started before any
 // function is assigned to its sandbox: it loads node and this file, then blocks reading one JSON
 // line {"env": {...}} from that fd, takes it as its whole environment, and carries on as if it had
-// been started with it. (The runner and the funclet do not use this yet: docs/performance.md.)
+// been started with it. The funclet keeps such runtimes standing by in idle sandboxes (runner op
+// "prestart"); a function that sets variables only read at process start (NODE_OPTIONS, LD_*)
+// gets a freshly exec'd runtime instead (runner/init.py).
 
 function awaitAssignment(fd) {
   const buf = Buffer.alloc(65536);
@@ -67,6 +69,8 @@ function awaitAssignment(fd) {
   const assignment = JSON.parse(line);
   for (const key of Object.keys(process.env)) delete process.env[key];
   Object.assign(process.env, assignment.env || {});
+  // Module search paths were computed at start from the environment we had then.
+  if (process.env.NODE_PATH) require('module')._initPaths();
   settings = readSettings(process.env);
 }
 

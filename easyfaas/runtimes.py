@@ -1,8 +1,9 @@
-"""The language runtimes stubs knows about: ``<runtime_dir>/*/runtime.yaml`` files.
+"""The language runtimes prepared on this host: ``<runtime_dir>/*/runtime.yaml`` files.
 
 The files are written by ``runner prepare``; each becomes a RuntimeConfiguration, found by its Name
 or any of its Aliases. The catalog re-reads the directory when a file or the directory changes, so
-a runtime prepared while stubs runs is served without a restart.
+a runtime prepared while a daemon runs is seen without a restart. Stubs serves them; the funclet
+reads them to pre-start runtimes that support a standby (``Standby: true``).
 """
 
 from __future__ import annotations
