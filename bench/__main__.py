@@ -1,4 +1,4 @@
-"""``python -m bench [--smoke] [--out FILE] [--uvloop] [--profile]``: run every benchmark, print the
+"""``python -m bench [--smoke] [--out FILE] [--controller-loop L] [--profile]``: run every benchmark, print the
 table, write the figures as JSON. Needs root (real sandboxes) and wrk."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--smoke", action="store_true", help="tiny counts and 1 s runs (CI): checks that it all works")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON file of the figures (default {DEFAULT_OUT})")
-    p.add_argument("--uvloop", action="store_true",
-                   help="run the controller and the echo baseline on uvloop (uvloop must be importable)")
+    p.add_argument("--controller-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="the controller's --event-loop (default auto: uvloop when installed)")
     p.add_argument("--profile", action="store_true", help="also profile the controller under c=64 with py-spy")
     p.add_argument("--py-spy", default=None, help="path of the py-spy binary (default: from PATH)")
     return p.parse_args(argv)
@@ -43,24 +43,25 @@ def machine() -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = scenarios.Plan.smoke() if args.smoke else scenarios.Plan.full()
-    results: dict[str, Any] = {"plan": asdict(plan), "machine": machine(), "uvloop": args.uvloop,
+    results: dict[str, Any] = {"plan": asdict(plan), "machine": machine(),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     _log(f"{plan.name} run: baselines (bare interpreters, {plan.interpreter_runs} starts each)")
     results["baselines"] = {"interpreters": baselines.interpreters(plan.interpreter_runs)}
     results["node_standby"] = standby.node_standby(max(3, plan.interpreter_runs // 2))
-    with baselines.echo_server(uvloop=args.uvloop) as (echo_url, echo_pid):
+    with baselines.echo_server() as (echo_url, echo_pid), \
+            baselines.echo_server(uvloop=True) as (echo_uvloop_url, _):
         results["baselines"]["echo_rss_mib"] = baselines.process_rss_mib(echo_pid)
         _log(f"starting a pod with {plan.sandboxes} sandboxes")
-        pod = BenchPod(plan.sandboxes, uvloop=args.uvloop)
+        pod = BenchPod(plan.sandboxes, controller_loop=args.controller_loop)
         t0 = time.monotonic()
         pod.start()
         results["pod_start_s"] = round(time.monotonic() - t0, 2)
         results["controller_loop"] = _event_loop_of(pod.daemon_pids()["controller"])
         try:
             fp: dict[str, Any] = {"control_plane_idle": footprint.control_plane(pod)}
-            _log(f"warm path: {plan.reps} × (echo c=1, controller c=1, echo c=64, controller c=64, "
+            _log(f"warm path: {plan.reps} × (echo, echo on uvloop and controller at c=1 and c=64, "
                  f"{plan.many_functions} functions c=64), {plan.wrk_seconds:g} s each")
-            results["warm"] = scenarios.warm_path(pod, echo_url, plan)
+            results["warm"] = scenarios.warm_path(pod, echo_url, echo_uvloop_url, plan)
             if args.profile:
                 results["profile"] = _profile(pod, args, plan)
             _log(f"cold starts: {plan.cold_python} Python, {plan.cold_python_shared} Python sharing one code "

@@ -3,9 +3,8 @@
 The pod is :class:`easyfaas.pod.Pod` with names of its own (bridge, veths, cgroups, directories:
 ``tests.pod_harness.TestNames``), the controller at ``--log-level warning`` so that logging is not
 what is measured, warm sandboxes kept for the whole run (``--max-runtime-idle``), and a kernel-leak
-audit after it stops. With ``uvloop=True`` the controller (only it: pyroute2's async API does not run
-on uvloop) runs on uvloop through a ``sitecustomize`` hook on its PYTHONPATH, so the gain can be
-measured before the controller is changed to use it.
+audit after it stops. ``controller_loop`` is the controller's ``--event-loop`` (it runs on uvloop
+unless told otherwise; the funclet stays on asyncio, as pyroute2's async API needs).
 """
 
 from __future__ import annotations
@@ -29,15 +28,6 @@ from tests.pod_harness import ACCOUNT, TestNames, b64zip, brn, free_port, kernel
 
 ACCOUNT_HEADER = "X-easyfaas-Account-Id"
 
-_UVLOOP_HOOK = """\
-# Written by bench/pod.py: run the controller (and only it) on uvloop.
-import sys
-if sys.orig_argv[1:3] == ["-m", "controller"]:
-    import uvloop
-    uvloop.install()
-"""
-
-
 class BenchError(RuntimeError):
     """A step of a benchmark failed (an invocation answered an error, the pod did not start...)."""
 
@@ -57,7 +47,7 @@ class Function:
 @dataclass
 class BenchPod:
     container_num: int
-    uvloop: bool = False
+    controller_loop: str = "auto"
     names: TestNames = field(default_factory=TestNames.new)
     pod: Pod | None = None
     base: Path | None = None
@@ -68,27 +58,18 @@ class BenchPod:
     def start(self) -> None:
         n = self.names
         self.base = Path(tempfile.mkdtemp(prefix=f"efbench-{n.tag}-"))
-        env_path = os.environ.get("PYTHONPATH", "")
-        if self.uvloop:
-            hook = self.base / "uvloop-hook"
-            hook.mkdir()
-            (hook / "sitecustomize.py").write_text(_UVLOOP_HOOK)
-            os.environ["PYTHONPATH"] = f"{hook}{os.pathsep}{env_path}" if env_path else str(hook)
         config = PodConfig(
             state_dir=self.base / "state", run_dir=self.base / "run", controller_port=free_port(),
             stubs_port=free_port(), container_num=self.container_num, pod_name=n.pod_name, bridge_name=n.bridge,
             bridge_ip=n.bridge_ip, veth_prefix=n.veth_prefix, log_dir=self.base / "logs",
-            controller_args=["--log-level", "warning", "--max-runtime-idle", "3600", "--task-interval", "2"],
+            controller_args=["--log-level", "warning", "--max-runtime-idle", "3600", "--task-interval", "2",
+                             "--event-loop", self.controller_loop],
             # EFBENCH_FUNCLET_LOG=info keeps the funclet's warmup timings (its log) for cold-path work.
             stubs_args=["--log-level", "warning"],
             funclet_args=["--log-level", os.environ.get("EFBENCH_FUNCLET_LOG", "warning")],
             start_timeout=120.0)
         self.pod = Pod(config)
-        try:
-            self.pod.start()
-        finally:
-            if self.uvloop:
-                os.environ["PYTHONPATH"] = env_path
+        self.pod.start()
         self.wait_pool_ready(self.container_num, timeout=120.0)
 
     def stop(self) -> list[str]:

@@ -50,6 +50,11 @@ def rows(r: dict[str, Any]) -> list[Row]:
         out.append(Row(f"warm throughput c=64 ({c64['sandboxes']} sandboxes)", _f(c64["rps"], "req/s", 0),
                        f"echo {_f(c64['echo_rps'], 'req/s', 0)}", _x(c64["ratio_rps"]), "≥ 0.75×",
                        c64["ratio_rps"] >= 0.75))
+        if "echo_uvloop_rps" in c64:
+            out.append(Row("… against the echo on uvloop: c=1 p50 / c=64 req/s",
+                           f"{_f(c1['p50_ms'], 'ms', 3)} / {_f(c64['rps'], 'req/s', 0)}",
+                           f"echo {_f(c1['echo_uvloop_p50_ms'], 'ms', 3)} / {_f(c64['echo_uvloop_rps'], 'req/s', 0)}",
+                           f"{_x(c1['ratio_p50_uvloop'])} / {_x(c64['ratio_rps_uvloop'])}", "", None))
         out.append(Row("warm c=64 latency p50 / p99", f"{_f(c64['p50_ms'], 'ms', 1)} / {_f(c64['p99_ms'], 'ms', 1)}",
                        f"echo {_f(c64['echo_p50_ms'], '', 1)} / {_f(c64['echo_p99_ms'], 'ms', 1)}", "", "", None))
         out.append(Row(f"{many['functions']} functions round-robin, c=64", _f(many["rps"], "req/s", 0),

@@ -121,7 +121,9 @@ def create_many(pod: BenchPod, prefix: str, runtime: str, count: int, *, quota: 
     return fns
 
 
-def warm_path(pod: BenchPod, echo_url: str, plan: Plan) -> dict[str, Any]:
+def warm_path(pod: BenchPod, echo_url: str, echo_uvloop_url: str, plan: Plan) -> dict[str, Any]:
+    """The controller against the bare aiohttp echo (default asyncio loop: the baseline), with the
+    same echo on uvloop alongside for reference, run for run interleaved."""
     url = pod.controller_url
     warm = pod.create_function("bwarm", "python3", {"index.py": PY_TRIVIAL}, quota=plan.warm_quota)
     # A function may get several requests at once under round-robin load: its quota keeps it in one sandbox.
@@ -130,26 +132,33 @@ def warm_path(pod: BenchPod, echo_url: str, plan: Plan) -> dict[str, Any]:
         pod.invoke(fn)
     # Warm every sandbox c=64 needs (ceil(64 / quota)) before measuring.
     _wrk(url, [warm.path], 64, plan)
-    echo1, ctl1, echo64, ctl64, many64 = [], [], [], [], []
+    echo1, echo1_uv, ctl1, echo64, echo64_uv, ctl64, many64 = [], [], [], [], [], [], []
     for _ in range(plan.reps):
         echo1.append(_wrk(echo_url, ["/echo"], 1, plan))
+        echo1_uv.append(_wrk(echo_uvloop_url, ["/echo"], 1, plan))
         ctl1.append(_wrk(url, [warm.path], 1, plan))
         echo64.append(_wrk(echo_url, ["/echo"], 64, plan))
+        echo64_uv.append(_wrk(echo_uvloop_url, ["/echo"], 64, plan))
         ctl64.append(_wrk(url, [warm.path], 64, plan))
         many64.append(_wrk(url, [fn.path for fn in many], 64, plan))
     c1 = {"p50_ms": _med(ctl1, "p50_ms"), "p99_ms": _med(ctl1, "p99_ms"), "rps": _med(ctl1, "rps"),
-          "echo_p50_ms": _med(echo1, "p50_ms"), "echo_p99_ms": _med(echo1, "p99_ms")}
+          "echo_p50_ms": _med(echo1, "p50_ms"), "echo_p99_ms": _med(echo1, "p99_ms"),
+          "echo_uvloop_p50_ms": _med(echo1_uv, "p50_ms")}
     c1["ratio_p50"] = ratio(c1["p50_ms"], c1["echo_p50_ms"])
     c1["ratio_p99"] = ratio(c1["p99_ms"], c1["echo_p99_ms"])
+    c1["ratio_p50_uvloop"] = ratio(c1["p50_ms"], c1["echo_uvloop_p50_ms"])
     c64 = {"rps": _med(ctl64, "rps"), "p50_ms": _med(ctl64, "p50_ms"), "p99_ms": _med(ctl64, "p99_ms"),
            "echo_rps": _med(echo64, "rps"), "echo_p50_ms": _med(echo64, "p50_ms"),
-           "echo_p99_ms": _med(echo64, "p99_ms"), "sandboxes": -(-64 // plan.warm_quota)}
+           "echo_p99_ms": _med(echo64, "p99_ms"), "echo_uvloop_rps": _med(echo64_uv, "rps"),
+           "sandboxes": -(-64 // plan.warm_quota)}
     c64["ratio_rps"] = ratio(c64["rps"], c64["echo_rps"])
+    c64["ratio_rps_uvloop"] = ratio(c64["rps"], c64["echo_uvloop_rps"])
     m = {"functions": len(many), "rps": _med(many64, "rps"), "p50_ms": _med(many64, "p50_ms"),
          "p99_ms": _med(many64, "p99_ms"), "one_function_rps": c64["rps"]}
     m["ratio_vs_one"] = ratio(m["rps"], m["one_function_rps"])
     m["ratio_vs_echo"] = ratio(m["rps"], c64["echo_rps"])
-    runs = {"echo_c1": [r.to_dict() for r in echo1], "controller_c1": [r.to_dict() for r in ctl1],
+    runs = {"echo_c1": [r.to_dict() for r in echo1], "echo_uvloop_c1": [r.to_dict() for r in echo1_uv],
+            "echo_uvloop_c64": [r.to_dict() for r in echo64_uv], "controller_c1": [r.to_dict() for r in ctl1],
             "echo_c64": [r.to_dict() for r in echo64], "controller_c64": [r.to_dict() for r in ctl64],
             "many_c64": [r.to_dict() for r in many64]}
     return {"c1": c1, "c64": c64, "many": m, "runs": runs, "wrk_seconds": plan.wrk_seconds, "reps": plan.reps}

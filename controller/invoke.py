@@ -8,6 +8,10 @@
 6. one frame over the slot's runtime channel, bounded by the function's Timeout;
 7. the HTTP response (status, headers, optional log tail or JSON envelope).
 
+:meth:`Invoker.invoke` is the whole pipeline on plain values (reference, query, headers, body) and
+answers an :class:`InvokeReply`; the aiohttp route (:meth:`Invoker.handle`) and the controller's
+front door (``controller/front_door.py``) are two thin adapters around it.
+
 The warm path is kept short on purpose: cached lookups are synchronous dict reads, the slot is a
 dict lookup by identity, and the runtime connection is kept open between requests.
 """
@@ -21,6 +25,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -32,8 +37,8 @@ from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUna
 from easyfaas.brn import LATEST, Brn, BrnError, account_hash, is_version, valid_account_id
 from easyfaas.errors import (FaasError, InvalidInvokeCaller, InvalidParameterValue, InvalidRequestContent,
                              RequestTooLarge, ServiceError)
-from easyfaas.http import (ACCOUNT_ID, REQUEST_ID_KEY, EXEC_TIME, FUNCTION_ERROR, INVOKE_TYPE, LOG_RESULT, LOG_TYPE, REQUEST_ID,
-                           error_response, parse_json)
+from easyfaas.http import (ACCOUNT_ID, EXEC_TIME, FUNCTION_ERROR, INVOKE_TYPE, LOG_RESULT, LOG_TYPE, REQUEST_ID,
+                           REQUEST_ID_KEY, parse_json, request_id_of)
 from easyfaas.models import WarmupRequest
 
 log = structlog.get_logger(__name__)
@@ -122,6 +127,22 @@ class InvokeResult:
         self.duration_ms = duration_ms
 
 
+class InvokeReply:
+    """The HTTP answer to an invocation, whichever server writes it."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @classmethod
+    def of_error(cls, err: FaasError, headers: dict[str, str]) -> InvokeReply:
+        headers["Content-Type"] = "application/json; charset=utf-8"
+        return cls(err.status, headers, json.dumps(err.to_dict(), ensure_ascii=False).encode())
+
+
 class Invoker:
     def __init__(self, registry: Registry, pool: Pool, *, max_body_size: int = 6 << 20,
                  simple_auth: bool = True) -> None:
@@ -157,18 +178,31 @@ class Invoker:
     # ---- HTTP entry point ----------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id: str = request.get(REQUEST_ID_KEY) or str(uuid.uuid4())
+        """The aiohttp route: read the body (bounded), run the pipeline, answer its reply."""
+        request_id: str = request.get(REQUEST_ID_KEY) or request_id_of(request.headers.get(REQUEST_ID, ""))
+        try:
+            body = await self._read_body(request)
+        except FaasError as err:
+            reply = InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED})
+        else:
+            query = request.query if request.query_string else _NO_QUERY  # parsing it costs; most have none
+            reply = await self.invoke(request.match_info["ref"], query, request.headers, body, request_id)
+        return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
+
+    async def invoke(self, ref: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes,
+                     request_id: str) -> InvokeReply:
+        """The whole pipeline for one request; ``headers`` must look names up case-insensitively.
+
+        Never raises for anything the caller or the function did: every failure is a reply.
+        """
         started = time.perf_counter()
         brn_text = ""
         try:
-            headers = request.headers
             caller = headers.get(ACCOUNT_ID, "")
             if caller and not valid_account_id(caller):
                 raise InvalidParameterValue(f"{ACCOUNT_ID}: invalid account id (expected 1-64 characters [A-Za-z0-9_-])")
-            # Parsing the query string costs; most invocations have none.
-            query = request.query if request.query_string else _NO_QUERY
-            brn_text, brn = self._resolve_ref(request.match_info["ref"], query.get("Qualifier"), caller)
-            event = await self._read_event(request)
+            brn_text, brn = self._resolve_ref(ref, query.get("Qualifier"), caller)
+            event = self._event_of(body)
             if self.simple_auth and not caller:
                 raise InvalidInvokeCaller(f"missing {ACCOUNT_ID} header")
             fn = self.registry.cached_function(brn_text)
@@ -184,23 +218,26 @@ class Invoker:
 
             if (headers.get(INVOKE_TYPE) or "").lower() == "event":
                 self._spawn_event(fn, caller, event, request_id)
-                return web.Response(status=202, headers={REQUEST_ID: request_id})
+                return InvokeReply(202, {REQUEST_ID: request_id, "Content-Type": TEXT_PLAIN}, b"")
 
             result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body)
-            response = self._respond(result, fn, request_id, tail, to_body)
+            reply = self._respond(result, fn, request_id, tail, to_body)
             log.info("invoke", request_id=request_id, function=fn.brn, slot=slot_id, source=source,
-                     status=response.status, duration_ms=round((time.perf_counter() - started) * 1000, 3))
-            return response
+                     status=reply.status, duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            return reply
         except FunctionInitError as exc:
             log.info("invoke", request_id=request_id, function=brn_text, source="cold", status=500,
                      error="init", duration_ms=round((time.perf_counter() - started) * 1000, 3))
-            return web.Response(
-                status=500, body=json.dumps(exc.error, ensure_ascii=False).encode(),
-                headers={REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED, "Content-Type": APPLICATION_JSON})
+            return InvokeReply(500, {REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED, "Content-Type": APPLICATION_JSON},
+                               json.dumps(exc.error, ensure_ascii=False).encode())
         except FaasError as err:
             log.info("invoke", request_id=request_id, function=brn_text, status=err.status, code=err.code,
                      cause=err.cause, duration_ms=round((time.perf_counter() - started) * 1000, 3))
-            return error_response(err, headers={REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED})
+            return InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED})
+        except Exception:  # noqa: BLE001 - a bug must not become a dropped connection
+            log.exception("invoke_failed", request_id=request_id, function=brn_text)
+            return InvokeReply.of_error(ServiceError(f"internal error while handling request {request_id}"),
+                                        {REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED})
 
     def _resolve_ref(self, ref: str, qualifier: str | None, caller: str) -> tuple[str, Brn]:
         """parse_function_ref, memoised: the warm path sees the same few references over and over."""
@@ -214,17 +251,25 @@ class Invoker:
         resolved = self._refs[key] = (str(brn), brn)
         return resolved
 
-    async def _read_event(self, request: web.Request) -> str:
-        length = request.content_length
+    def check_length(self, length: int | None) -> None:
+        """Refuse a body announced larger than the limit before reading it."""
         if length is not None and length > self.max_body_size:
             raise RequestTooLarge(f"the request body of {length} bytes is larger than the limit of "
                                   f"{self.max_body_size} bytes")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        self.check_length(request.content_length)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise RequestTooLarge(f"the request body is larger than the limit of {self.max_body_size} bytes") from None
         if len(body) > self.max_body_size:
             raise RequestTooLarge(f"the request body is larger than the limit of {self.max_body_size} bytes")
+        return body
+
+    @staticmethod
+    def _event_of(body: bytes) -> str:
+        """The event text: the body, which must be JSON (an empty body is ``{}``)."""
         if not body or not body.strip():
             return "{}"
         try:
@@ -321,7 +366,7 @@ class Invoker:
         return InvokeResult(False, json.dumps(error, ensure_ascii=False), APPLICATION_JSON, logs, duration_ms)
 
     def _respond(self, result: InvokeResult, fn: ResolvedFunction, request_id: str, tail: bool,
-                 to_body: bool) -> web.Response:
+                 to_body: bool) -> InvokeReply:
         headers = {REQUEST_ID: request_id, EXEC_TIME: f"{result.duration_ms:.3f}"}
         if not result.ok:
             headers[FUNCTION_ERROR] = UNHANDLED
@@ -339,10 +384,9 @@ class Invoker:
                 envelope["LogResult"] = text
             envelope["Payload"] = result.payload
             headers["Content-Type"] = "application/json; charset=utf-8"
-            return web.Response(status=200 if result.ok else 500, headers=headers,
-                                body=json.dumps(envelope, ensure_ascii=False).encode())
+            return InvokeReply(200 if result.ok else 500, headers, json.dumps(envelope, ensure_ascii=False).encode())
         headers["Content-Type"] = result.content_type
-        return web.Response(status=200 if result.ok else 500, headers=headers, body=result.payload.encode())
+        return InvokeReply(200 if result.ok else 500, headers, result.payload.encode())
 
     # ---- asynchronous invocations --------------------------------------------------------------
 

@@ -50,6 +50,8 @@ OPTIONS = [
     Option("runtime-config-cache-ttl", parse_duration, "600s", "cache lifetime of runtime configurations"),
     Option("registry-timeout", parse_duration, "30s", "timeout of a registry request"),
     Option("funclet-timeout", parse_duration, "10s", "timeout of funclet API calls other than warmup and resets"),
+    Option("event-loop", str, "auto",
+           "uvloop, asyncio, or auto (uvloop when it is installed): the loop the controller runs on"),
     Option("prefetch-code", parse_bool, True,
            "build new functions' code images as stubs announces them, before their first invocation"),
     Option("http-enhanced", parse_bool, False, "serve the HTTP trigger routes in the controller (not yet)"),

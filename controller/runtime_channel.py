@@ -122,9 +122,10 @@ class _FrameConnection(asyncio.Protocol):
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
 
-def _expire(waiter: asyncio.Future[bytes]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+# Deadlines are checked by one sweep per channel every SWEEP_INTERVAL while calls are in flight,
+# not by a timer per call: thousands of timer handles a second (each pushed onto, cancelled in and
+# popped off the loop's heap) were a tenth of the warm path. A timeout is late by at most this.
+SWEEP_INTERVAL = 0.05
 
 
 class RuntimeChannel:
@@ -139,6 +140,9 @@ class RuntimeChannel:
         self._open = 0
         self._waiters: deque[asyncio.Future[_FrameConnection | None]] = deque()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: dict[asyncio.Future[bytes], float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
 
     @property
     def open_connections(self) -> int:
@@ -157,7 +161,9 @@ class RuntimeChannel:
         if self._closed:
             raise ChannelUnavailable(f"the channel to {self.socket_path} is closed")
         data = encode(message)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn = self._take_idle()
         if conn is None:
@@ -168,7 +174,9 @@ class RuntimeChannel:
                 raise ChannelTimeout(f"no reply within {timeout:g}s") from None
         waiter: asyncio.Future[bytes] = loop.create_future()
         conn.waiter = waiter
-        timer = loop.call_at(deadline, _expire, waiter)
+        self._deadlines[waiter] = deadline
+        if self._sweep is None:
+            self._sweep = loop.call_later(SWEEP_INTERVAL, self._expire_overdue)
         try:
             assert conn.transport is not None
             conn.transport.write(data)
@@ -183,7 +191,7 @@ class RuntimeChannel:
             self._discard(conn)
             raise
         finally:
-            timer.cancel()
+            del self._deadlines[waiter]
         try:
             reply = decode_body(body)
         except FrameError as exc:
@@ -195,9 +203,22 @@ class RuntimeChannel:
         self._put_back(conn)
         return reply
 
+    def _expire_overdue(self) -> None:
+        self._sweep = None
+        if not self._deadlines or self._loop is None:
+            return
+        now = self._loop.time()
+        for waiter, deadline in list(self._deadlines.items()):
+            if deadline <= now and not waiter.done():
+                waiter.set_exception(TimeoutError())
+        self._sweep = self._loop.call_later(SWEEP_INTERVAL, self._expire_overdue)
+
     def close(self) -> None:
         """Close every connection, idle or busy; calls in flight fail with ChannelClosed."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         self._idle.clear()
         for conn in list(self._all):
             conn._fail(ChannelClosed(f"the channel to {self.socket_path} was closed"))

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import uuid
 from typing import Any
@@ -86,10 +87,22 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         )
 
 
+def request_id_of(incoming: str) -> str:
+    """The request's external id: the caller's, when it is a sane one, else a new UUID.
+
+    A request id names a request in logs and headers; it is no secret, so it comes from the
+    process's PRNG rather than a getrandom() system call per request as uuid4() would.
+    """
+    if incoming and _REQUEST_ID_RE.match(incoming):
+        return incoming
+    h = "%032x" % random.getrandbits(128)
+    # Laid out as a version-4 UUID (version nibble 4, variant 10xx).
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    incoming = request.headers.get(REQUEST_ID, "")
-    request_id = incoming if _REQUEST_ID_RE.match(incoming) else str(uuid.uuid4())
+    request_id = request_id_of(request.headers.get(REQUEST_ID, ""))
     request[REQUEST_ID_KEY] = request_id
     tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
@@ -207,18 +220,27 @@ class JsonErrorAppRunner(web.AppRunner):
 async def serve_until_signal(app: web.Application, *, host: str | None = None, port: int | None = None,
                              path: str | None = None, shutdown_timeout: float = 10.0) -> None:
     """Serve ``app`` on a TCP port or a unix socket until SIGINT/SIGTERM, then shut down gracefully."""
-    import asyncio
-    import signal
-
     runner = JsonErrorAppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
         site = web.UnixSite(runner, path) if path else web.TCPSite(runner, host, port)
         await site.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         await runner.cleanup()
+
+
+async def wait_for_stop_signal() -> None:
+    """Return at the first SIGINT or SIGTERM."""
+    import asyncio
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -11,6 +11,7 @@ only changes the namespace of the *next* child, so the zygote unshares, forks, a
 
 from __future__ import annotations
 
+import gc
 import os
 import platform  # noqa: F401 - easyfaas.syscalls.pivot_root imports it lazily, inside the sandbox
 import signal
@@ -39,6 +40,10 @@ def main(sock_fd: int) -> NoReturn:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     sock = socket.socket(fileno=sock_fd)
     own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    # Everything imported so far goes to the collector's permanent generation: a collection in a
+    # sandbox never walks (and so never writes to, and copies) the pages it shares with us.
+    gc.collect()
+    gc.freeze()
     while True:
         try:
             message, fds = control.recv_message(sock)
