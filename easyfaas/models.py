@@ -399,6 +399,7 @@ class CodeChange(WireModel):
 
     Seq: int = 0
     FunctionBrn: str = ""
+    Uid: str = ""  # the owner's account id: a reader may fetch the function's record as the owner
     CodeSha256: str = ""
     CodeSize: int = 0
     Runtime: str = ""

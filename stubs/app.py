@@ -338,7 +338,7 @@ class StubsHandlers:
         cfg = record.Configuration
         location = self.code_location(record, brn)
         self.code_feed.append(lambda seq: CodeChange(
-            Seq=seq, FunctionBrn=cfg.FunctionArn, CodeSha256=cfg.CodeSha256, CodeSize=cfg.CodeSize,
+            Seq=seq, FunctionBrn=cfg.FunctionArn, Uid=cfg.Uid, CodeSha256=cfg.CodeSha256, CodeSize=cfg.CodeSize,
             Runtime=cfg.Runtime, Code=CodeLocation.from_dict(location.to_dict())))
 
     async def inspect_code(self, code_b64: str | None) -> tuple[bytes, codezip.CodeArchive]:

@@ -178,9 +178,14 @@ async def test_prefetcher_follows_stubs_and_resyncs_after_restart(function_dir: 
     await prefetcher.start()
     try:
         await create(client, "fa", {**body, "Code": b64(CODE_A)})
-        await create(client, "fb", {**body, "Code": b64(CODE_A)})  # same code: built once
+        created = await create(client, "fb", {**body, "Version": "1", "Code": b64(CODE_A)})  # same code: built once
         await until(lambda: prefetcher.stats()["Prepared"] == 1)
         assert funclet.prepared == [sha_b64(CODE_A)]
+        # A published version's record is read into the controller's cache ahead of its first call.
+        published = created["Configuration"]["FunctionArn"]
+        assert published.endswith(":function:fb:1")
+        await until(lambda: registry.cached_function(published) is not None)
+        assert registry.cached_function(published).record.Configuration.CodeSha256 == sha_b64(CODE_A)
 
         # stubs restarts (a new feed, numbered from 1 again) and gets new code.
         await client.close()
