@@ -62,9 +62,11 @@ class BenchPod:
             state_dir=self.base / "state", run_dir=self.base / "run", controller_port=free_port(),
             stubs_port=free_port(), container_num=self.container_num, pod_name=n.pod_name, bridge_name=n.bridge,
             bridge_ip=n.bridge_ip, veth_prefix=n.veth_prefix, log_dir=self.base / "logs",
-            controller_args=["--log-level", "warning", "--max-runtime-idle", "3600", "--task-interval", "2",
+            controller_args=["--log-level", os.environ.get("EFBENCH_CONTROLLER_LOG", "warning"),
+                             "--max-runtime-idle", "3600", "--task-interval", "2",
                              "--event-loop", self.controller_loop],
-            # EFBENCH_FUNCLET_LOG=info keeps the funclet's warmup timings (its log) for cold-path work.
+            # EFBENCH_FUNCLET_LOG=info (and EFBENCH_CONTROLLER_LOG=info) keep the warmup timings in
+            # the logs, for work on the cold path.
             stubs_args=["--log-level", "warning"],
             funclet_args=["--log-level", os.environ.get("EFBENCH_FUNCLET_LOG", "warning")],
             start_timeout=120.0)
