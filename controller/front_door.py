@@ -374,12 +374,14 @@ class _Connection(asyncio.Protocol):
                 log.exception("front_door_failed", request_id=request_id)
                 reply = InvokeReply.of_error(ServiceError(f"internal error while handling request {request_id}"),
                                              {REQUEST_ID: request_id})
-        self._write(reply, message.keep_alive and not self.closing)
+        # Closing (shutdown, or the client half-closed): what was already received is answered first.
+        last = not message.keep_alive or (self.closing and not self.pending)
+        self._write(reply, not last)
         self.task = None
         if message.too_large:
             self._linger_close()
             return
-        if not message.keep_alive or self.closing:
+        if last:
             if self.transport is not None:
                 self.transport.close()
             return

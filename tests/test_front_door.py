@@ -217,3 +217,13 @@ async def test_shutdown_lets_the_request_under_way_finish(door: Door) -> None:
     await asyncio.wait_for(waiting, 5)
     with pytest.raises(OSError):
         await door.connect()
+
+
+async def test_a_half_closed_client_still_gets_its_answers(door: Door) -> None:
+    reader, writer = await door.connect()
+    writer.write(invoke_request(event={"sleep": 0.05, "i": 1}) + invoke_request(event={"i": 2}))
+    writer.write_eof()  # "nothing more from me": what was sent is still answered, then closed
+    first, second = await read_response(reader), await read_response(reader)
+    assert json.loads(first[2])["i"] == 1 and json.loads(second[2]) == {"i": 2}
+    assert second[1]["connection"] == "close" and first[1].get("connection") != "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
