@@ -46,6 +46,7 @@ log = structlog.get_logger(__name__)
 MiB = 1024 * 1024
 _HASH = re.compile(r"[0-9a-f]{64}")
 MKFS_TIMEOUT = 300.0
+WARM_BUDGET = 32 * MiB
 
 
 class CodeImageError(RuntimeError):
@@ -138,8 +139,27 @@ class CodeImageStore:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         image = CodeImage(code_hash, image_path, mountpoint, image_path.stat().st_size)
-        log.info("code_image_built", code_hash=code_hash, size=image.size, zip_size=len(data))
+        warmed = self._read_through(mountpoint)
+        log.info("code_image_built", code_hash=code_hash, size=image.size, zip_size=len(data), warmed=warmed)
         return image
+
+    @staticmethod
+    def _read_through(mountpoint: Path, budget: int = WARM_BUDGET) -> int:
+        """Read the image's files once (up to ``budget`` bytes), so the function's first import finds
+        the image's metadata and blocks cached instead of waiting for the loop device's worker
+        (several of those round trips were 1-3 ms of a cold start with a new image)."""
+        left = budget
+        for dirpath, _dirnames, filenames in os.walk(mountpoint):
+            for name in filenames:
+                if left <= 0:
+                    return budget - left
+                try:
+                    with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                            left -= len(chunk)
+                except OSError:
+                    continue
+        return budget - left
 
     def _compile(self, tree: Path) -> None:
         # Syntax errors are not a build failure: the runtime reports them to the caller at init.
