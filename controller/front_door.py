@@ -27,7 +27,6 @@ import contextlib
 import email.utils
 import socket
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
@@ -408,7 +407,7 @@ class _Connection(asyncio.Protocol):
         err.code, err.status = "InvalidRequestException", status
         self.pending.clear()
         if self.task is None:
-            self._write(InvokeReply.of_error(err, {REQUEST_ID: str(uuid.uuid4())}), keep_alive=False)
+            self._write(InvokeReply.of_error(err, {REQUEST_ID: request_id_of("")}), keep_alive=False)
         self._linger_close()
 
     def _linger_close(self) -> None:

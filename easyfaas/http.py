@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import uuid
 from typing import Any
 
 import structlog
@@ -21,6 +20,7 @@ from aiohttp import web, web_protocol
 
 from easyfaas.errors import (
     FaasError,
+    InvalidParameterValue,
     InvalidRequestContent,
     MethodNotAllowed,
     RequestTooLarge,
@@ -141,6 +141,18 @@ async def read_json(request: web.Request, *, max_size: int) -> Any:
     """The request body parsed as JSON; an empty body is ``{}``."""
     body = await read_body(request, max_size=max_size)
     return parse_json(body)
+
+
+def feed_query(request: web.Request, max_wait: float) -> tuple[int, float]:
+    """``after`` and ``wait`` of a long poll on a numbered feed (easyfaas.feed), ``wait`` clamped."""
+    try:
+        after = int(request.query.get("after", "-1"))
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        raise InvalidParameterValue("after must be an integer and wait a number of seconds") from None
+    if wait != wait:  # NaN
+        raise InvalidParameterValue("wait must be a number of seconds")
+    return after, min(max(wait, 0.0), max_wait)
 
 
 def parse_json(body: bytes) -> Any:

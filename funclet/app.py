@@ -13,14 +13,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import AsyncIterator
 
 import psutil
 import structlog
 from aiohttp import web
 
 from easyfaas.config import Settings, parse_size
-from easyfaas.http import JsonErrorAppRunner, error_middleware, read_json, request_id_middleware
+from easyfaas.http import JsonErrorAppRunner, error_middleware, feed_query, read_json, request_id_middleware
 from easyfaas.logging import setup_logging
 from easyfaas.models import CodePrepareRequest, GrowRequest, ModelError, ResetRequest, ShrinkRequest, WarmupRequest
 from easyfaas.errors import InvalidParameterValue, ValidationError
@@ -102,14 +101,7 @@ async def reborn(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.Response:
-    try:
-        after = int(request.query.get("after", "-1"))
-        wait = float(request.query.get("wait", "0"))
-    except ValueError:
-        raise InvalidParameterValue("after must be an integer and wait a number of seconds") from None
-    if wait != wait:  # NaN
-        raise InvalidParameterValue("wait must be a number of seconds")
-    batch = await request.app[POOL].events.wait(after, min(max(wait, 0.0), MAX_EVENTS_WAIT))
+    batch = await request.app[POOL].events.wait(*feed_query(request, MAX_EVENTS_WAIT))
     return _json(batch.to_dict())
 
 

@@ -34,7 +34,7 @@ from easyfaas.errors import (
     ValidationError,
 )
 from easyfaas.feed import NumberedFeed
-from easyfaas.http import ACCOUNT_ID, error_middleware, read_json, request_id_middleware
+from easyfaas.http import ACCOUNT_ID, error_middleware, feed_query, read_json, request_id_middleware
 from easyfaas.models import (
     REPOSITORY_HTTP,
     CodeChange,
@@ -514,14 +514,7 @@ class StubsHandlers:
 
     async def code_changes(self, request: web.Request) -> web.Response:
         """Code stored after ``after`` (a number from an earlier answer), waiting up to ``wait`` s for some."""
-        try:
-            after = int(request.query.get("after", "-1"))
-            wait = float(request.query.get("wait", "0"))
-        except ValueError:
-            raise InvalidParameterValue("after must be an integer and wait a number of seconds") from None
-        if wait != wait:  # NaN
-            raise InvalidParameterValue("wait must be a number of seconds")
-        batch = await self.code_feed.wait(after, min(max(wait, 0.0), MAX_CODE_FEED_WAIT))
+        batch = await self.code_feed.wait(*feed_query(request, MAX_CODE_FEED_WAIT))
         return web.json_response(CodeChanges(BootID=batch.boot_id, Seq=batch.seq, Lost=batch.lost,
                                              Changes=batch.items).to_dict())
 

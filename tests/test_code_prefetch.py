@@ -9,17 +9,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from controller.code_prefetch import CodePrefetcher
 from controller.funclet_client import FuncletError
 from controller.registry import Registry
 from easyfaas.feed import NumberedFeed
 from easyfaas.models import CodeChanges, CodePrepareRequest, CodePrepareResponse
-from aiohttp.test_utils import TestClient, TestServer
-
-from stubs.app import make_app
 from easyfaas.runtimes import RuntimeCatalog
+from stubs.app import make_app
 from stubs.store import FunctionStore
 from tests.pod_harness import free_port
 from tests.test_stubs import (CODE_A, CODE_B, MAX_CODE, UID, b64, create, error_of, function_dir, runtime_dir,  # noqa: F401
