@@ -27,6 +27,7 @@ from controller.registry import Registry
 from easyfaas.config import Settings
 from controller.front_door import FrontDoor
 from easyfaas.http import JsonErrorAppRunner, error_middleware, request_id_middleware, wait_for_stop_signal
+from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
 
 log = structlog.get_logger(__name__)
@@ -144,6 +145,7 @@ async def serve(app: web.Application, *, host: str, port: int, shutdown_timeout:
     door = FrontDoor(app[INVOKER], runner.server)
     try:
         await door.start(host, port)
+        log.info("controller_listening", host=host, port=port, frozen_objects=freeze_startup_heap())
         await wait_for_stop_signal()
     finally:
         # Requests under way on the front door's connections finish first (their pool is still

@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from easyfaas.config import Settings, parse_size
+from easyfaas.heap import freeze_startup_heap
 from easyfaas.http import JsonErrorAppRunner, error_middleware, feed_query, read_json, request_id_middleware
 from easyfaas.logging import setup_logging
 from easyfaas.models import CodePrepareRequest, GrowRequest, ModelError, ResetRequest, ShrinkRequest, WarmupRequest
@@ -195,7 +196,8 @@ async def serve(opts: Settings) -> None:
         await runner.setup()
         await web.UnixSite(runner, str(sock)).start()
         os.chmod(sock, 0o660)
-        log.info("funclet_listening", socket=str(sock), sandboxes=opts.container_num)
+        log.info("funclet_listening", socket=str(sock), sandboxes=opts.container_num,
+                 frozen_objects=freeze_startup_heap())
         await stop.wait()
         log.info("funclet_stopping")
     finally:

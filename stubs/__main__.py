@@ -10,12 +10,12 @@ from typing import Any, Sequence
 import structlog
 from aiohttp import web
 
-from easyfaas.http import JsonErrorAppRunner
-
 from easyfaas.config import Option, parse_options, parse_size
+from easyfaas.heap import freeze_startup_heap
+from easyfaas.http import JsonErrorAppRunner
 from easyfaas.logging import setup_logging
-from stubs.app import DEFAULT_ACCOUNT_ID, make_app
 from easyfaas.runtimes import RuntimeCatalog
+from stubs.app import DEFAULT_ACCOUNT_ID, make_app
 from stubs.store import FunctionStore
 
 log = structlog.get_logger(__name__)
@@ -57,7 +57,8 @@ async def serve(opts: Any) -> None:
     try:
         site = web.TCPSite(runner, opts.host, opts.port)
         await site.start()
-        log.info("stubs_listening", host=opts.host, port=opts.port, function_dir=str(store.root))
+        log.info("stubs_listening", host=opts.host, port=opts.port, function_dir=str(store.root),
+                 frozen_objects=freeze_startup_heap())
         await stop.wait()
         log.info("stubs_stopping")
     finally:
