@@ -122,6 +122,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         runner.run(serve(app, host=opts.bind_address, port=opts.port, shutdown_timeout=opts.drain_timeout))
 
 
+async def _freeze_when_ready(pool: Pool, timeout: float = 60.0) -> None:
+    """Freeze the heap once the pool knows its sandboxes (slots are the bulk of what start-up builds)."""
+    try:
+        await pool.wait_ready(timeout)
+    except TimeoutError:
+        pass
+    log.info("controller_heap_frozen", objects=freeze_startup_heap())
+
+
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The controller's event loop: uvloop's C transports take a fifth off the warm path's CPU."""
     if choice not in ("auto", "uvloop", "asyncio"):
@@ -143,11 +152,13 @@ async def serve(app: web.Application, *, host: str, port: int, shutdown_timeout:
     await runner.setup()
     assert runner.server is not None
     door = FrontDoor(app[INVOKER], runner.server)
+    freezing = asyncio.get_running_loop().create_task(_freeze_when_ready(app[POOL]))
     try:
         await door.start(host, port)
-        log.info("controller_listening", host=host, port=port, frozen_objects=freeze_startup_heap())
+        log.info("controller_listening", host=host, port=port)
         await wait_for_stop_signal()
     finally:
+        freezing.cancel()
         # Requests under way on the front door's connections finish first (their pool is still
         # open); then aiohttp's connections drain and the application's parts close.
         door.stop_accepting()
