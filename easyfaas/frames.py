@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 HEADER = struct.Struct(">I")
@@ -87,3 +88,106 @@ async def read_frame(reader: Any) -> dict[str, Any] | None:
     except asyncio.IncompleteReadError:
         raise FrameError("connection closed mid-frame") from None
     return decode_body(body)
+
+
+# ---- the invoke frame bodies ------------------------------------------------------------------
+# The one definition of what a request and a response frame carry; the controller builds
+# InvokeRequest and reads InvokeResponse, the Python runtime the reverse, and the Node.js bootstrap
+# mirrors the same keys (tests/test_frames_contract.py checks that it agrees).
+
+@dataclass(slots=True)
+class InvokeRequest:
+    """controller → runtime: one invocation.
+
+    ``id`` is the frame's id (unique per controller, echoed in the response); ``request_id`` the
+    invocation's request id (what the caller got in ``X-easyfaas-Request-Id``); ``event`` the request
+    body as text (``"{}"`` when empty); ``deadline_ms`` the Unix time in ms at which the call is cut;
+    ``log`` asks for the captured output in the response. The optional fields are left out of the
+    frame when empty.
+    """
+
+    id: str
+    event: str
+    deadline_ms: int
+    log: bool = False
+    request_id: str = ""
+    function_arn: str = ""
+    trace_id: str = ""
+    client_context: str = ""
+    identity: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "event": self.event, "deadline_ms": self.deadline_ms,
+                                "log": self.log, "request_id": self.request_id}
+        for key in _OPTIONAL_REQUEST_KEYS:
+            value = getattr(self, key)
+            if value:
+                body[key] = value
+        return body
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> InvokeRequest:
+        """Tolerant read: a missing or mistyped field takes its default (the runtime must answer)."""
+        frame_id = _text(body.get("id"))
+        deadline = body.get("deadline_ms")
+        event = body.get("event")
+        return cls(id=frame_id, event=event if isinstance(event, str) else "{}",
+                   deadline_ms=deadline if isinstance(deadline, int) and not isinstance(deadline, bool) else 0,
+                   log=body.get("log") is True, request_id=_text(body.get("request_id")) or frame_id,
+                   **{key: _text(body.get(key)) for key in _OPTIONAL_REQUEST_KEYS})
+
+
+_OPTIONAL_REQUEST_KEYS = ("function_arn", "trace_id", "client_context", "identity")
+
+
+@dataclass(slots=True)
+class InvokeResponse:
+    """runtime → controller: the outcome of one InvokeRequest (same ``id``).
+
+    ``ok``: ``result`` is the handler's result as text with its ``content_type`` (a string result
+    verbatim as ``text/plain; charset=utf-8``, anything else its JSON as ``application/json``).
+    Not ok: ``error`` is ``{"errorMessage", "errorType", "stackTrace"}``; ``fatal`` says the runtime
+    cannot serve again (the controller recycles the sandbox). ``logs`` is present only when asked.
+    """
+
+    id: str
+    ok: bool
+    result: str = ""
+    content_type: str = ""
+    error: dict[str, Any] | None = None
+    fatal: bool = False
+    logs: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "ok": self.ok}
+        if self.ok:
+            body["result"] = self.result
+            body["content_type"] = self.content_type
+        else:
+            body["error"] = self.error or {}
+            body["fatal"] = self.fatal
+        if self.logs is not None:
+            body["logs"] = self.logs
+        return body
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> InvokeResponse:
+        """Strict read: raises FrameError when a field has the wrong type (a broken runtime)."""
+        ok = body.get("ok")
+        if not isinstance(ok, bool):
+            raise FrameError("response frame without a boolean 'ok'")
+        error = body.get("error")
+        if not ok and not isinstance(error, dict):
+            raise FrameError("error response frame without an 'error' object")
+        result = body.get("result", "")
+        logs = body.get("logs")
+        if not isinstance(result, str) or (logs is not None and not isinstance(logs, str)):
+            raise FrameError("response frame with a non-text 'result' or 'logs'")
+        content_type = body.get("content_type")
+        return cls(id=_text(body.get("id")), ok=ok, result=result,
+                   content_type=content_type if isinstance(content_type, str) else "",
+                   error=error if isinstance(error, dict) else None, fatal=body.get("fatal") is True, logs=logs)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))

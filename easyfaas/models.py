@@ -10,6 +10,7 @@ pointers as null). Stdlib only.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import hashlib
 import json
@@ -27,6 +28,30 @@ LAUNCH_EXEC = "exec"
 LAUNCH_FORK_PYTHON = "fork-python"
 
 M = TypeVar("M", bound="WireModel")
+
+class SandboxState(str, enum.Enum):
+    """A sandbox's state as the funclet reports it (``ContainerInfo.State``); the controller reads it."""
+
+    STARTING = "starting"
+    COLD = "cold"
+    WARMUP = "warmup"
+    WARM = "warm"
+    STOPPED = "stopped"      # its runtime exited; needs a cooldown before reuse
+    RESETTING = "resetting"
+    DEAD = "dead"            # being destroyed or rebuilt
+    REMOVING = "removing"    # being destroyed for good (the pool shrinks)
+
+
+class FuncletEventType(str, enum.Enum):
+    """``FuncletEvent.Type``: what happened to one sandbox (``GET /v1/funclet/events``)."""
+
+    STATE = "state"          # Container.State changed
+    EXITED = "exited"        # its runtime ended (Exit says how)
+    OOM = "oom"              # the kernel OOM-killed a process in it
+    DEFUNCT = "defunct"      # its runner stopped answering; it is rebuilt
+    CREATED = "created"      # the pool grew
+    REMOVED = "removed"      # the pool shrank
+
 
 
 class ModelError(ValueError):
