@@ -1,0 +1,66 @@
+"""One HTTP request as the gateway received it: what both payload formats are built from.
+
+Stdlib only; the server fills it, the payload builders read it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+# Content types whose bodies reach the function as text; anything else is base64, as API Gateway
+# and function URLs send binary media.
+_TEXT_PREFIXES = ("text/",)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_TEXT_TYPES = frozenset({"application/json", "application/javascript", "application/xml",
+                         "application/x-www-form-urlencoded", "application/graphql", "application/ld+json",
+                         "application/x-javascript", "application/ecmascript"})
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    raw_path: str                       # as received, still percent-encoded, no query
+    raw_query: str                      # without the ?
+    headers: list[tuple[str, str]]      # in arrival order, names as sent
+    body: bytes = b""
+    source_ip: str = "127.0.0.1"
+    protocol: str = "HTTP/1.1"
+    request_id: str = ""
+    time_epoch_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def header(self, lower_name: str) -> str | None:
+        """The last value of a header (``lower_name`` in lower case)."""
+        found = None
+        for name, value in self.headers:
+            if name.lower() == lower_name:
+                found = value
+        return found
+
+    def host(self) -> str:
+        host = self.header("host") or "localhost"
+        if host.startswith("["):
+            return host.split("]")[0] + "]"
+        return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def body_is_text(content_type: str | None, content_encoding: str | None, body: bytes) -> bool:
+    """Whether the body goes to the function as a string (else base64 with isBase64Encoded)."""
+    if not body:
+        return True
+    if content_encoding and content_encoding.strip().lower() not in ("", "identity"):
+        return False
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media and not (media.startswith(_TEXT_PREFIXES) or media in _TEXT_TYPES or media.endswith(("+json", "+xml"))):
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def clf_time(epoch_ms: int) -> str:
+    """``12/Mar/2020:19:03:58 +0000``: the request time as API Gateway writes it."""
+    t = time.gmtime(epoch_ms / 1000)
+    return f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
