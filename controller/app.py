@@ -29,6 +29,7 @@ from controller.front_door import FrontDoor
 from easyfaas.http import JsonErrorAppRunner, error_middleware, request_id_middleware, wait_for_stop_signal
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
+from httptrigger.embedded import embedded_gateway
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +69,11 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
         app.cleanup_ctx.append(_prefetch)
     app.cleanup_ctx.append(_pool)
     app.cleanup_ctx.append(_async_invocations)
+    if getattr(opts, "gateway_port", 0):
+        # Last, so it closes first: its requests finish while the pool is still there.
+        app.cleanup_ctx.append(embedded_gateway(
+            app[INVOKER], host=opts.gateway_host, port=opts.gateway_port, stubs_url=opts.repository_endpoint,
+            max_body_size=opts.max_body_size, drain_timeout=getattr(opts, "drain_timeout", DRAIN_TIMEOUT)))
     app.on_shutdown.append(_begin_drain)
     add_routes(app)
     return app
@@ -112,8 +118,6 @@ async def _async_invocations(app: web.Application) -> AsyncIterator[None]:
 def main(argv: Sequence[str] | None = None) -> None:
     opts = parse_controller_options(argv)
     setup_logging(opts, daemon="controller")
-    if opts.http_enhanced:
-        log.warning("http_enhanced_unavailable", detail="the embedded HTTP trigger is not implemented; flag ignored")
     app = create_app(opts)
     factory = loop_factory(opts.event_loop)
     log.info("controller_starting", host=opts.bind_address, port=opts.port, funclet=opts.funclet_api_sock,

@@ -7,6 +7,14 @@ from typing import Any, Sequence
 from controller.pool import parse_scaling
 from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
 
+DEFAULT_GATEWAY_PORT = 8080
+
+
+def parse_port_or_off(value: Any) -> int:
+    """A TCP port; empty means 0 (off)."""
+    return int(value) if str(value).strip() else 0
+
+
 OPTIONS = [
     Option("port", int, 8080, "TCP port of the controller API"),
     Option("bind-address", str, "127.0.0.1", "address to listen on", aliases=("host",)),
@@ -54,7 +62,11 @@ OPTIONS = [
            "uvloop, asyncio, or auto (uvloop when it is installed): the loop the controller runs on"),
     Option("prefetch-code", parse_bool, True,
            "build new functions' code images as stubs announces them, before their first invocation"),
-    Option("http-enhanced", parse_bool, False, "serve the HTTP trigger routes in the controller (not yet)"),
+    Option("http-enhanced", parse_bool, False,
+           "serve the HTTP trigger (routes and function URLs) in the controller; on --gateway-port, else 8080"),
+    Option("gateway-port", parse_port_or_off, 0,
+           "TCP port of the HTTP gateway served in the controller (routes, function URLs); 0 or empty: none"),
+    Option("gateway-host", str, "127.0.0.1", "address the HTTP gateway listens on"),
 ]
 
 
@@ -71,6 +83,10 @@ def parse_controller_options(argv: Sequence[str] | None = None) -> Settings:
         raise SystemExit("easyfaas-controller: --max-body-size must be positive")
     if opts.queue_length < 0 or opts.min_free_sandboxes < 0:
         raise SystemExit("easyfaas-controller: --queue-length and --min-free-sandboxes must not be negative")
+    if opts.http_enhanced and not opts.gateway_port:
+        opts.gateway_port = DEFAULT_GATEWAY_PORT
+    if not 0 <= opts.gateway_port < 65536 or (opts.gateway_port and opts.gateway_port == opts.port):
+        raise SystemExit(f"easyfaas-controller: --gateway-port {opts.gateway_port} is not a free TCP port")
     opts.scaling = load_function_scaling(opts.function_scaling)
     return opts
 

@@ -19,11 +19,11 @@ import structlog
 
 from easyfaas.brn import Brn, account_hash
 from httptrigger import payload_v1, payload_v2
-from httptrigger.config import RouteTarget
+from httptrigger.config import Cors, RouteTarget
 from httptrigger.cors import preflight_headers, response_headers
 from httptrigger.request import HttpRequest
 from httptrigger.response import Failure, HttpAnswer, Product, answer_of_reply, error_answer
-from httptrigger.routes import Route, RouteTable, parse_function_url, split_path
+from httptrigger.routes import METHODS, Route, RouteTable, parse_function_url, split_path
 
 log = structlog.get_logger(__name__)
 
@@ -59,12 +59,10 @@ class Gateway:
         origin = request.header("origin")
         if request.method == "OPTIONS":
             wanted = request.header("access-control-request-method")
-            if wanted:
-                found = routes.match_segments(wanted.upper(), segments)
-                if found is not None and found.route.target.config.Cors is not None:
-                    headers = preflight_headers(found.route.target.config.Cors, origin, wanted,
-                                                request.header("access-control-request-headers"))
-                    return HttpAnswer(204, headers)
+            cors = self._cors_of(routes, wanted.upper(), segments) if wanted else None
+            if wanted and cors is not None:
+                headers = preflight_headers(cors, origin, wanted, request.header("access-control-request-headers"))
+                return HttpAnswer(204, headers)
         match = routes.match_segments(request.method, segments)
         if match is not None:
             return await self._route(request, match.route, match.path_parameters, origin)
@@ -75,6 +73,16 @@ class Gateway:
         event = payload_v2.build_event(request, account_id=url.account_id, raw_path=url.raw_path)
         status, headers, body = await self.invoke(brn, url.account_id, _dump(event), request.request_id)
         return answer_of_reply(status, headers, body, version=payload_v2.VERSION, product=Product.URL)
+
+    @staticmethod
+    def _cors_of(routes: RouteTable[RouteTarget], method: str, segments: list[str]) -> Cors | None:
+        """The CORS config a preflight for ``method`` on this path follows: the route it would
+        reach, else any route of the path that configures CORS (whose AllowMethods then decide)."""
+        for m in (method, *sorted(METHODS)):
+            found = routes.match_segments(m, segments)
+            if found is not None and found.route.target.config.Cors is not None:
+                return found.route.target.config.Cors
+        return None
 
     async def _route(self, request: HttpRequest, route: Route[RouteTarget], params: dict[str, str],
                      origin: str | None) -> HttpAnswer:
