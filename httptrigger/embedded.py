@@ -33,14 +33,15 @@ class _Reply(Protocol):
 
 class _Invoker(Protocol):
     async def invoke(self, ref: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes,
-                     request_id: str) -> Any: ...
+                     request_id: str, *, body_is_json: bool = False) -> Any: ...
 
 
 def invoker_call(invoker: _Invoker) -> InvokeCall:
     """The controller's ``Invoker.invoke`` as the gateway's invoke callable."""
 
     async def call(brn: str, account_id: str, event: bytes, request_id: str) -> tuple[int, Mapping[str, str], bytes]:
-        reply: _Reply = await invoker.invoke(brn, _NO_QUERY, {ACCOUNT_ID: account_id}, event, request_id)
+        reply: _Reply = await invoker.invoke(brn, _NO_QUERY, {ACCOUNT_ID: account_id}, event, request_id,
+                                             body_is_json=True)
         return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.body
 
     return call

@@ -12,9 +12,9 @@ runs as its own process (``python -m httptrigger``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 
+import orjson
 import structlog
 
 from easyfaas.brn import Brn, account_hash
@@ -103,4 +103,4 @@ class Gateway:
 
 
 def _dump(event: dict[str, object]) -> bytes:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
+    return orjson.dumps(event)

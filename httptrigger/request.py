@@ -5,6 +5,7 @@ Stdlib only; the server fills it, the payload builders read it.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -62,5 +63,10 @@ def body_is_text(content_type: str | None, content_encoding: str | None, body: b
 
 def clf_time(epoch_ms: int) -> str:
     """``12/Mar/2020:19:03:58 +0000``: the request time as API Gateway writes it."""
-    t = time.gmtime(epoch_ms / 1000)
+    return _clf_second(epoch_ms // 1000)
+
+
+@functools.lru_cache(maxsize=4)  # requests of one second share it
+def _clf_second(second: int) -> str:
+    t = time.gmtime(second)
     return f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"

@@ -11,7 +11,7 @@ token, CR, LF or NUL in a header, a body that is not a string) is a 502, and not
 Errors are answered as the product each entry emulates answers them (``ROUTE``: an HTTP API;
 ``URL``: a Lambda function URL); the details go to ``HttpAnswer.detail``, for the logs only.
 
-Stdlib only.
+Needs orjson (the result is parsed on every request).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 FUNCTION_ERROR_HEADER = "x-easyfaas-function-error"
 TIMEOUT_ERROR_TYPE = "Sandbox.Timedout"
@@ -118,8 +120,8 @@ def answer_of_reply(status: int, headers: Mapping[str, str], body: bytes, *, ver
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -129,9 +131,9 @@ def map_result(payload: bytes, content_type: str, version: str) -> HttpAnswer:
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/json":
         try:
-            result = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            raise MalformedResponse("the result is not JSON") from None
+            result = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise MalformedResponse("the result is not JSON (or not UTF-8)") from None
         text = payload
     else:
         # A handler that returned a string: Lambda would have sent it as a JSON string.
