@@ -18,6 +18,7 @@ Stdlib only: the zygote and the sandbox init import it.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import socket
@@ -27,24 +28,24 @@ from typing import Any
 MAX_DATAGRAM = 1 << 20
 MAX_FDS = 8
 
-# Operation names, as they appear in the "op" field.
-OP_SPAWN = "spawn"
-OP_SPAWNED = "spawned"
-OP_READY = "ready"
-OP_FAILED = "failed"
-OP_START = "start"
-OP_STARTED = "started"
-OP_RESET = "reset"
-OP_RESET_DONE = "reset_done"
-OP_PING = "ping"
-OP_PONG = "pong"
-OP_EXITED = "exited"
-OP_PRESTART = "prestart"
-OP_PRESTARTED = "prestarted"
-OP_ERROR = "error"
 
-LAUNCH_EXEC = "exec"
-LAUNCH_FORK_PYTHON = "fork-python"
+class Op(str, enum.Enum):
+    """The ``op`` field of a control message: its wire string."""
+
+    SPAWN = "spawn"
+    SPAWNED = "spawned"
+    READY = "ready"
+    FAILED = "failed"
+    START = "start"
+    STARTED = "started"
+    RESET = "reset"
+    RESET_DONE = "reset_done"
+    PING = "ping"
+    PONG = "pong"
+    EXITED = "exited"
+    PRESTART = "prestart"
+    PRESTARTED = "prestarted"
+    ERROR = "error"
 
 
 class ControlError(ValueError):
