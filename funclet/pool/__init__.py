@@ -60,6 +60,7 @@ class SandboxPool:
         self._health = HealthWatch(self._registry, self._lifecycle)
         self._operations = Operations(self._registry, self._lifecycle)
         self._warmups = Warmups(self._registry, slots, self._lifecycle, self._standby, images)
+        self._closed = False
 
     # ---- lifetime ------------------------------------------------------------------------------
 
@@ -102,6 +103,10 @@ class SandboxPool:
             log.info("leftovers_removed", mounts=removed_mounts, cgroups=removed_groups, veths=removed_links)
 
     async def close(self) -> None:
+        """Destroy every sandbox and what the pool set up; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         s = self.settings
         lc = self._lifecycle
         self.events.close()
