@@ -7,10 +7,11 @@ protocol (docs/design.md, "Funclet ↔ zygote ↔ runner"):
   zygote → funclet ``{"op": "spawned", "pid": <host pid>}`` (``pid`` 0 and ``error`` on failure).
 * runner → funclet ``{"op": "ready"}`` | ``{"op": "failed", "error": "..."}`` once the sandbox is built.
 * ``start`` → ``started`` (``ok``, ``error``, ``pid``), ``reset`` → ``reset_done``,
-  ``ping`` → ``pong`` (``runtime_pid``, ``standby``), and the unprompted ``exited`` (``pid``,
-  ``code``, ``signal``; ``standby`` true when it was a pre-started runtime no function had yet).
-* ``prestart`` (``runtime``) → ``prestarted`` (``ok``, ``pid``, ``error``): start a runtime that
-  supports a standby before any function is assigned; a later ``start`` of the same runtime hands
+  ``ping`` → ``pong`` (``runtime_pid``; ``standby``: a standby runtime the funclet asked for waits;
+  ``spare``: the runner's own Python standby runtime waits), and the unprompted ``exited`` (``pid``,
+  ``code``, ``signal``; ``standby`` true when it was a standby runtime no function had yet).
+* ``prestart`` (``runtime``) → ``prestarted`` (``ok``, ``pid``, ``error``): start a standby runtime
+  (``runner/standby.py``) of a runtime that supports it; a later ``start`` of the same runtime hands
   it the function's environment instead of starting a new process.
 
 Stdlib only: the zygote and the sandbox init import it.
