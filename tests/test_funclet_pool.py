@@ -23,6 +23,8 @@ from easyfaas.models import (CodeLocation, CodePrepareRequest, Environment, Func
                              FunctionConfiguration, RuntimeConfiguration, SandboxState, WarmupRequest)
 from funclet.pool import PoolSettings, SandboxPool
 from funclet.pool.standby import MAX_STANDBY_FAILURES
+from runner.environment import process_environment, runtime_env
+from runner.standby import StandbyRuntime, standby_key
 from tests.fakes.funclet import FakeCgroups, FakeImages, FakeMounts, FakeNetwork, FakeRunner, FakeZygote
 
 MiB = 1 << 20
@@ -453,3 +455,34 @@ async def test_events_are_numbered_and_waited_for(make_pool) -> None:
     assert batch.BootID == h.pool.events.boot_id and batch.Events[0].Seq == seq + 1
     assert batch.Events[0].Type == "state" and batch.Events[0].Container.State == "warmup"
     assert [e.Seq for e in h.pool.events.since(0).Events] == list(range(1, h.pool.events.seq + 1))
+
+
+# ---- the runtime environment --------------------------------------------------------------------
+
+def test_the_runtime_environment_is_built_in_one_place() -> None:
+    runtime = RuntimeConfiguration(Name="exec", Launch="fork-python",
+                                   Env={"EASYFAAS_RUNTIME_MODE": "exec", "FROM_RUNTIME": "1", "PATH": "/opt/bin"})
+    cfg = warmup_request("pod-c0", runtime, variables={"FROM_RUNTIME": "function", "NODE_EXTRA_CA_CERTS": "/x",
+                                                       "_HANDLER": "mine"}).Configuration
+    sent = runtime_env(cfg, runtime)  # the funclet's half, in the start command
+    env = process_environment(sent, runtime.to_dict())  # the runner's half
+    assert env["FROM_RUNTIME"] == "function" and env["_HANDLER"] == "index.handler"
+    assert env["EASYFAAS_RUNTIME_MODE"] == "exec" and env["EASYFAAS_RUNTIME"] == "exec"
+    assert (env["EASYFAAS_FUNCTION_NAME"], env["EASYFAAS_FUNCTION_VERSION"], env["EASYFAAS_TIMEOUT"]) == ("hello", "1", "5")
+    assert env["EASYFAAS_FUNCTION_BRN"] == env["AWS_LAMBDA_FUNCTION_NAME"].join(("brn:cloud:faas:bj:acct:function:", ":1"))
+    assert (env["PATH"], env["HOME"], env["LANG"]) == ("/opt/bin", "/tmp", "C.UTF-8")
+    assert (env["LAMBDA_TASK_ROOT"], env["LAMBDA_RUNTIME_DIR"]) == ("/var/task", "/var/runtime")
+    assert "NODE_EXTRA_CA_CERTS" not in env
+
+
+def test_a_standby_runtime_fits_only_starts_it_can_serve() -> None:
+    node = {"Name": "nodejs", "Bin": "/usr/bin/node", "Args": ["/var/runtime/bootstrap.js"], "Launch": "exec"}
+    standby = StandbyRuntime(1, assign_fd=-1, status_fd=-1, output_fd=-1, key=standby_key(node), requested=True)
+    assert standby.fits(node, {"MINE": "yes"})
+    assert not standby.fits(node, {"NODE_OPTIONS": "--max-old-space-size=64"})  # read at process start
+    assert not standby.fits({**node, "Args": ["other.js"]}, {})
+    python = StandbyRuntime(2, assign_fd=-1, status_fd=-1, output_fd=-1, key=standby_key({"Launch": "fork-python"}),
+                            requested=False)
+    # A forked Python bootstrap serves any fork-python runtime, whatever its variables.
+    assert python.fits({"Name": "python3", "Launch": "fork-python", "Bin": "/usr/bin/python3"}, {"LD_PRELOAD": "x"})
+    assert not python.fits(node, {})
