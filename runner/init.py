@@ -4,6 +4,11 @@ The zygote forks this as the first process of a fresh pid namespace and calls :f
 It reports ``ready`` (or ``failed``, naming the step) on its control socket once the sandbox is
 built, then serves the funclet's commands until the funclet closes the socket.
 
+The runner's modules, each calling only those after it: ``zygote`` (forks this) → ``init`` →
+``supervisor`` (the control loop) → ``standby`` (standby runtimes), ``build`` (the sandbox's
+namespaces, root and mounts), ``environment`` (the runtime process's environment), ``privileges``
+and ``seccomp`` (what a runtime process gives up) → ``control`` (the wire protocol).
+
 Stdlib only, and everything it needs is imported before the zygote forks: inside the sandbox the
 repository is not visible.
 """

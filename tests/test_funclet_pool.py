@@ -167,6 +167,7 @@ async def test_close_leaves_nothing_behind(make_pool) -> None:
     assert not h.cgroups.live() and not h.network.attached and not h.network.set_up
     assert not h.mounts.table and h.images.closed and not h.zygote.started
     assert all(r.gone for r in h.zygote.runners.values())
+    assert not h.events(FuncletEventType.DEFUNCT)  # runners that go with the pool are not rebuilt
 
 
 # ---- warmup and cooldown ----------------------------------------------------------------------------

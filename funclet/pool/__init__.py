@@ -46,7 +46,7 @@ log = structlog.get_logger(__name__)
 
 class SandboxPool:
     def __init__(self, settings: PoolSettings, *, cgroups: Cgroups, images: CodeImages, network: Network | None,
-                 zygote: Spawner, host_binds: HostBinds, mounts: Mounts = kernel_mounts,  # type: ignore[assignment]
+                 zygote: Spawner, host_binds: HostBinds, mounts: Mounts = kernel_mounts,
                  runtimes: RuntimeCatalog | None = None) -> None:
         self.settings = settings
         self.events = EventLog(settings.event_buffer)
