@@ -24,8 +24,6 @@ from runner.zygote import zygote_command
 
 log = structlog.get_logger(__name__)
 
-_MAX_DATAGRAM = 1 << 20
-
 
 class LinkClosed(Exception):
     """The process at the other end of a control socket is gone."""
@@ -52,7 +50,7 @@ class RunnerLink:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                data = await loop.sock_recv(self._sock, _MAX_DATAGRAM)
+                data = await loop.sock_recv(self._sock, control.MAX_DATAGRAM)
                 if not data:
                     break
                 self.last_heard = time.time()
@@ -134,10 +132,6 @@ class Zygote:
         log.info("zygote_started", pid=self._proc.pid)
 
     @property
-    def pid(self) -> int:
-        return self._proc.pid if self._proc else 0
-
-    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None and self._sock is not None
 
@@ -153,7 +147,7 @@ class Zygote:
             payload = control.encode_message({"op": Op.SPAWN, "spec": spec.to_dict()})
             try:
                 await loop.run_in_executor(None, _send_with_fds, self._sock, payload, fds)
-                data = await asyncio.wait_for(loop.sock_recv(self._sock, _MAX_DATAGRAM), timeout)
+                data = await asyncio.wait_for(loop.sock_recv(self._sock, control.MAX_DATAGRAM), timeout)
             except OSError as exc:
                 data = b""
                 log.warning("zygote_unreachable", error=str(exc))

@@ -7,7 +7,6 @@ the rest while they hold ``lock``.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,6 @@ class Sandbox:
     runtime_pid: int = 0
     epoch: int = 0
     last_exit: RuntimeExit | None = None
-    created_at: float = field(default_factory=time.time)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ready: asyncio.Future[dict[str, Any]] | None = None
 
