@@ -1103,3 +1103,72 @@ async def test_abnormal_slot_is_reborn_even_though_it_is_healthy(make_pool: Any,
     assert pool.invalidate(lease.sandbox.id)
     await until(lambda: funclet.ops("reborn") == [lease.sandbox.id])
     await until(lambda: lease.sandbox.phase is Phase.COLD and not lease.sandbox.abnormal)
+
+
+# ---- the machine's transitions for its collaborators: each refuses every other phase ----------
+
+async def _removal(pool: Pool, sandbox: Sandbox) -> bool:
+    async def remove(chosen: list[Sandbox]) -> None:
+        for s in chosen:
+            pool.machine.removal_done(s, False)
+
+    return pool.machine.begin_removal([sandbox], remove) == [sandbox]
+
+
+COLLABORATOR_TRANSITIONS: dict[str, tuple[Callable[[Pool, Sandbox], Any], set[Phase], Phase]] = {
+    "retire": (lambda p, s: p.machine.retire(s, "t"), {Phase.COLD, Phase.WARM}, Phase.BROKEN),
+    "reclaim": (lambda p, s: p.machine.reclaim(s, "t"), {Phase.COLD}, Phase.STOPPING),
+    "condemn": (lambda p, s: p.machine.condemn(s, "t"), {Phase.COLD}, Phase.BROKEN),
+    "reborn": (lambda p, s: p.machine.reborn(s), {Phase.BROKEN}, Phase.BROKEN),
+    "unstick": (lambda p, s: p.machine.unstick(s), {Phase.WARMUP, Phase.STOPPING, Phase.REMOVING}, Phase.BROKEN),
+    "removal_done": (lambda p, s: p.machine.removal_done(s, False), {Phase.REMOVING}, Phase.COLD),
+    "begin_removal": (_removal, {Phase.COLD}, Phase.REMOVING),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COLLABORATOR_TRANSITIONS))
+@pytest.mark.parametrize("phase", list(Phase), ids=lambda p: p.value)
+async def test_collaborator_transition_guards(make_pool: Any, funclet: FakeFunclet, name: str, phase: Phase) -> None:
+    transition, allowed, target = COLLABORATOR_TRANSITIONS[name]
+    pool = await make_pool()
+    sandbox = pool.sandboxes["c0"]
+    pool.machine._set_phase(sandbox, phase)
+    changes = ("warmup", "cooldown", "reborn", "grow", "shrink")
+    calls = len(funclet.calls)
+    result = transition(pool, sandbox)
+    if asyncio.iscoroutine(result):
+        result = await result
+    if phase in allowed:
+        assert result and sandbox.phase is target
+    else:
+        assert not result and sandbox.phase is phase
+        await asyncio.sleep(0.01)
+        called = [call for call in funclet.calls[calls:] if call[0] in changes]
+        assert called == [], f"{name} refused in {phase.value} yet asked the funclet for a change"
+
+
+async def test_collaborator_transitions_refuse_a_sandbox_with_an_operation_under_way(make_pool: Any) -> None:
+    pool = await make_pool()
+    sandbox = pool.sandboxes["c0"]
+    gate = asyncio.Event()
+    sandbox.busy = asyncio.get_running_loop().create_task(gate.wait())  # type: ignore[assignment]
+    try:
+        assert not pool.machine.reclaim(sandbox, "t") and not pool.machine.condemn(sandbox, "t")
+        assert not await _removal(pool, sandbox)
+        pool.machine._set_phase(sandbox, Phase.BROKEN)
+        assert not pool.machine.reborn(sandbox)
+        pool.machine._set_phase(sandbox, Phase.STOPPING)
+        assert not pool.machine.unstick(sandbox)
+        assert sandbox.phase is Phase.STOPPING
+    finally:
+        gate.set()
+        await sandbox.busy
+        sandbox.busy = None
+
+
+async def test_retire_refuses_a_sandbox_with_requests_in_flight(make_pool: Any) -> None:
+    pool = await make_pool()
+    lease = await acquire(pool)
+    assert not pool.machine.retire(lease.sandbox, "t") and lease.sandbox.phase is Phase.WARM
+    pool.release(lease)
+    assert pool.machine.retire(lease.sandbox, "t") and lease.sandbox.phase is Phase.BROKEN
