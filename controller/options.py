@@ -83,8 +83,9 @@ def parse_controller_options(argv: Sequence[str] | None = None) -> Settings:
 
 def deprecated_options(opts: Settings) -> list[tuple[str, str]]:
     """(old spelling, its replacement) for each deprecated option ``opts`` was given."""
-    return [("max-runner-defunct", "max-transition-time")] if getattr(opts, "max_runner_defunct", None) is not None \
-        else []
+    if getattr(opts, "max_runner_defunct", None) is None:
+        return []
+    return [("max-runner-defunct", "max-transition-time")]
 
 
 def load_function_scaling(path: str) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""controller.pool: every guard and transition of the slot state machine, with an in-memory funclet.
+"""controller.pool: every guard and transition of the sandbox state machine, with an in-memory funclet.
 
 :class:`FakeFunclet` implements the FuncletClient methods (the real funclet is covered by the
 end-to-end tests); the controller API tests reuse it.

@@ -25,7 +25,7 @@ class FunctionGroups:
     def __init__(self, *, scale_min_ttl: float = 3600.0, scaling: dict[str, dict[str, Any]] | None = None) -> None:
         self.scale_min_ttl = scale_min_ttl
         self.scaling = scaling or {}
-        self.by_identity: dict[str, FunctionGroup] = {}
+        self.by_identity: dict[str, FunctionGroup] = {}  # never rebound: ``get`` is its bound method
         self.get = self.by_identity.get
         self._identity_of_brn: dict[str, str] = {}
         self.limits: dict[str, ConcurrencyLimit] = {}
