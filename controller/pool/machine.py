@@ -7,6 +7,10 @@ Phases and their ways out::
      │                 └─warmup failed──▶ BROKEN ──reborn──▶ COLD └─invalidate / break──▶ BROKEN
      └─shrink──▶ REMOVING ──removed──▶ (gone)   refused / failed──▶ COLD
 
+What the funclet reports moves sandboxes too: a COLD sandbox in use at the funclet is reclaimed
+(→ STOPPING, cooldown), one in an unknown state or unavailable too long is condemned (→ BROKEN,
+reborn), and a sandbox the funclet destroyed under us is lost (→ COLD, unavailable until rebuilt).
+
 A cooldown or reborn that fails leaves the sandbox BROKEN, and the periodic task reborns BROKEN
 sandboxes until the funclet succeeds; a sandbox stuck in WARMUP, STOPPING or REMOVING is declared
 BROKEN (:meth:`Machine.unstick`). So no phase is a dead end and no sandbox is ever lost to the pool.
@@ -34,7 +38,8 @@ The public API (what sync invocations and the pool's collaborators call):
 * funclet facts: :meth:`add`, :meth:`set_available`, :meth:`note_exit`, :meth:`record_failure`,
   :meth:`count_ooms`;
 * reads: :meth:`can_occupy`, :meth:`free_count`, :meth:`can_grow`, :meth:`max_total`,
-  :meth:`allocatable_mb`, :meth:`reserved_mb`, :meth:`memory_admits`; and :meth:`dispatch`, :meth:`spawn`, :meth:`close`.
+  :meth:`allocatable_mb`, :meth:`reserved_mb`, :meth:`memory_admits`;
+* the rest: :meth:`dispatch` (serve the queues now), :meth:`spawn` (a task of the pool), :meth:`close`.
 
 The machine calls none of its collaborators: when waiting requests need more sandboxes it calls
 :attr:`Machine.demand`, a plain callable its owner installs (the elastic part's planner).

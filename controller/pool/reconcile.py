@@ -69,9 +69,9 @@ class Reconciler:
             if info.State != SandboxState.REMOVING:
                 self.adopt(info)
         machine.ready.set()
-        sandboxes = machine.sandboxes.values()
-        log.info("pool_ready", sandboxes=len(machine.sandboxes), boot_id=self.boot_id, max_sandboxes=machine.max_total(),
-                 phases={p.value: sum(1 for x in sandboxes if x.phase is p) for p in Phase})
+        phases = [sandbox.phase for sandbox in machine.sandboxes.values()]
+        log.info("pool_ready", sandboxes=len(phases), boot_id=self.boot_id, max_sandboxes=machine.max_total(),
+                 phases={phase.value: phases.count(phase) for phase in Phase})
 
     async def _start_events(self) -> None:
         try:
