@@ -54,7 +54,8 @@ def embedded_gateway(invoker: _Invoker, *, host: str, port: int, stubs_url: str,
         server = HttpServer(gateway.handle, max_body_size=max_body_size)
         async with aiohttp.ClientSession() as session:
             follower = TriggerFollower(stubs_url, gateway, session)
-            await follower.start()
+            # A moment for the first route table; a stubs not up yet must not hold the controller back.
+            await follower.start(first_sync_timeout=1.0)
             await server.start(host, port)
             log.info("gateway_listening", host=host, port=server.port, routes=len(gateway.routes))
             try:

@@ -29,6 +29,30 @@ class HttpRequest:
     protocol: str = "HTTP/1.1"
     request_id: str = ""
     time_epoch_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    server_port: int = 0
+
+    def forwarded(self) -> list[tuple[str, str]]:
+        """The headers as API Gateway passes them on: with X-Forwarded-For (the client appended),
+        -Proto and -Port, which web frameworks read for the client's address and scheme."""
+        out: list[tuple[str, str]] = []
+        xff = proto = port = False
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == "x-forwarded-for":
+                xff = True
+                value = f"{value}, {self.source_ip}"
+            elif lower == "x-forwarded-proto":
+                proto = True
+            elif lower == "x-forwarded-port":
+                port = True
+            out.append((name, value))
+        if not xff:
+            out.append(("X-Forwarded-For", self.source_ip))
+        if not proto:
+            out.append(("X-Forwarded-Proto", "http"))
+        if not port and self.server_port:
+            out.append(("X-Forwarded-Port", str(self.server_port)))
+        return out
 
     def header(self, lower_name: str) -> str | None:
         """The last value of a header (``lower_name`` in lower case)."""

@@ -156,22 +156,24 @@ class Match(Generic[T]):
 
 def split_path(raw_path: str) -> list[str] | None:
     """The decoded segments of a request path; None for a path no route may see."""
-    if not raw_path.startswith("/") or "\x00" in raw_path or _ESCAPE_RE.search(raw_path):
+    if not raw_path.startswith("/") or "\x00" in raw_path:
         return None
     if raw_path == "/":
         return []
-    segments = []
-    for raw in raw_path[1:].split("/"):
-        if "%" in raw:
-            try:
-                seg = unquote(raw, errors="strict")
-            except UnicodeDecodeError:
-                return None
-        else:
-            seg = raw
-        if seg in (".", "..") or "\x00" in seg:
+    segments = raw_path[1:].split("/")
+    if "%" in raw_path:
+        if _ESCAPE_RE.search(raw_path):
             return None
-        segments.append(seg)
+        try:
+            segments = [unquote(raw, errors="strict") if "%" in raw else raw for raw in segments]
+        except UnicodeDecodeError:
+            return None
+        if any("\x00" in seg for seg in segments):
+            return None
+    if "." in raw_path or "%" in raw_path:
+        for seg in segments:
+            if seg == "." or seg == "..":
+                return None
     return segments
 
 

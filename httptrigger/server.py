@@ -65,17 +65,18 @@ class HttpServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._sweep: asyncio.TimerHandle | None = None
+        self._port = 0
 
     async def start(self, host: str, port: int) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self, loop), host, port, reuse_address=True,
                                                 backlog=1024)
+        self._port = int(self._server.sockets[0].getsockname()[1])
         self._sweep = loop.call_later(min(1.0, self.keepalive_timeout / 2), self._close_idle)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._port
 
     def _close_idle(self) -> None:
         assert self.loop is not None
@@ -290,7 +291,8 @@ class _Connection(asyncio.Protocol):
             path, _, query = url.partition(b"?")
             body = b"".join(message.body) if len(message.body) != 1 else message.body[0]
             request = HttpRequest(message.method, path.decode("latin-1"), query.decode("latin-1"), message.headers,
-                                  body, self.peer, f"HTTP/{message.version}", request_id)
+                                  body, self.peer, f"HTTP/{message.version}", request_id,
+                                  server_port=self.server.port)
             structlog.contextvars.bind_contextvars(request_id=request_id)
             try:
                 answer = await self.server.handler(request)

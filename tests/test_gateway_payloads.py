@@ -32,6 +32,7 @@ def test_payload_v2_fields() -> None:
     assert ev["cookies"] == ["s=1", "t=2", "u=3"]
     assert ev["headers"]["x-multi"] == "1,2" and "cookie" not in ev["headers"]
     assert ev["headers"]["host"] == "api.example.com:8080"
+    assert ev["headers"]["x-forwarded-for"] == "10.0.0.9" and ev["headers"]["x-forwarded-proto"] == "http"
     assert ev["queryStringParameters"] == {"a": "1,2", "b": "x y"}
     assert ev["pathParameters"] == {"id": "42"}
     rc = ev["requestContext"]
@@ -46,11 +47,14 @@ def test_payload_v2_fields() -> None:
 
 
 def test_payload_v2_leaves_out_what_is_absent_and_base64s_binary() -> None:
-    ev = payload_v2.build_event(request(raw_query="", headers=[], body=b""), account_id="a")
-    assert ev["routeKey"] == "$default" and ev["headers"] == {} and ev["requestContext"]["http"]["userAgent"] == ""
+    ev = payload_v2.build_event(request(raw_query="", headers=[], body=b"", server_port=8080), account_id="a")
+    assert ev["routeKey"] == "$default" and ev["requestContext"]["http"]["userAgent"] == ""
+    assert ev["headers"] == {"x-forwarded-for": "10.0.0.9", "x-forwarded-proto": "http", "x-forwarded-port": "8080"}
     for absent in ("cookies", "queryStringParameters", "pathParameters", "body"):
         assert absent not in ev
     assert ev["isBase64Encoded"] is False
+    ev = payload_v2.build_event(request(headers=[("X-Forwarded-For", "1.1.1.1")]), account_id="a")
+    assert ev["headers"]["x-forwarded-for"] == "1.1.1.1, 10.0.0.9"
     ev = payload_v2.build_event(request(headers=[("Content-Type", "image/png")], body=b"\x89PNG\x00"), account_id="a")
     assert ev["isBase64Encoded"] is True and base64.b64decode(ev["body"]) == b"\x89PNG\x00"
     ev = payload_v2.build_event(request(headers=[("Content-Type", "text/plain")], body=b"\xff"), account_id="a")
