@@ -24,8 +24,7 @@ def build_event(request: HttpRequest, *, account_id: str, resource: str, route_k
     """The event for ``request`` matched to the route template ``resource``."""
     headers: dict[str, str] = {}
     multi_headers: dict[str, list[str]] = {}
-    for name, value in request.forwarded():
-        lower = name.lower()
+    for lower, value in request.forwarded:
         headers[lower] = value
         multi_headers.setdefault(lower, []).append(value)
     query: dict[str, str] = {}

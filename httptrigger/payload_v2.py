@@ -25,8 +25,7 @@ def joined_headers(request: HttpRequest) -> tuple[dict[str, str], list[str]]:
     """(lower-cased headers with repeats comma-joined, cookies) as payload 2.0 carries them."""
     headers: dict[str, str] = {}
     cookies: list[str] = []
-    for name, value in request.forwarded():
-        lower = name.lower()
+    for lower, value in request.forwarded:
         if lower == "cookie":
             cookies.extend(c.strip() for c in value.split(";") if c.strip())
             continue

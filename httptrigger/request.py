@@ -31,36 +31,30 @@ class HttpRequest:
     time_epoch_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     server_port: int = 0
 
-    def forwarded(self) -> list[tuple[str, str]]:
-        """The headers as API Gateway passes them on: with X-Forwarded-For (the client appended),
-        -Proto and -Port, which web frameworks read for the client's address and scheme."""
-        out: list[tuple[str, str]] = []
-        xff = proto = port = False
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == "x-forwarded-for":
-                xff = True
-                value = f"{value}, {self.source_ip}"
-            elif lower == "x-forwarded-proto":
-                proto = True
-            elif lower == "x-forwarded-port":
-                port = True
-            out.append((name, value))
-        if not xff:
-            out.append(("X-Forwarded-For", self.source_ip))
-        if not proto:
-            out.append(("X-Forwarded-Proto", "http"))
-        if not port and self.server_port:
-            out.append(("X-Forwarded-Port", str(self.server_port)))
-        return out
+    @functools.cached_property
+    def last_values(self) -> dict[str, str]:
+        """The last value of each header, by lower-case name."""
+        return {name.lower(): value for name, value in self.headers}
 
     def header(self, lower_name: str) -> str | None:
         """The last value of a header (``lower_name`` in lower case)."""
-        found = None
-        for name, value in self.headers:
-            if name.lower() == lower_name:
-                found = value
-        return found
+        return self.last_values.get(lower_name)
+
+    @functools.cached_property
+    def forwarded(self) -> list[tuple[str, str]]:
+        """The headers, names lower-cased, as API Gateway passes them on: with X-Forwarded-For (the
+        client appended), -Proto and -Port, which web frameworks read for the client and scheme."""
+        out = [(name.lower(), value) for name, value in self.headers]
+        last = self.last_values
+        if "x-forwarded-for" in last:
+            out = [(n, f"{v}, {self.source_ip}" if n == "x-forwarded-for" else v) for n, v in out]
+        else:
+            out.append(("x-forwarded-for", self.source_ip))
+        if "x-forwarded-proto" not in last:
+            out.append(("x-forwarded-proto", "http"))
+        if "x-forwarded-port" not in last and self.server_port:
+            out.append(("x-forwarded-port", str(self.server_port)))
+        return out
 
     def host(self) -> str:
         host = self.header("host") or "localhost"
