@@ -34,6 +34,7 @@ Handler = Callable[[HttpRequest], Awaitable[HttpAnswer]]
 
 KEEPALIVE_TIMEOUT = 75.0
 _MAX_QUEUED = 8
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers of one request
 _LINGER = 2.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _REQUEST_ID_LOWER = REQUEST_ID.lower()
@@ -114,7 +115,8 @@ class HttpServer:
 
 
 class _Message:
-    __slots__ = ("method", "url", "headers", "body", "size", "keep_alive", "version", "too_large", "queued")
+    __slots__ = ("method", "url", "headers", "body", "size", "keep_alive", "version", "too_large", "queued",
+                 "head_bytes")
 
     def __init__(self) -> None:
         self.method = ""
@@ -126,6 +128,7 @@ class _Message:
         self.version = "1.1"
         self.too_large = False
         self.queued = False
+        self.head_bytes = 0
 
 
 class _Connection(asyncio.Protocol):
@@ -205,12 +208,22 @@ class _Connection(asyncio.Protocol):
         self.current = _Message()
 
     def on_url(self, url: bytes) -> None:
-        assert self.current is not None
-        self.current.url += url
+        message = self.current
+        assert message is not None
+        message.url += url
+        self._count_head(message, len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.current is not None
-        self.current.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        message = self.current
+        assert message is not None
+        message.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._count_head(message, len(name) + len(value))
+
+    def _count_head(self, message: _Message, size: int) -> None:
+        message.head_bytes += size
+        if message.head_bytes > MAX_HEAD_BYTES:
+            # Raised out of feed_data: answered like any request we cannot parse.
+            raise httptools.HttpParserError("request line and headers over the limit")
 
     def on_headers_complete(self) -> None:
         message = self.current

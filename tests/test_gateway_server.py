@@ -153,3 +153,9 @@ async def test_malformed_requests_are_400(server: tuple[HttpServer, Echo]) -> No
     assert raw.startswith(b"HTTP/1.1 400 ") and raw.endswith(b'{"message":"Bad Request"}') and echo.calls == 0
     raw = await exchange(srv.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_endless_headers_are_refused(server: tuple[HttpServer, Echo]) -> None:
+    srv, echo = server
+    raw = await exchange(srv.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: %s\r\n" % (b"y" * 1000) * 80 + b"\r\n")
+    assert raw.startswith(b"HTTP/1.1 400 ") and echo.calls == 0
