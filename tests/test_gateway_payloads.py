@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from httptrigger import payload_v1, payload_v2
 from httptrigger.config import parse_http_config
@@ -188,3 +190,54 @@ def test_cors_preflight_and_response_headers() -> None:
     star = parse_http_config({"Path": "/x", "Cors": {"AllowOrigins": ["*"]}}).Cors
     assert star is not None and dict(preflight_headers(star, "http://a", "PUT", None)) == {
         "Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "PUT"}
+
+
+# ---- properties ----------------------------------------------------------------------------------
+
+_text = st.text(max_size=12)
+_header_values = st.one_of(_text, st.integers(), st.booleans(), st.none(), st.lists(_text, max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(status=st.one_of(st.integers(-5, 700), _text, st.none()),
+       headers=st.one_of(st.none(), st.dictionaries(_text, _header_values, max_size=4)),
+       multi=st.one_of(st.none(), st.dictionaries(_text, st.lists(_header_values, max_size=3), max_size=3)),
+       cookies=st.one_of(st.none(), st.lists(st.one_of(_text, st.integers()), max_size=3)),
+       body=st.one_of(st.none(), _text, st.integers()), b64=st.booleans(), version=st.sampled_from(["1.0", "2.0"]))
+def test_any_result_is_a_clean_answer_or_a_502(status: object, headers: object, multi: object, cookies: object,
+                                              body: object, b64: bool, version: str) -> None:
+    result = {"statusCode": status, "headers": headers, "multiValueHeaders": multi, "cookies": cookies,
+              "body": body, "isBase64Encoded": b64}
+    a = answer_of_reply(200, {"content-type": "application/json"}, json.dumps(result).encode(), version=version,
+                        product=Product.ROUTE)
+    if a.failure is not None:
+        assert a.status == 502 and a.headers == [("Content-Type", "application/json")]
+        return
+    assert 100 <= a.status <= 599
+    for name, value in a.headers:
+        name.encode("ascii")
+        value.encode("latin-1")
+        assert name and not any(c in name for c in "\r\n\x00: ") and not any(c in value for c in "\r\n\x00")
+        assert name.lower() not in ("content-length", "transfer-encoding", "connection")
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=st.lists(st.tuples(st.text(alphabet="abcXYZ-", min_size=1, max_size=6),
+                                  st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=8)),
+                        max_size=6),
+       query=st.text(alphabet="ab=&%20+c", max_size=12), body=st.binary(max_size=16))
+def test_any_request_gives_events_of_the_documented_shape(headers: list[tuple[str, str]], query: str,
+                                                          body: bytes) -> None:
+    req = request(headers=headers, raw_query=query, body=body)
+    v2 = payload_v2.build_event(req, account_id="a")
+    v1 = payload_v1.build_event(req, account_id="a", resource="/x", route_key="ANY /x")
+    json.dumps(v2)
+    json.dumps(v1)
+    assert all(k == k.lower() for k in v2["headers"]) and isinstance(v2["requestContext"]["http"], dict)
+    assert all(isinstance(v, str) for v in v2["headers"].values())
+    assert all(isinstance(v, list) for v in v1["multiValueHeaders"].values())
+    for ev in (v2, v1):
+        if ev["isBase64Encoded"]:
+            assert base64.b64decode(ev["body"]) == body
+        elif body:
+            assert ev["body"].encode() == body
