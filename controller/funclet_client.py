@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from easyfaas.errors import error_from_dict
 from easyfaas.models import (CodePrepareRequest, CodePrepareResponse, ContainerInfo, FuncletEvents, GrowRequest, ModelError, NodeResource, ResetRequest,
                              ScaleResponse, ShrinkRequest, WarmupRequest, WarmupResponse)
 from easyfaas.unixhttp import UnixHTTPClient, UnixHTTPUnavailable
@@ -25,6 +26,12 @@ class FuncletError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+    @classmethod
+    def of_response(cls, status: int, body: Any) -> FuncletError:
+        """The error an HTTP error answer of the funclet stands for (its FaasError JSON, or else its text)."""
+        err = error_from_dict(body, status)
+        return cls(status, err.code, err.cause or err.message)
 
 
 class FuncletUnavailable(FuncletError):
@@ -61,10 +68,7 @@ class FuncletClient:
         except UnixHTTPUnavailable as exc:
             raise FuncletUnavailable(str(exc)) from None
         if status >= 400:
-            if isinstance(data, dict):
-                message = data.get("Cause") or data.get("Message") or str(data)
-                raise FuncletError(status, str(data.get("Code") or ""), str(message))
-            raise FuncletError(status, "", f"HTTP {status}: {str(data or '')[:200]}")
+            raise FuncletError.of_response(status, data)
         return data
 
     @staticmethod

@@ -4,9 +4,18 @@ Format, kept byte-for-byte from the Go original:
 ``brn:<partition>:faas:<region>:<md5hex(uid + "cloud-cfc-2017")>:function:<name>[:<qualifier>]``.
 A qualifier is a *version* (``$LATEST`` or digits) or else an *alias*.
 
-Besides full BRNs, callers name functions by partial references (``name``, ``name:qualifier``,
-``<account-hash>:name[:qualifier]``); :func:`resolve_function_ref` turns any of them into a
-:class:`Brn`. Stdlib only.
+Besides full BRNs, callers name functions by partial references; :func:`resolve_function_ref` is
+the one parser of function references, for every service (stubs' routes, the controller's invoke
+route), with the grammar of the original's ``pkg/brn``::
+
+    ref     = brn | [account ":"] name [":" qualifier]
+    account = [0-9a-z]{32}               (a hashed account; partial refs default to the caller's)
+    name    = [a-zA-Z0-9_-]{1,64}
+    qualifier = "$LATEST" | [a-zA-Z0-9_-]{1,128}
+
+``x:y`` is ``account:name`` only when ``x`` is the caller's own account hash, else ``name:qualifier``.
+What a service does with the result (a default qualifier, refusing aliases) is its own policy.
+Stdlib only.
 """
 
 from __future__ import annotations
@@ -132,7 +141,7 @@ class Brn:
 
 
 def resolve_function_ref(ref: str, account_uid: str, qualifier: str | None = None) -> Brn:
-    """Turn what a caller wrote into a BRN.
+    """Turn what a caller wrote into a BRN (the grammar is in this module's docstring).
 
     ``ref`` is a full BRN, ``name``, ``name:qualifier`` or ``<account-hash>:name[:qualifier]``;
     partial references resolve in the account of ``account_uid`` (a raw account id). A two-part
