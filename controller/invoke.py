@@ -39,7 +39,8 @@ from easyfaas.errors import (FaasError, InvalidInvokeCaller, InvalidParameterVal
 from easyfaas.frames import CONTENT_TYPE_JSON, CONTENT_TYPE_TEXT, FunctionError, FunctionErrorType, InvokeRequest
 from easyfaas.http import (ACCOUNT_ID, CONTENT_TYPE, EXEC_TIME, FUNCTION_ERROR, FUNCTION_ERROR_UNHANDLED, INVOKE_TYPE,
                            INVOKE_TYPE_EVENT, JSON_CONTENT_TYPE, LOG_RESULT, LOG_TO_BODY, LOG_TYPE, LOG_TYPE_TAIL,
-                           REQUEST_ID, REQUEST_ID_KEY, parse_json, request_id_of)
+                           QUERY_LOG_TO_BODY, QUERY_LOG_TYPE, QUERY_QUALIFIER, REQUEST_ID, REQUEST_ID_KEY, parse_json,
+                           request_id_of)
 from easyfaas.models import WarmupRequest
 
 log = structlog.get_logger(__name__)
@@ -183,7 +184,7 @@ class Invoker:
             caller = headers.get(ACCOUNT_ID, "")
             if caller and not valid_account_id(caller):
                 raise InvalidParameterValue(f"{ACCOUNT_ID}: invalid account id (expected 1-64 characters [A-Za-z0-9_-])")
-            brn_text, brn = self._resolve_ref(ref, query.get("Qualifier"), caller)
+            brn_text, brn = self._resolve_ref(ref, query.get(QUERY_QUALIFIER), caller)
             event = self._event_of(body)
             if self.simple_auth and not caller:
                 raise InvalidInvokeCaller(f"missing {ACCOUNT_ID} header")
@@ -194,9 +195,9 @@ class Invoker:
             if self.simple_auth and caller != cfg.Uid:
                 raise InvalidInvokeCaller(f"owner id {cfg.Uid} caller id {caller}")
 
-            log_type = headers.get(LOG_TYPE) or query.get("logType") or ""
+            log_type = headers.get(LOG_TYPE) or query.get(QUERY_LOG_TYPE) or ""
             tail = log_type.lower() == _LOG_TYPE_TAIL
-            to_body = (headers.get(LOG_TO_BODY) or query.get("logToBody") or "").lower() == "true"
+            to_body = (headers.get(LOG_TO_BODY) or query.get(QUERY_LOG_TO_BODY) or "").lower() == "true"
 
             if (headers.get(INVOKE_TYPE) or "").lower() == INVOKE_TYPE_EVENT:
                 self._spawn_event(fn, caller, event, request_id)

@@ -1,6 +1,8 @@
 """aiohttp pieces shared by the public HTTP services (stubs, controller, funclet, httptrigger).
 
-* :data:`REQUEST_ID` & co.: the original's header names.
+* :data:`REQUEST_ID` & co.: the invoke API's vocabulary, defined once for callers and the
+  controller: the original's header names, their values (``INVOKE_TYPE_EVENT``, ``LOG_TYPE_TAIL``,
+  ``FUNCTION_ERROR_UNHANDLED``), the query parameters, and the platform's JSON content type.
 * :func:`request_id_middleware`: every request gets an external request id (taken from
   ``X-easyfaas-Request-Id`` or a new UUID), bound into structlog's context and echoed back.
 * :func:`error_middleware`: every error leaves as the FaasError JSON body; tracebacks go to the log,
@@ -52,6 +54,11 @@ INVOKE_TYPE_REQUEST_RESPONSE = "RequestResponse"
 LOG_TYPE_TAIL = "Tail"
 #: FUNCTION_ERROR's value when the function failed (its error object is the body)
 FUNCTION_ERROR_UNHANDLED = "Unhandled"
+
+#: query parameters of the invoke route (and, for QUERY_QUALIFIER, of stubs' function routes)
+QUERY_QUALIFIER = "Qualifier"
+QUERY_LOG_TYPE = "logType"        # same as the LOG_TYPE header
+QUERY_LOG_TO_BODY = "logToBody"   # same as the LOG_TO_BODY header
 
 CONTENT_TYPE = "Content-Type"
 #: content type of every JSON body the platform writes itself (errors, envelopes)

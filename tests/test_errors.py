@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from easyfaas import errors
+from easyfaas import errors, http
 from easyfaas.http import (
     ACCOUNT_ID,
     REQUEST_ID,
@@ -257,6 +257,13 @@ async def test_read_json(client: TestClient) -> None:
 
 def test_header_names() -> None:
     assert REQUEST_ID == "X-easyfaas-Request-Id" and ACCOUNT_ID == "X-easyfaas-Account-Id"
+    # The rest of the invoke API's vocabulary, as the original names it on the wire.
+    assert (http.FUNCTION_ERROR, http.FUNCTION_ERROR_UNHANDLED) == ("X-easyfaas-Function-Error", "Unhandled")
+    assert (http.INVOKE_TYPE, http.INVOKE_TYPE_EVENT, http.INVOKE_TYPE_REQUEST_RESPONSE) == (
+        "X-easyfaas-Invoke-Type", "event", "RequestResponse")
+    assert (http.LOG_TYPE, http.LOG_TYPE_TAIL, http.LOG_RESULT) == ("Log-Type", "Tail", "X-Bce-Log-Result")
+    assert (http.LOG_TO_BODY, http.EXEC_TIME) == ("Log-To-Body", "X-easyfaas-Function-Exectime")
+    assert (http.QUERY_QUALIFIER, http.QUERY_LOG_TYPE, http.QUERY_LOG_TO_BODY) == ("Qualifier", "logType", "logToBody")
     resp = error_response(errors.TooManyRequests("empty runtime"), headers={"X-easyfaas-Function-Error": "Unhandled"})
     assert resp.status == 429 and resp.headers["X-easyfaas-Function-Error"] == "Unhandled"
     assert json.loads(resp.body)["Cause"] == "empty runtime"
