@@ -267,3 +267,19 @@ def test_header_names() -> None:
     resp = error_response(errors.TooManyRequests("empty runtime"), headers={"X-easyfaas-Function-Error": "Unhandled"})
     assert resp.status == 429 and resp.headers["X-easyfaas-Function-Error"] == "Unhandled"
     assert json.loads(resp.body)["Cause"] == "empty runtime"
+
+
+async def test_httptrigger_before_an_unreachable_controller_is_bad_gateway() -> None:
+    from httptrigger.app import make_app
+
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    async with TestClient(TestServer(make_app("http://127.0.0.1:1"))) as trigger:
+        resp = await trigger.get("/someone/fn")
+        body = await resp.json()
+        assert resp.status == 502
+        assert (body["Code"], body["Message"], body["Status"], body["Type"]) == (
+            "BadGatewayException", "Bad Gateway", 502, "Server")
+        assert body["Cause"].startswith("controller unreachable")
+        # A version must be $LATEST or ASCII digits (str.isdigit() would take "١", an Arabic-Indic one).
+        resp = await trigger.get("/someone/fn/\u0661")
+        assert resp.status == 400 and (await resp.json())["Code"] == "InvalidParameterValueException"
