@@ -201,3 +201,29 @@ def test_string_result_and_no_logs_unless_asked(runtime: RuntimeProcess) -> None
     assert (response.id, response.ok) == ("frame-3", True)
     assert (response.result, response.content_type) == ("plain text \u00fc", CONTENT_TYPE_TEXT)
     assert not response.logs  # not asked for: absent (or empty)
+
+
+@pytest.mark.parametrize("kind", ["python", "nodejs"])
+def test_init_failure_is_a_fatal_response_with_a_known_error_type(kind: str) -> None:
+    root = Path(tempfile.mkdtemp(prefix="ef-fc-"))
+    if kind == "python":
+        (root / "index.py").write_text("def handler(event, context):\n    return 1\n")
+        argv = python_runtime_argv()
+    else:
+        if not os.path.exists(NODE):
+            shutil.rmtree(root)
+            pytest.skip("node is not installed")
+        (root / "index.js").write_text("exports.handler = async () => 1;\n")
+        argv = [os.path.realpath(NODE), NODE_BOOTSTRAP]
+    rt = RuntimeProcess(argv, runtime_env(root, "index.missing"))
+    try:
+        status = rt.read_status()
+        assert status["ok"] is False
+        assert FunctionError.from_wire(status["error"]).type == FunctionErrorType.HANDLER_NOT_FOUND
+        response = _invoke(rt, _request({}, 5))
+        assert (response.id, response.ok, response.fatal) == ("frame-5", False, True)
+        assert response.error is not None
+        assert FunctionError.from_wire(response.error).type == FunctionErrorType.HANDLER_NOT_FOUND
+    finally:
+        rt.close()
+        shutil.rmtree(root, ignore_errors=True)
