@@ -13,6 +13,7 @@ requests get up to ``--drain-timeout`` to finish, then the pool and clients are 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
 import structlog
@@ -112,14 +113,15 @@ async def _async_invocations(app: web.Application) -> AsyncIterator[None]:
     await app[INVOKER].drain(getattr(app[OPTIONS], "drain_timeout", DRAIN_TIMEOUT))
 
 
+@dataclass(frozen=True)
 class FrontDoorEndpoint:
     """The controller's listening socket, owned by the front door (controller/front_door.py), which
-    hands what is not an invocation to the runner's aiohttp protocol."""
+    hands what is not an invocation to the runner's aiohttp protocol. On shutdown the invocations
+    under way on its connections get up to ``drain_timeout`` to finish."""
 
-    def __init__(self, host: str, port: int, *, drain_timeout: float) -> None:
-        self.host = host
-        self.port = port
-        self.drain_timeout = drain_timeout
+    host: str
+    port: int
+    drain_timeout: float
 
     def site(self, runner: web.AppRunner) -> web.BaseSite:
         return _FrontDoorSite(runner, self)
@@ -169,6 +171,8 @@ async def _freeze_heap_when_ready(app: web.Application) -> AsyncIterator[None]:
 
 def controller_service(opts: Settings) -> Service:
     """The controller as a service of a daemon process: its application behind the front door."""
+    if opts.http_enhanced:
+        log.warning("http_enhanced_unavailable", detail="the embedded HTTP trigger is not implemented; flag ignored")
     app = create_app(opts)
     app.cleanup_ctx.append(_freeze_heap_when_ready)
     return Service("controller", app, [FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout)],
@@ -178,8 +182,6 @@ def controller_service(opts: Settings) -> Service:
 def main(argv: Sequence[str] | None = None) -> None:
     opts = parse_controller_options(argv)
     setup_logging(opts, daemon="controller")
-    if opts.http_enhanced:
-        log.warning("http_enhanced_unavailable", detail="the embedded HTTP trigger is not implemented; flag ignored")
     service = controller_service(opts)
     log.info("controller_starting", host=opts.bind_address, port=opts.port, funclet=opts.funclet_api_sock,
              registry=opts.repository_endpoint, event_loop=event_loop_name(loop_factory(opts.event_loop)))
