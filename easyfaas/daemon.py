@@ -185,10 +185,18 @@ async def serve(services: Sequence[Service], *, stop: asyncio.Event | None = Non
         await stop.wait()
     finally:
         # Reverse order: a service stops only after those started after it (which may call it).
-        for _, runner in reversed(runners):
-            await runner.cleanup()
+        # One that fails to clean up does not keep the others from it.
+        failed: list[BaseException] = []
+        for service, runner in reversed(runners):
+            try:
+                await runner.cleanup()
+            except Exception as exc:  # noqa: BLE001 - logged here, raised below
+                log.exception(f"{service.name}_cleanup_failed")
+                failed.append(exc)
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+        if failed:
+            raise failed[0]
 
 
 def run_daemon(services: Sequence[Service], *, event_loop: str = "asyncio") -> None:

@@ -130,10 +130,12 @@ async def test_sigterm_lets_a_separate_daemon_finish_its_requests_and_exit_0() -
             call = asyncio.create_task(call_slow())
             await asyncio.wait_for(arrived.wait(), 30)
             proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            proc.send_signal(signal.SIGINT)  # a second signal does not cut the drain short
             assert await asyncio.wait_for(call, 30) == (200, "finished")
         assert await asyncio.to_thread(proc.wait, 30) == 0
         err = proc.stderr.read().decode()
-        assert "httptrigger_stopping" in err and "Traceback" not in err, err
+        assert "httptrigger_stopping" in err and "stop_signal_ignored" in err and "Traceback" not in err, err
         assert not _tcp_http_ok("127.0.0.1", port, "/healthz")
     finally:
         if proc.poll() is None:
