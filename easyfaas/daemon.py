@@ -1,8 +1,8 @@
 """The one lifetime every daemon has: start, serve until SIGTERM/SIGINT, drain, clean up, exit 0.
 
-A daemon is a list of :class:`Service` s run in one process on one event loop. A service is an
-aiohttp application whose parts live in its ``cleanup_ctx`` (entered in order at start, left in
-reverse at the end) and the sites it listens on, given declaratively (:class:`TCPEndpoint`,
+A daemon is a list of services (:class:`Service`) run in one process on one event loop. A service
+is an aiohttp application whose parts live in its ``cleanup_ctx`` (entered in order at start, left
+in reverse at the end) and the sites it listens on, given declaratively (:class:`TCPEndpoint`,
 :class:`UnixEndpoint`, or an endpoint of the daemon's own such as the controller's front door).
 The separate daemons run one service each; ``easyfaas.all_in_one`` runs several.
 
@@ -13,7 +13,8 @@ The separate daemons run one service each; ``easyfaas.all_in_one`` runs several.
    start listening; then the start-up heap is frozen out of garbage collection
    (:mod:`easyfaas.heap`) and each service logs ``<name>_listening``;
 3. at the first signal each service logs ``<name>_stopping``; later signals are logged and
-   ignored, since shutting down half-way would leave the funclet's kernel objects behind;
+   ignored, since shutting down half-way would leave the funclet's kernel objects behind (a
+   signal during start-up lets the services being started finish starting, and starts no more);
 4. the services stop in reverse order, each through its runner: its sites stop accepting (and an
    endpoint may first let its own connections finish), ``on_shutdown`` runs (a daemon begins its
    drain there), open connections get the service's shutdown timeout to finish their requests,
@@ -165,6 +166,8 @@ async def serve(services: Sequence[Service], *, stop: asyncio.Event | None = Non
     runners: list[tuple[Service, web.AppRunner]] = []
     try:
         for service in services:
+            if stop.is_set():
+                break
             runner = JsonErrorAppRunner(service.app, access_log=None, shutdown_timeout=service.shutdown_timeout)
             runners.append((service, runner))
             try:
@@ -173,6 +176,8 @@ async def serve(services: Sequence[Service], *, stop: asyncio.Event | None = Non
                     await endpoint.site(runner).start()
             except OSError as exc:
                 raise _StartFailed(service.name, exc) from exc
+        if stop.is_set():
+            return
         frozen = freeze_startup_heap() if any(s.freeze_heap for s in services) else None
         for service in services:
             fields: dict[str, Any] = {}
