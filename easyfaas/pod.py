@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Sequence
 
+from easyfaas.config import COMMON_OPTIONS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -100,12 +102,10 @@ class PodError(RuntimeError):
     """A daemon of the pod failed to start; the message carries the tail of its log."""
 
 
-DAEMONS = ("funclet", "stubs", "controller")  # of the separate form, without the HTTP trigger
 ALL_IN_ONE = "all-in-one"
 _IN_ALL_IN_ONE = ("stubs", "controller", "httptrigger")
-# Flags every daemon has (easyfaas.config.COMMON_OPTIONS) and the all-in-one process's own
-# --event-loop: shared by its services, so not prefixed.
-_SHARED_FLAGS = {"config", "log-level", "log-format", "logtostderr", "alsologtostderr", "log-dir", "v", "event-loop"}
+# Flags every daemon has and the all-in-one process's own (its services share them): not prefixed.
+_SHARED_FLAGS = {o.name for o in COMMON_OPTIONS} | {"event-loop", "services"}
 
 
 class Pod:
