@@ -177,8 +177,8 @@ def controller_service(opts: Settings) -> Service:
         log.warning("http_enhanced_unavailable", detail="the embedded HTTP trigger is not implemented; flag ignored")
     app = create_app(opts)
     app.cleanup_ctx.append(_freeze_heap_when_ready)
-    return Service("controller", app, [FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout)],
-                   shutdown_timeout=opts.drain_timeout, freeze_heap=False)
+    door = FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout)
+    return Service("controller", app, [door], shutdown_timeout=opts.drain_timeout, freeze_heap=False)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

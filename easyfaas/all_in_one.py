@@ -55,7 +55,8 @@ class Part:
 SHARED_OPTIONS = [
     Option("services", str, "controller,stubs",
            "which services run in this process, comma-separated: controller, stubs, httptrigger"),
-    Option("event-loop", str, "auto", "uvloop, asyncio, or auto (uvloop when it is installed): the loop of the process"),
+    Option("event-loop", str, "auto",
+           "uvloop, asyncio, or auto (uvloop when it is installed): the loop of the process"),
 ]
 _SHARED = {o.name for o in [*SHARED_OPTIONS, *COMMON_OPTIONS]}
 
@@ -82,7 +83,8 @@ def _prefixed(part: Part) -> list[Option]:
             continue
         default = part.defaults.get(opt.name, opt.default)
         help_text = _DERIVED_HELP.get((part.name, opt.name), opt.help)
-        out.append(dataclasses.replace(opt, name=f"{part.name}-{opt.name}", default=default, help=f"{part.name}: {help_text}",
+        out.append(dataclasses.replace(opt, name=f"{part.name}-{opt.name}", default=default,
+                                       help=f"{part.name}: {help_text}",
                                        aliases=tuple(f"{part.name}-{a}" for a in opt.aliases)))
     return out
 
