@@ -1,25 +1,25 @@
-"""The HTTP trigger as a process of its own (``python -m httptrigger``): the gateway
-(httptrigger/gateway.py) in front of a controller it reaches over HTTP.
+"""The HTTP trigger as a service of its own (``python -m httptrigger``, or the all-in-one's
+``httptrigger``): the gateway (httptrigger/gateway.py) in front of a controller it reaches over HTTP.
 
 The controller can serve the same gateway itself (``--gateway-port``, httptrigger/embedded.py),
-which saves the second HTTP hop; this process is for deployments that want the gateway apart.
+which saves the second HTTP hop; this service is for deployments that want the gateway apart.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from urllib.parse import quote
 
 import aiohttp
 import structlog
+from aiohttp import web
 
 from easyfaas.config import Option, Settings, parse_options, parse_size
-from easyfaas.http import ACCOUNT_ID, REQUEST_ID, wait_for_stop_signal
+from easyfaas.daemon import Service, run_daemon
+from easyfaas.http import ACCOUNT_ID, REQUEST_ID
 from easyfaas.logging import setup_logging
-from httptrigger.follower import TriggerFollower
-from httptrigger.gateway import Gateway, InvokeCall
-from httptrigger.server import HttpServer
+from httptrigger.endpoint import GatewayEndpoint
+from httptrigger.gateway import InvokeCall
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +29,7 @@ OPTIONS = [
     Option("controller-host", str, "http://127.0.0.1:8001", "controller base URL (host:port is accepted too)"),
     Option("repository-endpoint", str, "http://127.0.0.1:8002", "stubs base URL, whose trigger feed gives the routes"),
     Option("max-body-size", parse_size, "6M", "largest request body"),
-    Option("shutdown-timeout", float, 30.0, "seconds requests under way may take on SIGTERM/SIGINT"),
+    Option("shutdown-timeout", float, 60.0, "seconds to let requests finish on SIGTERM/SIGINT"),
 ]
 
 
@@ -54,23 +54,16 @@ def controller_call(controller: str, session: aiohttp.ClientSession) -> InvokeCa
     return call
 
 
-async def serve(opts: Settings) -> None:
-    timeout = aiohttp.ClientTimeout(total=960)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        gateway = Gateway(controller_call(opts.controller_host, session), max_body_size=opts.max_body_size)
-        follower = TriggerFollower(_base_url(opts.repository_endpoint), gateway, session)
-        server = HttpServer(gateway.handle, max_body_size=opts.max_body_size)
-        await follower.start()
-        await server.start(opts.host, opts.port)
-        log.info("httptrigger_listening", host=opts.host, port=server.port, controller=opts.controller_host)
-        try:
-            await wait_for_stop_signal()
-        finally:
-            await server.close(opts.shutdown_timeout)
-            await follower.close()
+def httptrigger_service(opts: Settings) -> Service:
+    """The HTTP trigger as a service of a daemon process (its own server answers every request)."""
+    endpoint = GatewayEndpoint(opts.host, opts.port, _base_url(opts.repository_endpoint),
+                               lambda session: controller_call(opts.controller_host, session),
+                               max_body_size=opts.max_body_size, drain_timeout=opts.shutdown_timeout)
+    return Service("httptrigger", web.Application(), [endpoint], shutdown_timeout=opts.shutdown_timeout,
+                   listening={"controller": opts.controller_host}, freeze_heap=False)
 
 
 def main(argv: list[str] | None = None) -> None:
     opts = parse_options("httptrigger", OPTIONS, argv)
     setup_logging(opts, daemon="httptrigger")
-    asyncio.run(serve(opts))
+    run_daemon([httptrigger_service(opts)])

@@ -1,26 +1,19 @@
 """The gateway inside the controller process (``--gateway-port``): invocations go straight into the
-controller's invoke pipeline, with no second HTTP hop and no second JSON round trip.
+controller's invoke pipeline, with no second HTTP hop and no second parse of the event.
 
-:func:`embedded_gateway` is an aiohttp cleanup context for the controller's application: it starts
-the gateway's listener and the trigger follower, and at shutdown stops accepting, lets requests
-under way finish (up to the drain timeout) and closes them, before the pool goes away.
+:func:`gateway_endpoint` is the controller's gateway endpoint (httptrigger/endpoint.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import aiohttp
-import structlog
-from aiohttp import web
 
 from easyfaas.http import ACCOUNT_ID
-from httptrigger.follower import TriggerFollower
-from httptrigger.gateway import Gateway, InvokeCall
-from httptrigger.server import HttpServer
-
-log = structlog.get_logger(__name__)
+from httptrigger.endpoint import GatewayEndpoint
+from httptrigger.gateway import InvokeCall
 
 _NO_QUERY: dict[str, str] = {}
 
@@ -47,21 +40,11 @@ def invoker_call(invoker: _Invoker) -> InvokeCall:
     return call
 
 
-def embedded_gateway(invoker: _Invoker, *, host: str, port: int, stubs_url: str, max_body_size: int,
-                     drain_timeout: float) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
-        gateway = Gateway(invoker_call(invoker), max_body_size=max_body_size)
-        server = HttpServer(gateway.handle, max_body_size=max_body_size)
-        async with aiohttp.ClientSession() as session:
-            follower = TriggerFollower(stubs_url, gateway, session)
-            # A moment for the first route table; a stubs not up yet must not hold the controller back.
-            await follower.start(first_sync_timeout=1.0)
-            await server.start(host, port)
-            log.info("gateway_listening", host=host, port=server.port, routes=len(gateway.routes))
-            try:
-                yield
-            finally:
-                await server.close(drain_timeout)
-                await follower.close()
+def gateway_endpoint(invoker: _Invoker, *, host: str, port: int, stubs_url: str, max_body_size: int,
+                     drain_timeout: float) -> GatewayEndpoint:
+    """The gateway served by the controller, invoking through ``invoker``."""
 
-    return lifetime
+    def invoke(_session: aiohttp.ClientSession) -> InvokeCall:
+        return invoker_call(invoker)
+
+    return GatewayEndpoint(host, port, stubs_url, invoke, max_body_size=max_body_size, drain_timeout=drain_timeout)

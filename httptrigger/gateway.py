@@ -3,7 +3,7 @@
 Configured routes come first (the most specific wins, httptrigger/routes.py) and are answered like an
 API Gateway HTTP API; a path no route takes that names ``/<uid>/<function>[/<version>][/<rest>]``
 is a function URL, answered like a Lambda function URL; anything else is 404 ``{"message":"Not
-Found"}``. CORS preflights of routes that configure ``Cors`` are answered here, without invoking.
+Found"}`` (``GET /healthz`` no route takes is the health check). CORS preflights of routes that configure ``Cors`` are answered here, without invoking.
 
 The invocation itself is a callable given by whoever hosts the gateway: the controller's own
 invoke pipeline when the gateway runs inside the controller, an HTTP call to the controller when it
@@ -26,6 +26,9 @@ from httptrigger.response import Failure, HttpAnswer, Product, answer_of_reply, 
 from httptrigger.routes import METHODS, Route, RouteTable, parse_function_url, split_path
 
 log = structlog.get_logger(__name__)
+
+# The daemon's health check, answered when no route takes the path (a route of that path wins).
+HEALTH_PATH = "healthz"
 
 # (versioned function BRN, caller account id, event JSON, request id) → (status, headers with
 # lower-case names, body): the controller's answer to ``POST /v1/functions/<brn>/invocations``.
@@ -68,6 +71,8 @@ class Gateway:
             return await self._route(request, match.route, match.path_parameters, origin)
         url = parse_function_url(request.raw_path)
         if url is None:
+            if segments == [HEALTH_PATH] and request.method in ("GET", "HEAD"):
+                return HttpAnswer(200, [("Content-Type", "text/plain; charset=utf-8")], b"ok")
             return error_answer(Failure.NOT_FOUND, Product.ROUTE, "no route")
         brn = str(Brn(account_hash(url.account_id), url.function, url.qualifier))
         event = payload_v2.build_event(request, account_id=url.account_id, raw_path=url.raw_path)

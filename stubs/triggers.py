@@ -11,7 +11,7 @@ whether it may coexist with the triggers already stored (``http``: no two routes
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -197,13 +197,14 @@ def add_trigger_routes(app: web.Application, functions: StubsHandlers,
     h = TriggerHandlers(functions, store, types if types is not None else default_trigger_types())
     functions.deletion_listeners.append(store.forget)
 
-    async def start(_app: web.Application) -> None:
-        await store.start()
+    async def started(_app: web.Application) -> AsyncIterator[None]:
+        await store.start()  # after the function store's own start (its cleanup context is first)
+        yield
 
     async def close_feed(_app: web.Application) -> None:
-        store.feed.close()
+        store.feed.close()  # ends the gateways' long polls now, not at the shutdown timeout
 
-    app.on_startup.append(start)
+    app.cleanup_ctx.append(started)
     app.on_shutdown.append(close_feed)
     app.router.add_post("/v1/functions/{ref}/triggers", h.create)
     app.router.add_get("/v1/functions/{ref}/triggers", h.list)
