@@ -312,3 +312,35 @@ async def test_standalone_httptrigger_process(gw_pod: Pod, http: aiohttp.ClientS
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()[-2000:]
 
+
+
+async def test_make_run_form_serves_the_gateway(root_required: None, http: aiohttp.ClientSession) -> None:
+    """As ``make run`` starts a pod (all-in-one control plane; scripts/run-pod exports the port)."""
+    names = pod_harness.TestNames.new()
+    base = Path(tempfile.mkdtemp(prefix=f"efaas-gwrun-{names.tag}-"))
+    port = free_port()
+    config = PodConfig(state_dir=base / "state", run_dir=base / "run", controller_port=free_port(),
+                       stubs_port=free_port(), container_num=1, pod_name=names.pod_name, bridge_name=names.bridge,
+                       bridge_ip=names.bridge_ip, veth_prefix=names.veth_prefix, log_dir=base / "logs",
+                       all_in_one=True)
+    pod = Pod(config)
+    old = os.environ.get("EASYFAAS_CONTROLLER_GATEWAY_PORT")
+    os.environ["EASYFAAS_CONTROLLER_GATEWAY_PORT"] = str(port)  # what scripts/run-pod exports
+    try:
+        await asyncio.to_thread(pod.start)
+        name = f"run{secrets.token_hex(3)}"
+        await deploy(http, pod, name, "python3", b64zip({"index.py": ECHO}))
+        async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+            assert r.status == 200
+        async with http.get(f"http://127.0.0.1:{port}/{ACCOUNT}/{name}/x") as r:
+            assert r.status == 200 and (await r.json())["rawPath"] == "/x"
+    finally:
+        if old is None:
+            os.environ.pop("EASYFAAS_CONTROLLER_GATEWAY_PORT", None)
+        else:
+            os.environ["EASYFAAS_CONTROLLER_GATEWAY_PORT"] = old
+        codes = await asyncio.to_thread(pod.stop)
+        leaks = _kernel_leaks(config.state_dir, names)
+        if not leaks:
+            shutil.rmtree(base, ignore_errors=True)
+    assert not leaks and all(code == 0 for code in codes.values()), (leaks, codes)
