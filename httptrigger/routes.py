@@ -135,10 +135,10 @@ class Route(Generic[T]):
     segments: tuple[Segment, ...]
     target: T
     template: str = ""
+    route_key: str = field(init=False, compare=False)  # "GET /pets/{id}": what events call it
 
-    @property
-    def route_key(self) -> str:
-        return f"{self.method} {self.template or template_text(self.segments)}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "route_key", f"{self.method} {self.template or template_text(self.segments)}")
 
     @property
     def greedy(self) -> bool:
