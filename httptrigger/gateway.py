@@ -3,7 +3,8 @@
 Configured routes come first (the most specific wins, httptrigger/routes.py) and are answered like an
 API Gateway HTTP API; a path no route takes that names ``/<uid>/<function>[/<version>][/<rest>]``
 is a function URL, answered like a Lambda function URL; anything else is 404 ``{"message":"Not
-Found"}`` (``GET /healthz`` no route takes is the health check). CORS preflights of routes that configure ``Cors`` are answered here, without invoking.
+Found"}`` (but ``GET /healthz``, when no route takes it: the health check). CORS preflights of
+routes that configure ``Cors`` are answered here, without invoking.
 
 The invocation itself is a callable given by whoever hosts the gateway: the controller's own
 invoke pipeline when the gateway runs inside the controller, an HTTP call to the controller when it

@@ -190,13 +190,15 @@ async def test_json_body_status_headers_and_set_cookies(webapp: dict[str, Any], 
 
 
 @pytest.mark.parametrize("version", ["v2", "v1"])
-async def test_binary_response(webapp: dict[str, Any], http: aiohttp.ClientSession, version: str) -> None:  # noqa: F811
+async def test_binary_response(webapp: dict[str, Any], http: aiohttp.ClientSession,  # noqa: F811
+                               version: str) -> None:
     async with http.get(f"{webapp['url']}/{webapp['name']}{version}/binary") as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("application/octet-stream")
         assert await r.read() == bytes(range(256))
 
 
-async def test_cors_preflight_and_unknown_route(webapp: dict[str, Any], http: aiohttp.ClientSession) -> None:  # noqa: F811
+async def test_cors_preflight_and_unknown_route(webapp: dict[str, Any],
+                                                http: aiohttp.ClientSession) -> None:  # noqa: F811
     url = f"{webapp['url']}/{webapp['name']}v2/items"
     async with http.options(url, headers={"Origin": "https://ui.example", "Access-Control-Request-Method": "POST",
                                           "Access-Control-Request-Headers": "Content-Type"}) as r:

@@ -128,7 +128,8 @@ async def test_chunked_body_over_the_limit_is_413(server: tuple[HttpServer, Echo
 async def test_expect_continue(server: tuple[HttpServer, Echo]) -> None:
     srv, _ = server
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-    writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+    writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n"
+                 b"Connection: close\r\n\r\n")
     interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     writer.write(b"hi")
@@ -157,5 +158,6 @@ async def test_malformed_requests_are_400(server: tuple[HttpServer, Echo]) -> No
 
 async def test_endless_headers_are_refused(server: tuple[HttpServer, Echo]) -> None:
     srv, echo = server
-    raw = await exchange(srv.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: %s\r\n" % (b"y" * 1000) * 80 + b"\r\n")
+    pad = b"X-Pad: %s\r\n" % (b"y" * 1000)
+    raw = await exchange(srv.port, b"GET / HTTP/1.1\r\nHost: a\r\n" + pad * 80 + b"\r\n")
     assert raw.startswith(b"HTTP/1.1 400 ") and echo.calls == 0
