@@ -83,7 +83,8 @@ def split_answers(raw: bytes) -> list[tuple[str, dict[str, list[str]], bytes]]:
 async def test_keep_alive_pipelining_in_order(server: tuple[HttpServer, Echo]) -> None:
     srv, _ = server
     raw = await exchange(srv.port, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"
-                                   b"POST /b?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX-M: 1\r\nx-m: 2\r\n\r\nabc"
+                                   b"POST /b?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nX-M: 1\r\n"
+                                   b"x-m: 2\r\n\r\nabc"
                                    b"GET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     answers = split_answers(raw)
     assert [a[0] for a in answers] == ["HTTP/1.1 200 OK"] * 3
