@@ -344,3 +344,16 @@ async def test_make_run_form_serves_the_gateway(root_required: None, http: aioht
         if not leaks:
             shutil.rmtree(base, ignore_errors=True)
     assert not leaks and all(code == 0 for code in codes.values()), (leaks, codes)
+
+
+async def test_routes_survive_a_stubs_restart(gw_pod: Pod, http: aiohttp.ClientSession, echo: str) -> None:
+    """Stubs reads its triggers back from disk; the gateway sees a new boot and reads them all again."""
+    gw = gw_pod.gateway_url  # type: ignore[attr-defined]
+    await asyncio.to_thread(gw_pod.restart, "stubs")
+    t = await add_trigger(http, gw_pod, echo, {"Methods": ["GET"], "Path": f"/{echo}/after-restart"})
+    await until_routed(http, f"{gw}/{echo}/after-restart")  # a change after the restart is followed
+    async with http.get(f"{gw}/{echo}/p/me") as r:  # and the routes from before are still there
+        assert (await r.json())["routeKey"] == f"GET /{echo}/p/me"
+    async with http.delete(f"{gw_pod.config.stubs_url}/v1/functions/{echo}/triggers/{t['TriggerId']}",
+                           headers={"X-easyfaas-Account-Id": ACCOUNT}) as r:
+        assert r.status == 204
