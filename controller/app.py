@@ -17,6 +17,7 @@ from typing import AsyncIterator, Callable, Sequence
 import structlog
 from aiohttp import web
 
+from controller.async_api import setup_async_invocations
 from controller.code_prefetch import CodePrefetcher
 from controller.funclet_client import FuncletClient
 from controller.handlers import INVOKER, POOL, PREFETCHER, add_routes
@@ -68,6 +69,8 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
         app.cleanup_ctx.append(_prefetch)
     app.cleanup_ctx.append(_pool)
     app.cleanup_ctx.append(_async_invocations)
+    # After the pool's context: the event workers drain before the pool closes.
+    setup_async_invocations(app, opts, app[INVOKER], registry.base)
     app.on_shutdown.append(_begin_drain)
     add_routes(app)
     return app

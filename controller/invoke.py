@@ -26,7 +26,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -40,6 +40,9 @@ from easyfaas.errors import (FaasError, InvalidInvokeCaller, InvalidParameterVal
 from easyfaas.http import (ACCOUNT_ID, EXEC_TIME, FUNCTION_ERROR, INVOKE_TYPE, LOG_RESULT, LOG_TYPE, REQUEST_ID,
                            REQUEST_ID_KEY, parse_json, request_id_of)
 from easyfaas.models import WarmupRequest
+
+if TYPE_CHECKING:
+    from controller.async_api import EventIntake
 
 log = structlog.get_logger(__name__)
 
@@ -152,6 +155,8 @@ class Invoker:
         self.simple_auth = simple_auth
         self._refs: dict[tuple[str, str | None, str], tuple[str, Brn]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # The durable enqueue of X-easyfaas-Invoke-Type: event (controller/async_api.py sets it).
+        self.events: EventIntake | None = None
         # Frame ids only have to be unique on one connection: a counter is enough, and a uuid4 per
         # request was 3% of the warm path's time. The prefix tells this controller's ids apart.
         self._frame_prefix = uuid.uuid4().hex[:8] + "-"
@@ -217,8 +222,10 @@ class Invoker:
             to_body = (headers.get(LOG_TO_BODY) or query.get("logToBody") or "").lower() == "true"
 
             if (headers.get(INVOKE_TYPE) or "").lower() == "event":
-                self._spawn_event(fn, caller, event, request_id)
-                return InvokeReply(202, {REQUEST_ID: request_id, "Content-Type": TEXT_PLAIN}, b"")
+                if self.events is None:
+                    raise ServiceError("asynchronous invocations are not enabled on this controller")
+                status, event_headers = await self.events.enqueue(fn, brn, caller, event, request_id, headers)
+                return InvokeReply(status, event_headers, b"")
 
             result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body)
             reply = self._respond(result, fn, request_id, tail, to_body)
@@ -387,35 +394,6 @@ class Invoker:
             return InvokeReply(200 if result.ok else 500, headers, json.dumps(envelope, ensure_ascii=False).encode())
         headers["Content-Type"] = result.content_type
         return InvokeReply(200 if result.ok else 500, headers, result.payload.encode())
-
-    # ---- asynchronous invocations --------------------------------------------------------------
-
-    def _spawn_event(self, fn: ResolvedFunction, caller: str, event: str, request_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_event(fn, caller, event, request_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _run_event(self, fn: ResolvedFunction, caller: str, event: str, request_id: str) -> None:
-        started = time.perf_counter()
-        try:
-            result, source, slot_id = await self.run(fn, caller, event, request_id, False)
-        except FunctionInitError as exc:
-            log.warning("invoke_async", request_id=request_id, function=fn.brn, status=500, error="init",
-                        error_type=exc.error.get("errorType"))
-            return
-        except FaasError as err:
-            log.warning("invoke_async", request_id=request_id, function=fn.brn, status=err.status, code=err.code,
-                        cause=err.cause)
-            return
-        except asyncio.CancelledError:
-            log.warning("invoke_async_cancelled", request_id=request_id, function=fn.brn)
-            raise
-        except Exception:  # noqa: BLE001 - a background task has nobody else to report to
-            log.exception("invoke_async_failed", request_id=request_id, function=fn.brn)
-            return
-        log.info("invoke_async", request_id=request_id, function=fn.brn, slot=slot_id, source=source,
-                 status=200 if result.ok else 500, duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                 error=None if result.ok else result.payload[:500])
 
 
 def _error_json(message: str, error_type: str) -> str:
