@@ -61,6 +61,10 @@ class PodConfig:
         return self.state_dir / "funcData"
 
     @property
+    def controller_state_dir(self) -> Path:
+        return self.state_dir / "controller"
+
+    @property
     def funclet_sock(self) -> Path:
         return self.run_dir / ".funcletapi.sock"
 
@@ -123,7 +127,7 @@ class Pod:
         if name == "controller":
             return ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
                     "--funclet-api-sock", str(c.funclet_sock), "--repository-endpoint", c.stubs_url,
-                    *c.controller_args]
+                    "--state-dir", str(c.controller_state_dir), *c.controller_args]
         raise ValueError(f"unknown daemon {name!r}; the pod runs {', '.join(DAEMONS)}")
 
     def probe(self, name: str) -> Callable[[], bool]:
