@@ -116,6 +116,9 @@ class EventQueue(Protocol):
     async def lease(self, max_count: int, room: Room, wait: float) -> list[Delivery]:
         """Up to ``max_count`` due events (waiting up to ``wait`` s for one), ``room`` permitting."""
 
+    lease_expires: bool
+    """Whether a lease runs out unless :meth:`touch` renews it."""
+
     async def touch(self, delivery: Delivery) -> None:
         """Keep a long-running lease (the backend may otherwise hand the event out again)."""
 

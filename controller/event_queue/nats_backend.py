@@ -223,6 +223,8 @@ class NatsEventQueue:
             leased.append(Delivery(event, rec["Attempts"], msg))
         return leased
 
+    lease_expires = True  # after the consumer's ack_wait without news
+
     async def touch(self, delivery: Delivery) -> None:
         msg: Msg = delivery.token
         await msg.in_progress()

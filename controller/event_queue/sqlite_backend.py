@@ -260,7 +260,7 @@ class SQLiteEventQueue:
             exclude = ",".join("?" * len(full))
             rows = await self._read(f"SELECT {_COLUMNS} FROM invocations WHERE status = 'queued' AND due_at <= ? "
                                     f"AND function NOT IN ({exclude}) ORDER BY due_at LIMIT ?",
-                                    (now, *full, max_count * 4))
+                                    (now, *full, max_count * 2))
             if not rows:
                 break
             seen = {e.request_id for e, _ in chosen}
@@ -273,7 +273,7 @@ class SQLiteEventQueue:
                     continue
                 taken[event.function] += 1
                 chosen.append((event, row[7] + 1))
-            if len(chosen) >= max_count or len(rows) < max_count * 4 and not full:
+            if len(chosen) >= max_count or len(rows) < max_count * 2 and not full:
                 break
             full.update(fn for fn, n in taken.items() if n >= room(fn))
         if not chosen:
@@ -297,8 +297,10 @@ class SQLiteEventQueue:
 
         return await self._write(run), None
 
+    lease_expires = False  # one owner: a lease lasts until it is finished or the controller restarts
+
     async def touch(self, delivery: Delivery) -> None:
-        return None  # one owner: a lease lasts until it is finished or the controller restarts
+        return None
 
     def _settle(self, delivery: Delivery, sql: str, args: tuple[Any, ...]) -> Callable[[sqlite3.Connection], None]:
         def run(db: sqlite3.Connection) -> None:

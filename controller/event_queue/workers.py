@@ -54,7 +54,10 @@ class EventWorkers:
         self.retry_base = retry_base
         self.throttle_base = min(1.0, retry_base)
         self.heartbeat = heartbeat
+        # Events running in the pool, per function (the share bound) and in total (--event-workers);
+        # an event whose run is over no longer counts while its outcome is being committed.
         self._in_flight: dict[str, int] = {}
+        self._running = 0
         self._limits: dict[str, int] = {}  # learned from each function's metadata as it runs
         self._throttles: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,13 +110,13 @@ class EventWorkers:
 
     async def _dispatch(self) -> None:
         while not self._closing:
-            free = self.workers - len(self._tasks)
+            free = self.workers - self._running
             if free <= 0:
                 self._room_freed.clear()
                 await self._room_freed.wait()
                 continue
             try:
-                deliveries = await self.queue.lease(min(free, 32), self.room, LEASE_WAIT)
+                deliveries = await self.queue.lease(free, self.room, LEASE_WAIT)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the queue is away (server restart): try again
@@ -123,24 +126,36 @@ class EventWorkers:
             for delivery in deliveries:
                 fn = delivery.event.function
                 self._in_flight[fn] = self._in_flight.get(fn, 0) + 1
-                task = asyncio.get_running_loop().create_task(self._run(delivery))
+                self._running += 1
+                task = asyncio.get_running_loop().create_task(self._run_counted(delivery))
                 self._tasks.add(task)
-                task.add_done_callback(lambda t, fn=fn: self._done(t, fn))
+                task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None], function: str) -> None:
-        self._tasks.discard(task)
+    async def _run_counted(self, d: Delivery) -> None:
+        ran = asyncio.Event()
+        try:
+            await self._run(d, ran)
+        finally:
+            if not ran.is_set():
+                self._ran(d.event.function)
+
+    def _ran(self, function: str) -> None:
+        self._running -= 1
         left = self._in_flight.get(function, 1) - 1
         if left > 0:
             self._in_flight[function] = left
         else:
             self._in_flight.pop(function, None)
         self._room_freed.set()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("event_worker_failed", error=repr(task.exception()))
 
     # ---- one event -----------------------------------------------------------------------------
 
-    async def _run(self, d: Delivery) -> None:
+    async def _run(self, d: Delivery, ran: asyncio.Event) -> None:
         ev = d.event
         config = await self.settings.get(ev.function, ev.account, ev.request_id)
         age = time.time() - ev.enqueued_at
@@ -149,7 +164,7 @@ class EventWorkers:
                                      f"{config.MaximumEventAgeInSeconds}", "errorType": "EventAgeExceeded"}
             await self._finish(d, config, Outcome(InvocationStatus.EXPIRED, error=error), None, None)
             return
-        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(d))
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(d)) if self.queue.lease_expires else None
         started = time.perf_counter()
         fn: ResolvedFunction | None = None
         try:
@@ -172,7 +187,10 @@ class EventWorkers:
             await self._finish(d, config, Outcome(InvocationStatus.FAILED, error=error), None, None)
             return
         finally:
-            heartbeat.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
+            ran.set()
+            self._ran(ev.function)
         self._throttles.pop(ev.request_id, None)
         tail = None
         if fn is not None:
