@@ -231,7 +231,11 @@ def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invok
             await settings.close()
             await queue.close()
 
+    async def stop_leasing(_: web.Application) -> None:
+        await workers.stop_leasing()
+
     app.cleanup_ctx.append(lifetime)
+    app.on_shutdown.append(stop_leasing)
     add_routes(app)
 
 

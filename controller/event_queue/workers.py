@@ -71,16 +71,21 @@ class EventWorkers:
     async def start(self) -> None:
         self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
 
+    async def stop_leasing(self) -> None:
+        """Take no more events (the controller is shutting down); running ones carry on."""
+        self._closing = True
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            dispatcher.cancel()
+            await asyncio.gather(dispatcher, return_exceptions=True)
+
     async def close(self, timeout: float = 30.0) -> None:
         """Stop leasing; let running events finish (up to ``timeout``), then cancel them.
 
         A cancelled event stays leased: the SQLite queue runs it again after the restart, JetStream
         redelivers it after its ack wait.
         """
-        self._closing = True
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        await self.stop_leasing()
         if self._tasks:
             log.info("draining_async_invocations", count=len(self._tasks))
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
