@@ -109,7 +109,7 @@ class EventWorkers:
         if reserved is not None and reserved > 0:
             concurrency = reserved
         else:
-            sandboxes = len(getattr(self.invoker.pool, "slots", ())) or 1
+            sandboxes = len(self.invoker.pool.sandboxes) or 1
             concurrency = sandboxes * max(1, cfg.PodConcurrentQuota)
         self._limits[function] = max(1, int(concurrency * self.share))
 
