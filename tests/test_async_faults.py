@@ -148,6 +148,28 @@ async def test_kill_9_of_the_controller_loses_no_event_and_reruns_no_finished_on
         await lp.close_clients()
 
 
+async def test_kill_9_of_the_whole_pod_loses_no_event(sqlite_pod: LivePod) -> None:
+    lp = sqlite_pod
+    name = unique("ap")
+    await lp.create(name, PodConcurrentQuota=4)
+    try:
+        ids, refused = await enqueue_many(lp, name, 200)
+        assert not refused and len(ids) == 200
+        await lp.until(lambda: _finished_at_least(lp, name, 20), timeout=60, what="20 events finished")
+        done_before = {rid for rid, r in (await records(lp, name)).items() if r["Status"] == "succeeded"}
+        assert len(done_before) < len(ids), "the queue drained before the kill: nothing was tested"
+        old = {daemon: lp.pod.pid(daemon) for daemon in ("controller", "stubs", "funclet")}
+        for daemon in old:
+            lp.pod.kill(daemon, signal.SIGKILL)
+        for daemon, pid in old.items():
+            await wait_healthy(lp, daemon, pid, timeout=60)
+        lp.note_zygote()
+        final = await all_finished(lp, name, ids, timeout=180)
+        check_runs(ids, done_before, final, executions(lp))
+    finally:
+        await lp.close_clients()
+
+
 async def _finished_at_least(lp: LivePod, name: str, count: int) -> bool:
     found = await records(lp, name)
     return sum(1 for r in found.values() if r["Status"] == "succeeded") >= count
