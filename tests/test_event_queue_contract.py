@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from controller.event_queue.interface import EventQueue, Outcome, QueuedEvent
+from easyfaas.errors import ResourceConflict
 from easyfaas.event_invoke import EventQueueFull, InvocationStatus
 
 FN_A = "brn:cloud:faas:bj:0123456789abcdef0123456789abcdef:function:a"
@@ -278,9 +279,8 @@ async def test_records_newest_first_with_filters(queue: EventQueue) -> None:
 async def test_duplicate_request_id_is_refused(queue: EventQueue) -> None:
     ev = event()
     await queue.enqueue(ev)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ResourceConflict):
         await queue.enqueue(ev)
-    assert getattr(info.value, "status", 0) in (409, 503)
     assert (await queue.depth()).total == 1
 
 
@@ -342,6 +342,28 @@ async def test_sqlite_prune_drops_old_finished_records(tmp_path: Path) -> None:
         assert await q.record(waiting.request_id) is not None  # queued events are never pruned
     finally:
         await q.close()
+
+
+async def test_nats_buckets_made_with_other_settings_are_used(tmp_path: Path) -> None:
+    from controller.event_queue.nats_backend import NatsEventQueue
+
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        first = NatsEventQueue(server.url, record_ttl=3600)
+        await first.start()
+        ev = event()
+        await first.enqueue(ev)
+        await first.close()
+        second = NatsEventQueue(server.url, record_ttl=7200)
+        await second.start()
+        try:
+            rec = await second.record(ev.request_id)
+            assert rec is not None and rec.Status is InvocationStatus.QUEUED
+        finally:
+            await second.close()
+    finally:
+        server.stop()
 
 
 async def test_nats_server_restart_loses_nothing(tmp_path: Path) -> None:

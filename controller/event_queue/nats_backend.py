@@ -37,6 +37,7 @@ from nats.js.kv import KeyValue
 
 from controller.event_queue.interface import (DeadLetter, Delivery, FunctionDepth, Outcome, QueueDepth, QueuedEvent,
                                               Room)
+from easyfaas.errors import ResourceConflict
 from easyfaas.event_invoke import EventQueueFull, EventStoreUnavailable, InvocationRecord, InvocationStatus
 
 log = structlog.get_logger(__name__)
@@ -102,12 +103,21 @@ class NatsEventQueue:
                                   filter_subject=SUBJECT_PREFIX + ">", max_ack_pending=-1)
         self._sub = await self._js.pull_subscribe(SUBJECT_PREFIX + ">", durable=CONSUMER, stream=STREAM,
                                                   config=consumer)
-        self._records = await self._js.create_key_value(KeyValueConfig(
+        self._records = await self._bucket(KeyValueConfig(
             bucket=RECORDS_BUCKET, ttl=self.record_ttl, history=1, storage=StorageType.FILE,
             max_bytes=self.max_records_bytes))
-        self._dead = await self._js.create_key_value(KeyValueConfig(
+        self._dead = await self._bucket(KeyValueConfig(
             bucket=DEAD_LETTERS_BUCKET, ttl=self.record_ttl, history=1, storage=StorageType.FILE))
         log.info("event_queue_opened", backend="nats", url=self.url)
+
+    async def _bucket(self, config: KeyValueConfig) -> KeyValue:
+        assert self._js is not None
+        try:
+            return await self._js.create_key_value(config)
+        except BadRequestError:
+            # It exists with other settings (another pod's --event-record-ttl): use it as it is.
+            log.warning("event_bucket_settings_differ", bucket=config.bucket)
+            return await self._js.key_value(config.bucket)
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None
@@ -175,7 +185,7 @@ class NatsEventQueue:
             raise EventStoreUnavailable(f"the event queue at {self.url} did not store the event: "
                                         f"{exc or type(exc).__name__}") from None
         if ack.duplicate:
-            raise EventStoreUnavailable(f"request id {event.request_id} was already accepted")
+            raise ResourceConflict(f"request id {event.request_id} was already accepted")
         record = _new_record(event)
         try:
             await self._modify(event.request_id, lambda cur: record if cur is None else None)
