@@ -202,7 +202,7 @@ def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invok
                              max_records=getattr(opts, "event_max_records", 100000),
                              ack_wait=getattr(opts, "event_ack_wait", 30.0))
     intake = EventIntake(queue)
-    callbacks = CallbackSender(base_delay=min(1.0, getattr(opts, "event_retry_base", 60.0)))
+    callbacks = CallbackSender(queue.note_callback, base_delay=min(1.0, getattr(opts, "event_retry_base", 60.0)))
     settings = EventInvokeConfigSource(registry_base)
     workers = EventWorkers(queue, invoker, settings, callbacks,
                            workers=getattr(opts, "event_workers", 64),

@@ -297,6 +297,23 @@ async def test_callback_gets_the_result(env: AsyncEnv) -> None:
         headers, payload = got[0]
         assert headers["X-easyfaas-Request-Id"] == rid and headers["X-easyfaas-Invocation-Status"] == "succeeded"
         assert payload.decode() == body["Result"]
+
+        async def noted() -> Any:
+            return (await env.record(rid))[1].get("Callback")
+        deadline = time.monotonic() + 10
+        while await noted() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await noted() == {"Url": url, "Delivered": True, "Attempts": 2, "Error": None}
+
+        # An unreachable URL: retried, then the failure is recorded (and the queue went on).
+        dead_url = str(server.make_url("/nowhere"))
+        rid2 = await env.enqueue("hello", {"n": "cb2"}, {"X-easyfaas-Callback-Url": dead_url})
+        await env.finished(rid2)
+        deadline = time.monotonic() + 30
+        while (await env.record(rid2))[1].get("Callback") is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        failed = (await env.record(rid2))[1]["Callback"]
+        assert failed["Delivered"] is False and failed["Error"] == "HTTP 404" and failed["Attempts"] == 4
     finally:
         await server.close()
 

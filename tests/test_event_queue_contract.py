@@ -394,3 +394,15 @@ async def test_nats_server_restart_loses_nothing(tmp_path: Path) -> None:
     finally:
         await q.close()
         server.stop()
+
+
+async def test_callback_outcome_is_kept_on_the_record(queue: EventQueue) -> None:
+    ev = event()
+    await queue.enqueue(ev)
+    d = await lease_one(queue)
+    await queue.finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+    assert "Callback" not in (await queue.record(ev.request_id)).to_wire()  # type: ignore[union-attr]
+    outcome = {"Url": "http://127.0.0.1:9/x", "Delivered": False, "Attempts": 4, "Error": "refused"}
+    await queue.note_callback(ev.request_id, outcome)
+    rec = await queue.record(ev.request_id)
+    assert rec is not None and rec.to_wire()["Callback"] == outcome and rec.Status is InvocationStatus.SUCCEEDED

@@ -1,10 +1,11 @@
 """``X-easyfaas-Callback-Url``: POST a finished event's result to the caller's URL, retried with
-back-off in the background; a callback never holds up the queue and its failure is logged with
-the request id."""
+back-off in the background; a callback never holds up the queue, and how it went is logged with
+the request id and kept in the invocation's record (``Callback``)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,8 +34,14 @@ def check_callback_url(url: str) -> str:
     return url
 
 
+CallbackRecorder = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""Where a delivery's outcome is written: (request id, ``{"Url", "Delivered", "Attempts", "Error"}``)."""
+
+
 class CallbackSender:
-    def __init__(self, *, attempts: int = 4, base_delay: float = 1.0, timeout: float = 10.0) -> None:
+    def __init__(self, record: CallbackRecorder, *, attempts: int = 4, base_delay: float = 1.0,
+                 timeout: float = 10.0) -> None:
+        self.record = record
         self.attempts = attempts
         self.base_delay = base_delay
         self.timeout = timeout
@@ -76,6 +83,8 @@ class CallbackSender:
                     await resp.read()
                     if resp.status < 300:
                         log.info("callback_sent", request_id=request_id, url=url, status=resp.status, attempt=attempt)
+                        await self._note(request_id, {"Url": url, "Delivered": True, "Attempts": attempt,
+                                                      "Error": None})
                         return
                     error = f"HTTP {resp.status}"
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -84,3 +93,10 @@ class CallbackSender:
                 await asyncio.sleep(self.base_delay * 2 ** (attempt - 1))
         self.failures += 1
         log.warning("callback_failed", request_id=request_id, url=url, attempts=self.attempts, error=error)
+        await self._note(request_id, {"Url": url, "Delivered": False, "Attempts": self.attempts, "Error": error})
+
+    async def _note(self, request_id: str, outcome: dict[str, Any]) -> None:
+        try:
+            await self.record(request_id, outcome)
+        except Exception as exc:  # noqa: BLE001 - the log line above already says what happened
+            log.warning("callback_note_failed", request_id=request_id, error=str(exc))

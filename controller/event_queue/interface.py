@@ -147,6 +147,9 @@ class EventQueue(Protocol):
 
     async def delete_dead_letter(self, request_id: str) -> bool: ...
 
+    async def note_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
+        """Record how the delivery to the caller's callback URL went (the record's ``Callback``)."""
+
     async def depth(self) -> QueueDepth: ...
 
     async def prune(self) -> int:

@@ -342,6 +342,9 @@ class NatsEventQueue:
         await dead.delete(key_of(request_id))
         return True
 
+    async def note_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
+        await self._modify(request_id, lambda cur: None if cur is None else {**cur, "Callback": outcome})
+
     async def depth(self) -> QueueDepth:
         js, _, _ = self._ready()
         info = await js.stream_info(STREAM, subjects_filter=SUBJECT_PREFIX + ">")
@@ -365,5 +368,6 @@ def _record_of(rec: dict[str, Any]) -> InvocationRecord:
                             Status=InvocationStatus(rec["Status"]), Attempts=rec["Attempts"],
                             EnqueuedAt=rec["EnqueuedAt"], StartedAt=rec.get("StartedAt"),
                             FinishedAt=rec.get("FinishedAt"), Result=rec.get("Result"), Error=rec.get("Error"),
-                            LogResult=rec.get("LogResult"), DeadLetter=bool(rec.get("DeadLetter")))
+                            LogResult=rec.get("LogResult"), DeadLetter=bool(rec.get("DeadLetter")),
+                            Extra={"Callback": rec["Callback"]} if rec.get("Callback") else {})
 

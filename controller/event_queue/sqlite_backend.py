@@ -53,14 +53,15 @@ CREATE TABLE IF NOT EXISTS invocations (
     error TEXT,
     log_result TEXT,
     dead INTEGER NOT NULL DEFAULT 0,
-    lease INTEGER
+    lease INTEGER,
+    callback TEXT
 );
 CREATE INDEX IF NOT EXISTS invocations_due ON invocations(due_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS invocations_account ON invocations(account, seq);
 CREATE INDEX IF NOT EXISTS invocations_finished ON invocations(finished_at) WHERE finished_at IS NOT NULL;
 """
 _COLUMNS = ("request_id, function, function_arn, account, payload, callback_url, status, attempts, enqueued_at, "
-            "started_at, finished_at, result, error, log_result, dead")
+            "started_at, finished_at, result, error, log_result, dead, callback")
 _ACTIVE = ("queued", "running")
 
 
@@ -114,6 +115,8 @@ class SQLiteEventQueue:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        if "callback" not in {row[1] for row in db.execute("PRAGMA table_info(invocations)")}:
+            db.execute("ALTER TABLE invocations ADD COLUMN callback TEXT")  # a queue made before callbacks
         # Whatever was running when the last controller died is queued again: its attempt counts.
         cur = db.execute("UPDATE invocations SET status = 'queued', due_at = ? WHERE status = 'running'",
                          (time.time(),))
@@ -400,6 +403,10 @@ class SQLiteEventQueue:
             "DELETE FROM invocations WHERE request_id = ? AND dead = 1", (request_id,)).rowcount)
         return bool(changed)
 
+    async def note_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
+        await self._write(lambda db: db.execute("UPDATE invocations SET callback = ? WHERE request_id = ?",
+                                                (json.dumps(outcome, ensure_ascii=False), request_id)))
+
     async def depth(self) -> QueueDepth:
         now = time.time()
         rows = await self._read("SELECT function, COUNT(*), MIN(enqueued_at) FROM invocations "
@@ -436,4 +443,4 @@ def _record_of(row: tuple[Any, ...]) -> InvocationRecord:
     return InvocationRecord(RequestId=row[0], FunctionArn=row[2], Account=row[3], Status=InvocationStatus(row[6]),
                             Attempts=row[7], EnqueuedAt=row[8], StartedAt=row[9], FinishedAt=row[10],
                             Result=row[11], Error=json.loads(row[12]) if row[12] else None, LogResult=row[13],
-                            DeadLetter=bool(row[14]))
+                            DeadLetter=bool(row[14]), Extra={"Callback": json.loads(row[15])} if row[15] else {})
