@@ -322,3 +322,25 @@ async def test_queue_depth_route(env: AsyncEnv) -> None:
     resp = await env.client.get("/v1/event-queue")
     body = await resp.json()
     assert resp.status == 200 and body["Total"] == 0 and body["InFlight"] == 0
+
+
+@pytest.mark.parametrize("args", [("--event-queue", "redis://x"), ("--event-concurrency-share", "0"),
+                                  ("--event-concurrency-share", "1.5"), ("--event-workers", "0"),
+                                  ("--event-queue-length", "0")])
+def test_bad_event_options_stop_the_controller(args: tuple[str, str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_controller_options(list(args))
+    assert args[0] in str(info.value)
+
+
+def test_event_queue_location_picks_the_backend(tmp_path: Any) -> None:
+    from controller.event_queue import open_event_queue
+    from controller.event_queue.nats_backend import NatsEventQueue
+    from controller.event_queue.sqlite_backend import SQLiteEventQueue
+
+    kw = dict(max_queued_per_function=1, max_queued=1, record_ttl=1.0, max_records=1)
+    default = open_event_queue("", str(tmp_path / "state"), **kw)  # type: ignore[arg-type]
+    assert isinstance(default, SQLiteEventQueue) and default.path.parent == tmp_path / "state"
+    other = open_event_queue(f"sqlite://{tmp_path / 'q'}", str(tmp_path / "state"), **kw)  # type: ignore[arg-type]
+    assert isinstance(other, SQLiteEventQueue) and other.path.parent == tmp_path / "q"
+    assert isinstance(open_event_queue("nats://127.0.0.1:4222", "", **kw), NatsEventQueue)  # type: ignore[arg-type]
