@@ -18,7 +18,6 @@ dict lookup by identity, and the runtime connection is kept open between request
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
@@ -137,31 +136,12 @@ class Invoker:
         self.max_body_size = max_body_size
         self.simple_auth = simple_auth
         self._refs: dict[tuple[str, str | None, str], tuple[str, Brn]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
         # The durable enqueue of X-easyfaas-Invoke-Type: event (controller/async_api.py sets it).
         self.events: EventIntake | None = None
         # Frame ids only have to be unique on one connection: a counter is enough, and a uuid4 per
         # request was 3% of the warm path's time. The prefix tells this controller's ids apart.
         self._frame_prefix = uuid.uuid4().hex[:8] + "-"
         self._frame_ids = itertools.count(1)
-
-    # ---- lifetime ------------------------------------------------------------------------------
-
-    @property
-    def background_tasks(self) -> int:
-        return len(self._background)
-
-    async def drain(self, timeout: float = 30.0) -> None:
-        """Let asynchronous invocations finish (up to ``timeout``), then cancel the rest."""
-        if not self._background:
-            return
-        pending = set(self._background)
-        log.info("draining_async_invocations", count=len(pending))
-        _, still = await asyncio.wait(pending, timeout=timeout)
-        for task in still:
-            task.cancel()
-        if still:
-            await asyncio.gather(*still, return_exceptions=True)
 
     # ---- HTTP entry point ----------------------------------------------------------------------
 
