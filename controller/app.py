@@ -45,7 +45,6 @@ __all__ = ["FUNCLET", "INVOKER", "OPTIONS", "POOL", "REGISTRY", "FrontDoorEndpoi
            "create_app", "main"]
 
 
-
 def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
                registry: Registry | None = None) -> web.Application:
     """The controller application; ``funclet`` and ``registry`` may be given (tests), else built from opts."""
