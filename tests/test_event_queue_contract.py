@@ -406,3 +406,39 @@ async def test_callback_outcome_is_kept_on_the_record(queue: EventQueue) -> None
     await queue.note_callback(ev.request_id, outcome)
     rec = await queue.record(ev.request_id)
     assert rec is not None and rec.to_wire()["Callback"] == outcome and rec.Status is InvocationStatus.SUCCEEDED
+
+
+async def test_nats_pods_share_one_queue_and_each_event_goes_to_one(tmp_path: Path) -> None:
+    from controller.event_queue.nats_backend import NatsEventQueue
+
+    server = NatsServer(tmp_path)
+    server.start()
+    pods = [NatsEventQueue(server.url, ack_wait=30.0) for _ in range(2)]
+    try:
+        for q in pods:
+            await q.start()
+        events = [event() for _ in range(40)]
+        for i, ev in enumerate(events):
+            await pods[i % 2].enqueue(ev)  # either pod may accept
+        taken: dict[str, int] = {}
+        seen_by: list[set[str]] = [set(), set()]
+
+        async def drain(i: int) -> None:
+            idle = 0
+            while idle < 3:
+                got = await pods[i].lease(5, any_room, 0.3)
+                idle = 0 if got else idle + 1
+                for d in got:
+                    taken[d.event.request_id] = taken.get(d.event.request_id, 0) + 1
+                    seen_by[i].add(d.event.request_id)
+                    await pods[i].finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+        await asyncio.gather(drain(0), drain(1))
+        assert set(taken) == {ev.request_id for ev in events}
+        assert set(taken.values()) == {1}  # work-queue semantics: one lease per event
+        assert seen_by[0] and seen_by[1]  # both pods drained
+        rec = await pods[1].record(events[0].request_id)
+        assert rec is not None and rec.Status is InvocationStatus.SUCCEEDED
+    finally:
+        for q in pods:
+            await q.close()
+        server.stop()
