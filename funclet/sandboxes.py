@@ -863,5 +863,7 @@ def runtime_env(cfg: FunctionConfiguration, runtime: RuntimeConfiguration) -> di
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(cfg.MemorySize), "LAMBDA_TASK_ROOT": "/var/task",
         "BCE_USER_CODE_ROOT": "/var/task",
     })
+    from runner.runtimes.lambda_environment import lambda_variables  # Lambda's variables, one definition
+    env.update(lambda_variables(function_name=cfg.FunctionName, function_version=cfg.Version, memory_size_mb=cfg.MemorySize, handler=cfg.Handler, function_brn=cfg.FunctionArn, user_variables=cfg.Environment.Variables))
     env.setdefault("EASYFAAS_RUNTIME_MODE", runtime.Env.get("EASYFAAS_RUNTIME_MODE", ""))
     return env
