@@ -25,7 +25,7 @@ from tests.pod_harness import ACCOUNT, b64zip, brn
 
 def bootstrap_source(python: str) -> str:
     """A Runtime API loop over one keep-alive connection: the event back as the result."""
-    return f"""#!{python} -I -S
+    return f"""#!{python} -IS
 import http.client, os
 host, port = os.environ["AWS_LAMBDA_RUNTIME_API"].split(":")
 conn = http.client.HTTPConnection(host, int(port))
