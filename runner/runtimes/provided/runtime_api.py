@@ -505,17 +505,17 @@ class RuntimeApiServer:
                 self.finish(InvokeResponse(current.request.id, False, error=_error(
                     f"Unsupported response mode {mode!r}", "Runtime.InvalidResponseModeHeader")))
                 return
-            conn.reply(202, {"status": "OK"}, request)
             content_type = request.headers.get("content-type") or "application/json"
             if content_type == "application/x-www-form-urlencoded":
                 # What `curl -d` sends unless told otherwise, as in AWS's shell-script bootstrap:
                 # the body is the function's result, not a form.
                 content_type = "application/json"
+            # The caller's answer first: it is the latency that counts.
             self.finish(InvokeResponse(current.request.id, True, result=request.body.decode("utf-8", "replace"),
                                        content_type=content_type))
         else:
-            conn.reply(202, {"status": "OK"}, request)
             self.finish(InvokeResponse(current.request.id, False, error=_posted_error(request, "Unhandled")))
+        conn.reply(202, {"status": "OK"}, request)
 
     def response_too_large(self, conn: ApiConn, head: Request | None, size: int) -> None:
         conn.send(http_wire.render_error(413, TOO_LARGE, f"Exceeded maximum allowed payload size ({MAX_RESPONSE} "
@@ -563,6 +563,8 @@ class RuntimeApiServer:
                 return
             except OSError:
                 return  # EMFILE and friends: the next readiness tries again
+            if kind is ApiConn:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = kind(self, sock)
             if isinstance(conn, FrameConn):
                 self.frame_conns.add(conn)
