@@ -54,11 +54,3 @@ def error_object(exc: BaseException, error_type: str | None = None, message: str
         stack += traceback.format_exception_only(type(exc), exc)
     return make_error(message if message is not None else str(exc), error_type or type(exc).__name__, stack)
 
-
-def log_line(error: dict[str, Any], exc: BaseException | None = None) -> str:
-    """The ``[ERROR] Type: message`` line Lambda logs for an uncaught error (one log event: ``\\r``)."""
-    lines = [f"[ERROR] {error['errorType']}: {error['errorMessage']}"]
-    if exc is not None:
-        lines.append("Traceback (most recent call last):")
-        lines += [line.rstrip("\n").replace("  ", "\u00a0\u00a0") for line in error.get("stackTrace", [])]
-    return "\r".join(lines) + "\n"

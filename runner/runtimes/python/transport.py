@@ -9,6 +9,7 @@ runtime whose handler failed to load answer on the connection threads instead. S
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import sys
@@ -91,6 +92,15 @@ def serve_connection(conn: socket.socket, invoke: Invoke, main: MainThread | Non
 
 
 def accept_loop(listener: socket.socket, invoke: Invoke, main: MainThread | None) -> None:
+    try:
+        _accept_forever(listener, invoke, main)
+    except OSError as exc:
+        # fd 3 is gone: nothing can reach this runtime any more; exiting tells the runner.
+        sys.__stderr__.write(f"easyfaas python runtime: the invoke listener failed: {exc}\n")
+        os._exit(1)
+
+
+def _accept_forever(listener: socket.socket, invoke: Invoke, main: MainThread | None) -> None:
     while True:
         try:
             conn, _ = listener.accept()
