@@ -334,3 +334,18 @@ async def test_awslambdaric_from_pypi_runs_unchanged(http: aiohttp.ClientSession
     assert reply.json() == {"order": 17, "request_id": reply.request_id, "function": name, "remaining_positive": True}
     rid = re.escape(reply.request_id)
     assert any(re.fullmatch(rf"\[INFO\]\t{ISO_MS}\t{rid}\torder 17", line) for line in log_lines(reply)), reply
+
+
+async def test_bootstrap_exiting_between_invocations_gets_a_fresh_init(http: aiohttp.ClientSession) -> None:
+    """A bootstrap that exits after answering (a one-shot custom runtime) is not an error for
+    anyone: its environment is discarded and the next call starts a fresh one, as in Lambda."""
+    name = await deploy_provided(http, python_bootstrap("""
+event, request_id = next_event()
+respond(request_id, {"pid": os.getpid(), "started": time.time()})
+"""))
+    first = await call(http, name)
+    assert first.status == 200, first
+    for _ in range(3):
+        reply = await call(http, name)
+        assert reply.status == 200, reply
+        assert reply.json()["started"] != first.json()["started"]

@@ -240,7 +240,11 @@ class RuntimeApiServer:
             self.timeout_s = int(environ.get("EASYFAAS_TIMEOUT") or 3)
         except ValueError:
             self.timeout_s = 3
-        self.initialized = False
+        self.initialized = False  # the init status is reported
+        # The bootstrap exited between invocations: the next invocation starts it afresh (a
+        # re-init, as Lambda gives the next invoke a new environment); `reinit` while it runs.
+        self.bootstrap_gone = False
+        self.reinit = False
         self.fatal: dict[str, Any] | None = None  # once set, every invocation fails with it
         self.exit_when_flushed = False
         self.queue: collections.deque[tuple[InvokeRequest, FrameConn]] = collections.deque()
@@ -282,6 +286,7 @@ class RuntimeApiServer:
             return
         finally:
             os.close(output_w)
+        self.close_output()  # a child of the previous bootstrap may still hold that pipe
         self.output_fd = output_r
         os.set_blocking(output_r, False)
         self.selector.register(output_r, selectors.EVENT_READ, "output")
@@ -297,9 +302,7 @@ class RuntimeApiServer:
             except OSError:
                 chunk = b""
             if not chunk:
-                self.selector.unregister(self.output_fd)
-                os.close(self.output_fd)
-                self.output_fd = -1
+                self.close_output()
                 return
             if self.current is not None:
                 self.current.logs += chunk
@@ -312,6 +315,12 @@ class RuntimeApiServer:
                     os.write(2, chunk)  # the runner keeps this tail for failed starts and exits
                 except OSError:
                     pass
+
+    def close_output(self) -> None:
+        if self.output_fd >= 0:
+            self.selector.unregister(self.output_fd)
+            os.close(self.output_fd)
+            self.output_fd = -1
 
     def bootstrap_exited(self) -> None:
         assert self.process is not None
@@ -333,6 +342,11 @@ class RuntimeApiServer:
             self.init_failed(_error(f"RequestId:  Error: {reason}" + (f"; last output: {tail[-1024:]}" if tail else ""),
                                     "Runtime.ExitError"))
             return
+        if self.current is None and not self.reinit:
+            self.bootstrap_gone = True  # between invocations: the next one gets a fresh bootstrap
+            if self.queue:
+                self.restart_bootstrap()
+            return
         self.break_down(lambda rid: _error(f"RequestId: {rid} Error: {reason}", "Runtime.ExitError"))
 
     def kill_bootstrap(self) -> None:
@@ -349,6 +363,9 @@ class RuntimeApiServer:
         self.write_status({"ok": True})
 
     def init_failed(self, error: dict[str, Any]) -> None:
+        if self.initialized:  # a re-init failed: the calls waiting for it fail, fatally
+            self.break_down(lambda rid: error)
+            return
         self.initialized = True
         self.fatal = error
         self.write_status({"ok": False, "error": error})
@@ -363,7 +380,14 @@ class RuntimeApiServer:
                                        logs="" if request.log else None))
             return
         self.queue.append((request, conn))
+        if self.bootstrap_gone:
+            self.restart_bootstrap()
         self.dispatch()
+
+    def restart_bootstrap(self) -> None:
+        self.bootstrap_gone, self.reinit = False, True
+        self.init_deadline = time.monotonic() + INIT_TIMEOUT
+        self.start_bootstrap()
 
     def dispatch(self) -> None:
         """Hand the next invocation to the bootstrap's parked ``next``, if there is one."""
@@ -412,7 +436,7 @@ class RuntimeApiServer:
         self.exit_when_flushed = True
 
     def check_deadlines(self) -> None:
-        if not self.initialized and time.monotonic() >= self.init_deadline:
+        if (not self.initialized or self.reinit) and time.monotonic() >= self.init_deadline:
             self.init_failed(_error(
                 f"RequestId:  Error: the bootstrap did not ask for an invocation (GET {API_PREFIX}/invocation/next)"
                 f" within {INIT_TIMEOUT:g} seconds of starting", "Runtime.InitTimeout"))
@@ -423,7 +447,7 @@ class RuntimeApiServer:
 
     def next_timeout(self) -> float | None:
         timeouts = []
-        if not self.initialized:
+        if not self.initialized or self.reinit:
             timeouts.append(self.init_deadline - time.monotonic())
         if self.current is not None:
             timeouts.append((self.current.deadline_ms + DEADLINE_GRACE * 1000) / 1000 - time.time())
@@ -473,10 +497,15 @@ class RuntimeApiServer:
             return
         if not self.initialized:
             self.init_ok()
+        self.reinit = False
         self.waiting = conn
         self.dispatch()
 
     def init_error(self, conn: ApiConn, request: Request) -> None:
+        if self.reinit:
+            conn.reply(202, {"status": "OK"}, request)
+            self.init_failed(_posted_error(request, "Runtime.Unknown"))
+            return
         if self.initialized:
             conn.refuse(403, INVALID_STATE, "State transition from Ready to InitError failed for runtime. "
                         "Error: the runtime is already initialized", request)
