@@ -76,13 +76,17 @@ class PythonInvoker:
         self.handler = handler
         self.scope = scope
         self._loop: Any = None
+        self._trace_id = ""
+        os.environ.pop(TRACE_ID, None)  # none before the first invocation
 
     def __call__(self, request: InvokeRequest) -> InvokeResponse:
         tail = self.scope.enter(request.request_id)
-        if request.trace_id:
-            os.environ[TRACE_ID] = request.trace_id
-        else:
-            os.environ.pop(TRACE_ID, None)
+        if request.trace_id != self._trace_id:  # Lambda's per-invocation X-Ray header
+            self._trace_id = request.trace_id
+            if request.trace_id:
+                os.environ[TRACE_ID] = request.trace_id
+            else:
+                os.environ.pop(TRACE_ID, None)
         try:
             response = self._invoke(request)
         finally:

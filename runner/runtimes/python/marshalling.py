@@ -2,13 +2,15 @@
 
 A string result is returned verbatim as ``text/plain; charset=utf-8`` (the frame contract); bytes
 as ``application/unknown`` (Lambda's Python runtime passes bytes through raw); anything else is
-JSON, ``Decimal`` written as a number, as Lambda's marshaller does. Stdlib only.
+JSON, ``Decimal`` written as a number and non-ASCII text escaped before Python 3.12 (not from
+3.12 on), as Lambda's marshaller does. Stdlib only.
 """
 
 from __future__ import annotations
 
 import decimal
 import json
+import sys
 from typing import Any
 
 TEXT = "text/plain; charset=utf-8"
@@ -26,6 +28,10 @@ def _default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+# One encoder for every result (json.dumps with arguments would build one per call).
+_ENCODER = json.JSONEncoder(default=_default, ensure_ascii=sys.version_info < (3, 12))
+
+
 def unmarshal_event(raw: str) -> Any:
     """The event as the handler sees it: its JSON value, or the text itself when it is not JSON."""
     try:
@@ -41,6 +47,6 @@ def marshal_result(result: Any) -> tuple[str, str]:
     if isinstance(result, (bytes, bytearray, memoryview)):
         return bytes(result).decode("utf-8", "replace"), BINARY
     try:
-        return json.dumps(result, default=_default, ensure_ascii=False), JSON
+        return _ENCODER.encode(result), JSON
     except (TypeError, ValueError) as exc:
         raise MarshalError(f"Unable to marshal response: {exc}") from None

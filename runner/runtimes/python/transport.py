@@ -9,8 +9,8 @@ runtime whose handler failed to load answer on the connection threads instead. S
 
 from __future__ import annotations
 
+import collections
 import os
-import queue
 import socket
 import sys
 import threading
@@ -47,39 +47,83 @@ def answer(conn: socket.socket, request: InvokeRequest, invoke: Invoke) -> bool:
     return True
 
 
+class Connection:
+    """A controller connection shared by its reader thread and the main thread.
+
+    The socket is closed by whichever side finishes last: the reader at EOF when no answer is
+    owed, else the main thread after its last answer, so that the fd number is never reused
+    while an answer is still to be written to it.
+    """
+
+    __slots__ = ("sock", "owed", "eof", "lock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.owed = 0
+        self.eof = False
+        self.lock = threading.Lock()
+
+    def expect_answer(self) -> None:
+        with self.lock:
+            self.owed += 1
+
+    def answered(self) -> None:
+        with self.lock:
+            self.owed -= 1
+            close = self.eof and not self.owed
+        if close:
+            self.sock.close()
+
+    def reader_done(self) -> None:
+        with self.lock:
+            self.eof = True
+            close = not self.owed
+        if close:
+            self.sock.close()
+
+
 class MainThread:
-    """Serialises invocations onto the thread that calls :meth:`run` (the main thread)."""
+    """Serialises invocations onto the thread that calls :meth:`run` (the main thread).
+
+    The hand-over is a deque and an eventfd rather than a ``queue``: the connection thread wakes
+    the main thread inside a system call, with the GIL released, so that the main thread runs at
+    once instead of waking twice (once for the queue, again for the GIL).
+    """
 
     def __init__(self, invoke: Invoke) -> None:
         self.invoke = invoke
-        self._queue: queue.SimpleQueue[tuple[socket.socket, InvokeRequest, threading.Lock]] = queue.SimpleQueue()
+        self._pending: collections.deque[tuple[Connection, InvokeRequest]] = collections.deque()
+        self._wakeup = os.eventfd(0, os.EFD_CLOEXEC)
 
-    def submit(self, conn: socket.socket, request: InvokeRequest) -> None:
-        """From a connection thread: blocks until the main thread has answered ``request``."""
-        done = threading.Lock()
-        done.acquire()
-        self._queue.put((conn, request, done))
-        done.acquire()  # the socket must stay open (its fd unreused) until the answer is written
+    def submit(self, conn: Connection, request: InvokeRequest) -> None:
+        """From a connection thread: queue ``request``; the main thread answers it on ``conn``."""
+        conn.expect_answer()
+        self._pending.append((conn, request))
+        os.eventfd_write(self._wakeup, 1)
 
     def run(self) -> None:
+        pending = self._pending
         while True:
             try:
-                conn, request, done = self._queue.get()
+                os.eventfd_read(self._wakeup)
             except Exception:  # noqa: BLE001 - a handler's signal handler fired while idle
                 traceback.print_exc(file=sys.__stderr__)
                 continue
-            try:
-                answer(conn, request, self.invoke)
-            finally:
-                done.release()
+            while pending:
+                conn, request = pending.popleft()
+                try:
+                    answer(conn.sock, request, self.invoke)
+                finally:
+                    conn.answered()
 
 
-def serve_connection(conn: socket.socket, invoke: Invoke, main: MainThread | None) -> None:
-    """One request at a time on one connection, until the peer closes it."""
-    with conn:
+def serve_connection(sock: socket.socket, invoke: Invoke, main: MainThread | None) -> None:
+    """Read requests from one connection until the peer closes it; each is answered in turn."""
+    conn = Connection(sock)
+    try:
         while True:
             try:
-                body = recv_frame(conn)
+                body = recv_frame(sock)
             except (FrameError, OSError):
                 return
             if body is None:
@@ -87,8 +131,10 @@ def serve_connection(conn: socket.socket, invoke: Invoke, main: MainThread | Non
             request = InvokeRequest.from_wire(body)
             if main is not None:
                 main.submit(conn, request)
-            elif not answer(conn, request, invoke):
+            elif not answer(sock, request, invoke):
                 return
+    finally:
+        conn.reader_done()
 
 
 def accept_loop(listener: socket.socket, invoke: Invoke, main: MainThread | None) -> None:
