@@ -27,8 +27,6 @@ from tests.test_gateway_e2e import add_trigger, deploy, gw_pod, http, until_rout
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ASGI_APP = """\
-import asyncio
-
 from mangum import Mangum
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
@@ -59,17 +57,7 @@ async def binary(request):
 app = Starlette(routes=[Route("/{prefix}/users/{id}", user, methods=["GET", "DELETE"]),
                         Route("/{prefix}/items", create, methods=["POST"]),
                         Route("/{prefix}/teapot", teapot), Route("/{prefix}/binary", binary)])
-adapter = Mangum(app, lifespan="off")
-
-
-def handler(event, context):
-    # Mangum calls asyncio.get_event_loop(), which only a main thread has without asking; this
-    # runtime runs handlers on a connection thread (Lambda runs them on the main thread).
-    try:
-        asyncio.get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
-    return adapter(event, context)
+handler = Mangum(app, lifespan="off")
 """
 
 EXPRESS_APP = """\
