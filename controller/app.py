@@ -34,6 +34,7 @@ from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
+from easyfaas.openapi import add_openapi_route
 from httptrigger.embedded import gateway_endpoint
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,7 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     setup_async_invocations(app, opts, app[INVOKER], registry.base)
     app.on_shutdown.append(_begin_drain)
     add_routes(app)
+    add_openapi_route(app, "controller")
     return app
 
 

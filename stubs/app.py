@@ -46,6 +46,7 @@ from easyfaas.models import (
     FunctionRecord,
     LogConfig,
 )
+from easyfaas.openapi import add_openapi_route
 from easyfaas.runtimes import RuntimeCatalog
 from stubs.store import FunctionStore, code_sha256_hex, version_sort_key
 from stubs.event_invoke_config import add_routes as add_event_invoke_config_routes
@@ -583,4 +584,5 @@ def make_app(
     from stubs.triggers import add_trigger_routes  # it builds on these handlers
 
     add_trigger_routes(app, h)
+    add_openapi_route(app, "stubs")
     return app

@@ -16,6 +16,8 @@ from tests.pod_harness import TestNames, free_port, kernel_leaks, kernel_snapsho
 
 E2E_SANDBOXES = 6
 
+pytest_plugins = ["tests.fakes.openapi_check"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")

@@ -1,0 +1,64 @@
+"""The OpenAPI 3.1 documents of the daemons' HTTP APIs, kept as data beside the code.
+
+``controller.yaml`` and ``stubs.yaml`` hold each daemon's paths; ``components.yaml`` the pieces
+they share (the Error object, FunctionConfiguration, the common parameters and responses), merged
+into each document's ``components`` when it is loaded, so every document served is self-contained.
+:func:`add_openapi_route` serves a document at ``GET /openapi.json``, loaded once when the
+application is built (with, in test runs, the response check of easyfaas/openapi/check.py).
+tests/test_openapi.py keeps the documents and the routes in step.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from easyfaas.openapi.check import check_file, response_check_middleware
+
+DOCUMENTS = ("controller", "stubs")
+PATH = "/openapi.json"
+
+__all__ = ["DOCUMENTS", "PATH", "add_openapi_route", "load_document"]
+
+
+def _read(name: str) -> dict[str, Any]:
+    text = resources.files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{name}.yaml: expected a mapping at the top")
+    return data
+
+
+def load_document(name: str) -> dict[str, Any]:
+    """The document ``name`` (one of :data:`DOCUMENTS`) with the shared components merged in."""
+    if name not in DOCUMENTS:
+        raise ValueError(f"no OpenAPI document {name!r}; known: {', '.join(DOCUMENTS)}")
+    document = _read(name)
+    components = copy.deepcopy(_read("components"))
+    for section, entries in (document.get("components") or {}).items():
+        shared = components.setdefault(section, {})
+        clash = sorted(set(shared) & set(entries))
+        if clash:
+            raise ValueError(f"{name}.yaml: components.{section}.{clash[0]} is also in components.yaml")
+        shared.update(entries)
+    document["components"] = components
+    return document
+
+
+def add_openapi_route(app: web.Application, name: str) -> None:
+    """Serve the document ``name`` at ``GET /openapi.json`` on ``app``."""
+    body = json.dumps(load_document(name), ensure_ascii=False).encode()
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app.router.add_get(PATH, openapi)
+    out_path = check_file()
+    if out_path:
+        # Outermost, so it sees the answers the other middlewares make (errors, request ids).
+        app.middlewares.insert(0, response_check_middleware(json.loads(body), name, out_path))
