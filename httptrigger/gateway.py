@@ -3,7 +3,8 @@
 Configured routes come first (the most specific wins, httptrigger/routes.py) and are answered like an
 API Gateway HTTP API; a path no route takes that names ``/<uid>/<function>[/<version>][/<rest>]``
 is a function URL, answered like a Lambda function URL; anything else is 404 ``{"message":"Not
-Found"}`` (but ``GET /healthz``, when no route takes it: the health check). CORS preflights of
+Found"}`` (but ``GET /healthz``, when no route takes it: the health check, and ``GET /openapi.json``:
+the gateway's OpenAPI document, easyfaas/openapi/httptrigger.yaml). CORS preflights of
 routes that configure ``Cors`` are answered here, without invoking.
 
 The invocation itself is a callable given by whoever hosts the gateway: the controller's own
@@ -19,6 +20,7 @@ import orjson
 import structlog
 
 from easyfaas.brn import Brn, account_hash
+from easyfaas.openapi import PATH, document_json
 from httptrigger import payload_v1, payload_v2
 from httptrigger.config import Cors, RouteTarget
 from httptrigger.cors import preflight_headers, response_headers
@@ -30,6 +32,7 @@ log = structlog.get_logger(__name__)
 
 # The daemon's health check, answered when no route takes the path (a route of that path wins).
 HEALTH_PATH = "healthz"
+OPENAPI_PATH = PATH.lstrip("/")
 
 # (versioned function BRN, caller account id, event JSON, request id) → (status, headers with
 # lower-case names, body): the controller's answer to ``POST /v1/functions/<brn>/invocations``.
@@ -41,6 +44,7 @@ class Gateway:
         self.invoke = invoke
         self.max_body_size = max_body_size
         self.routes: RouteTable[RouteTarget] = RouteTable()
+        self.openapi = document_json("httptrigger")
 
     def set_routes(self, routes: RouteTable[RouteTarget]) -> None:
         """Serve ``routes`` from now on (requests under way keep the table they matched in)."""
@@ -74,6 +78,8 @@ class Gateway:
         if url is None:
             if segments == [HEALTH_PATH] and request.method in ("GET", "HEAD"):
                 return HttpAnswer(200, [("Content-Type", "text/plain; charset=utf-8")], b"ok")
+            if segments == [OPENAPI_PATH] and request.method in ("GET", "HEAD"):
+                return HttpAnswer(200, [("Content-Type", "application/json")], self.openapi)
             return error_answer(Failure.NOT_FOUND, Product.ROUTE, "no route")
         brn = str(Brn(account_hash(url.account_id), url.function, url.qualifier))
         event = payload_v2.build_event(request, account_id=url.account_id, raw_path=url.raw_path)

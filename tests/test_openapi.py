@@ -108,3 +108,16 @@ async def test_the_response_check_records_an_answer_that_breaks_the_document(tmp
     lines = [json.loads(line) for line in findings.read_text().splitlines()]
     assert [(f["path"], f["status"]) for f in lines] == [("/v1/runtimes", 200), ("/v1/functions", 418)]
     assert all(f["errors"] for f in lines)
+
+
+async def test_the_gateway_serves_its_document() -> None:
+    from httptrigger.gateway import Gateway
+    from httptrigger.request import HttpRequest
+
+    async def never(*_: object) -> tuple[int, dict[str, str], bytes]:
+        raise AssertionError("no invocation for the document")
+
+    gateway = Gateway(never)
+    answer = await gateway.handle(HttpRequest("GET", "/openapi.json", "", []))
+    assert answer.status == 200
+    assert json.loads(answer.body) == json.loads(json.dumps(load_document("httptrigger")))

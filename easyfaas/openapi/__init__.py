@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 documents of the daemons' HTTP APIs, kept as data beside the code.
 
-``controller.yaml`` and ``stubs.yaml`` hold each daemon's paths; ``components.yaml`` the pieces
+``controller.yaml``, ``stubs.yaml`` and ``httptrigger.yaml`` (the gateway, served by its own
+server in httptrigger/gateway.py) hold each daemon's paths; ``components.yaml`` the pieces
 they share (the Error object, FunctionConfiguration, the common parameters and responses), merged
 into each document's ``components`` when it is loaded, so every document served is self-contained.
 :func:`add_openapi_route` serves a document at ``GET /openapi.json``, loaded once when the
@@ -20,10 +21,10 @@ from aiohttp import web
 
 from easyfaas.openapi.check import check_file, response_check_middleware
 
-DOCUMENTS = ("controller", "stubs")
+DOCUMENTS = ("controller", "stubs", "httptrigger")
 PATH = "/openapi.json"
 
-__all__ = ["DOCUMENTS", "PATH", "add_openapi_route", "load_document"]
+__all__ = ["DOCUMENTS", "PATH", "add_openapi_route", "document_json", "load_document"]
 
 
 def _read(name: str) -> dict[str, Any]:
@@ -50,9 +51,14 @@ def load_document(name: str) -> dict[str, Any]:
     return document
 
 
+def document_json(name: str) -> bytes:
+    """The document ``name`` as the UTF-8 JSON body served at :data:`PATH`."""
+    return json.dumps(load_document(name), ensure_ascii=False).encode()
+
+
 def add_openapi_route(app: web.Application, name: str) -> None:
     """Serve the document ``name`` at ``GET /openapi.json`` on ``app``."""
-    body = json.dumps(load_document(name), ensure_ascii=False).encode()
+    body = document_json(name)
 
     async def openapi(_: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
