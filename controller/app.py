@@ -34,7 +34,7 @@ from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
-from easyfaas.openapi import add_openapi_route
+from easyfaas.openapi import add_openapi_route, checked_invoker
 from httptrigger.embedded import gateway_endpoint
 
 log = structlog.get_logger(__name__)
@@ -136,7 +136,7 @@ class _FrontDoorSite(web.BaseSite):
         super().__init__(runner)
         assert runner.server is not None
         self._endpoint = endpoint
-        self._door = FrontDoor(runner.app[INVOKER], runner.server)
+        self._door = FrontDoor(checked_invoker(runner.app[INVOKER], "controller"), runner.server)
 
     @property
     def name(self) -> str:

@@ -121,3 +121,24 @@ async def test_the_gateway_serves_its_document() -> None:
     answer = await gateway.handle(HttpRequest("GET", "/openapi.json", "", []))
     assert answer.status == 200
     assert json.loads(answer.body) == json.loads(json.dumps(load_document("httptrigger")))
+
+
+async def test_the_front_doors_invocations_are_checked_too(tmp_path: Path) -> None:
+    from controller.invoke import InvokeReply
+    from easyfaas.openapi.check import CheckedInvoker
+
+    class Replies:
+        max_body_size = 1024
+
+        async def invoke(self, ref: str, *_: object, **__: object) -> InvokeReply:
+            if ref == "odd":  # a status the invoke operation does not have
+                return InvokeReply(418, {"Content-Type": "application/json"}, b"{}")
+            return InvokeReply(202, {"X-easyfaas-Request-Id": "r1", "Location": "/v1/invocations/r1"}, b"")
+
+    findings = tmp_path / "findings.jsonl"
+    invoker = CheckedInvoker(Replies(), load_document("controller"), str(findings))
+    assert invoker.max_body_size == 1024  # everything else is the invoker's own
+    assert (await invoker.invoke("hello", {}, {}, b"{}", "r1")).status == 202
+    assert (await invoker.invoke("odd", {}, {}, b"{}", "r2")).status == 418
+    lines = [json.loads(line) for line in findings.read_text().splitlines()]
+    assert [(f["path"], f["status"]) for f in lines] == [("/v1/functions/odd/invocations", 418)]

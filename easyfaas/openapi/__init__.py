@@ -19,12 +19,12 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from easyfaas.openapi.check import check_file, response_check_middleware
+from easyfaas.openapi.check import CheckedInvoker, check_file, response_check_middleware
 
 DOCUMENTS = ("controller", "stubs", "httptrigger")
 PATH = "/openapi.json"
 
-__all__ = ["DOCUMENTS", "PATH", "add_openapi_route", "document_json", "load_document"]
+__all__ = ["DOCUMENTS", "PATH", "add_openapi_route", "checked_invoker", "document_json", "load_document"]
 
 
 def _read(name: str) -> dict[str, Any]:
@@ -68,3 +68,11 @@ def add_openapi_route(app: web.Application, name: str) -> None:
     if out_path:
         # Outermost, so it sees the answers the other middlewares make (errors, request ids).
         app.middlewares.insert(0, response_check_middleware(json.loads(body), name, out_path))
+
+
+def checked_invoker(invoker: Any, name: str) -> Any:
+    """``invoker``, or in test runs with the response check on, one whose replies are checked
+    against the invoke operation of document ``name`` (the controller's front door answers
+    invocations below aiohttp, out of the middleware's sight)."""
+    out_path = check_file()
+    return CheckedInvoker(invoker, load_document(name), out_path) if out_path else invoker
