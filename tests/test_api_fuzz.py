@@ -2,11 +2,13 @@
 (schemathesis): no client mistake gets a 5xx, and every answer conforms to the document (status,
 content type, body schema).
 
-Real applications on real loopback sockets, served from a thread of their own (schemathesis'
+Real applications on real loopback sockets behind the daemons' own listeners, served from a thread of their own (schemathesis'
 client is synchronous): the stubs with a store in a temporary directory, and the controller whose
-registry is those stubs. Only the funclet is in memory (tests/test_pool.py's FakeFunclet): random
-invocations end in the registry's 404 or the controller's 400/403 before a sandbox is needed.
-The budget is bounded (``max_examples`` per operation).
+registry is those stubs, invoking a runtime that speaks the frame protocol on a real unix socket
+(tests/test_runtime_channel.py's FrameRuntime). Only the funclet is in memory (tests/test_pool.py's
+FakeFunclet). A function's own error is a 500 by contract (``X-easyfaas-Function-Error``), so
+``not_a_server_error`` is waived for those answers only. The budget is bounded (``max_examples``
+per operation).
 """
 
 from __future__ import annotations
@@ -29,20 +31,34 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-from controller.app import create_app
+from controller.app import FrontDoorEndpoint, create_app
 from controller.options import parse_controller_options
 from controller.registry import Registry
+from easyfaas.daemon import TCPEndpoint
+from easyfaas.http import FUNCTION_ERROR, JsonErrorAppRunner
 from easyfaas.openapi import load_document
 from easyfaas.runtimes import RuntimeCatalog
 from stubs.app import make_app
 from stubs.store import FunctionStore
+from tests.pod_harness import free_port
 from tests.test_pool import FakeFunclet
+from tests.test_runtime_channel import FrameRuntime
 from tests.test_stubs import CODE_A, write_runtimes
 
 pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = 30
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+@schemathesis.check
+def not_a_platform_error(ctx: Any, response: Any, case: Any) -> bool | None:
+    """``not_a_server_error``, but for the function's own failures (a 500 that says so)."""
+    if response.status_code == 500 and response.headers.get(FUNCTION_ERROR.lower()):
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
+CHECKS = [not_a_platform_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 FUZZ_SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, phases=[Phase.explicit, Phase.generate],
                          suppress_health_check=list(HealthCheck))
 
@@ -57,30 +73,34 @@ class Daemons:
         self.root = root
         self.loop = asyncio.new_event_loop()
         self.runners: list[web.AppRunner] = []
+        self.runtime = FrameRuntime(str(root / "c0.sock"))
         self.stubs_url = ""
         self.controller_url = ""
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    async def _serve(self, app: web.Application) -> str:
-        runner = web.AppRunner(app)
+    async def _serve(self, app: web.Application, endpoint: Any) -> str:
+        """``app`` behind ``endpoint`` as the daemons serve it (easyfaas/daemon.py)."""
+        runner = JsonErrorAppRunner(app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
         self.runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{port}"
+        await endpoint.site(runner).start()
+        return f"http://127.0.0.1:{endpoint.port}"
 
     async def _start(self) -> None:
         write_runtimes(self.root / "runtime")
         stubs = make_app(FunctionStore(self.root / "funcData"), RuntimeCatalog.load(self.root / "runtime"))
-        self.stubs_url = await self._serve(stubs)
+        self.stubs_url = await self._serve(stubs, TCPEndpoint("127.0.0.1", free_port()))
         opts = parse_controller_options(["--task-interval", "3600", "--state-dir", str(self.root / "state")])
-        controller = create_app(opts, funclet=FakeFunclet(1), registry=Registry(self.stubs_url))  # type: ignore[arg-type]
-        self.controller_url = await self._serve(controller)
+        await self.runtime.start()
+        funclet = FakeFunclet(1, socket_for=lambda cid: str(self.root / f"{cid}.sock"))
+        controller = create_app(opts, funclet=funclet, registry=Registry(self.stubs_url))  # type: ignore[arg-type]
+        # The controller's own listener: invocations through the front door, the rest through aiohttp.
+        self.controller_url = await self._serve(controller, FrontDoorEndpoint("127.0.0.1", free_port(), 5.0))
 
     async def _stop(self) -> None:
         for runner in reversed(self.runners):
             await runner.cleanup()
+        await self.runtime.stop()
 
     def start(self) -> None:
         self.thread.start()
@@ -107,8 +127,9 @@ def daemons() -> Iterator[Daemons]:
         d.start()
         try:
             # Something for the generated requests to find besides 404s.
-            _post(f"{d.stubs_url}/v1/functions/hello",
-                  {"Runtime": "python3", "Handler": "index.handler", "Code": base64.b64encode(CODE_A).decode()})
+            # hello: $LATEST and version 1; a second for its runtime's sleeps to stay short.
+            _post(f"{d.stubs_url}/v1/functions/hello:1", {"Runtime": "python3", "Handler": "index.handler",
+                                                          "Timeout": 1, "Code": base64.b64encode(CODE_A).decode()})
             _post(f"{d.stubs_url}/v1/functions/hello/triggers",
                   {"Type": "http", "Config": {"Methods": ["GET"], "Path": "/hello"}})
             yield d
