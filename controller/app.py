@@ -16,6 +16,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -23,6 +24,10 @@ from controller.code_prefetch import CodePrefetcher
 from controller.funclet_client import FuncletClient
 from controller.handlers import INVOKER, POOL, PREFETCHER, add_routes
 from controller.invoke import Invoker
+from controller.function_logs import FunctionLogs
+from controller.logs_api import FUNCTION_LOGS, add_log_routes
+from controller.metrics import ControllerMetrics
+from easyfaas.metrics import METRICS_REGISTRY, add_observability_routes, new_registry
 from controller.options import deprecated_options, parse_controller_options
 from controller.pool import Pool
 from controller.registry import Registry
@@ -43,6 +48,7 @@ __all__ = ["FUNCLET", "INVOKER", "OPTIONS", "POOL", "REGISTRY", "FrontDoorEndpoi
            "create_app", "main"]
 
 DRAIN_TIMEOUT = 30.0
+READY_TIMEOUT = 2.0
 
 
 def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
@@ -76,7 +82,55 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     app.cleanup_ctx.append(_async_invocations)
     app.on_shutdown.append(_begin_drain)
     add_routes(app)
+    _observability(app, opts)
     return app
+
+
+def _observability(app: web.Application, opts: Settings) -> None:
+    """/metrics, /readyz and the kept function logs (their routes, and the writer's lifetime)."""
+    invoker = app[INVOKER]
+    registry = new_registry()
+    if getattr(opts, "metrics", True):
+        metrics = ControllerMetrics()
+        metrics.watch_pool(app[POOL], app.get(PREFETCHER))
+        metrics.register(registry)
+        invoker.metrics = metrics
+    add_observability_routes(app, registry, ready=_ready)
+    log_dir = getattr(opts, "function_log_dir", "") or f"{getattr(opts, 'state_dir', '/var/faas/controller')}/function-logs"
+    logs = FunctionLogs(log_dir, max_bytes=getattr(opts, "function_log_max_bytes", 16 << 20))
+    add_log_routes(app, logs)
+    if getattr(opts, "function_logs", True):
+        invoker.function_logs = logs
+    app.cleanup_ctx.append(_function_logs)
+    app.on_shutdown.append(_end_log_follows)
+
+
+async def _function_logs(app: web.Application) -> AsyncIterator[None]:
+    await app[FUNCTION_LOGS].start()
+    try:
+        yield
+    finally:
+        await app[FUNCTION_LOGS].close()
+
+
+async def _end_log_follows(app: web.Application) -> None:
+    app[FUNCTION_LOGS].end_follows()
+
+
+async def _ready(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    """Ready when the pool knows the funclet's sandboxes and the registry answers."""
+    pool_ready = app[POOL].ready.is_set()
+    registry_ok = await _registry_reachable(app[OPTIONS].repository_endpoint)
+    return pool_ready and registry_ok, {"pool": pool_ready, "registry": registry_ok}
+
+
+async def _registry_reachable(endpoint: str) -> bool:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT)) as session:
+            async with session.get(f"{endpoint.rstrip('/')}/healthz") as resp:
+                return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
 
 
 async def _clients(app: web.Application) -> AsyncIterator[None]:

@@ -59,6 +59,12 @@ OPTIONS = [
     Option("prefetch-code", parse_bool, True,
            "build new functions' code images as stubs announces them, before their first invocation"),
     Option("http-enhanced", parse_bool, False, "serve the HTTP trigger routes in the controller (not yet)"),
+    Option("state-dir", str, "/var/faas/controller", "where the controller keeps its state (function logs)"),
+    Option("metrics", parse_bool, True, "serve Prometheus metrics on GET /metrics and count invocations (on/off)"),
+    Option("function-logs", parse_bool, True,
+           "keep every invocation's output and START/END/REPORT lines per function (on/off)"),
+    Option("function-log-dir", str, "", "where function logs are kept (default: <state-dir>/function-logs)"),
+    Option("function-log-max-bytes", parse_size, "16M", "size cap of one function's kept logs (oldest rotated out)"),
 ]
 
 

@@ -163,7 +163,7 @@ class Pod:
         if name == "controller":
             return ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
                     "--funclet-api-sock", str(c.funclet_sock), "--repository-endpoint", c.stubs_url,
-                    *c.controller_args]
+                    "--state-dir", str(c.state_dir / "controller"), *c.controller_args]
         if name == "httptrigger":
             return ["-m", "httptrigger", "--host", c.host, "--port", str(c.httptrigger_port),
                     "--controller-host", c.controller_url, *c.httptrigger_args]

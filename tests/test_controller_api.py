@@ -67,7 +67,8 @@ async def make_env(containers: int = 3, extra_args: tuple[str, ...] = (),
     stubs.add(function_record("slow", timeout=1))
     stubs.add(function_record("wide", quota=4))
     stubs.add(function_record("foreign", uid=OTHER))
-    opts = parse_controller_options(["--task-interval", "3600", "--runtime-alive-timeout", "5", *extra_args])
+    opts = parse_controller_options(["--task-interval", "3600", "--runtime-alive-timeout", "5",
+                                     "--state-dir", os.path.join(sock_dir, "state"), *extra_args])
     app = create_app(opts, funclet=funclet, registry=Registry(endpoint))  # type: ignore[arg-type]
     client = TestClient(TestServer(app, host="127.0.0.1", **(server_kwargs or {})))
     await client.start_server()
@@ -141,7 +142,8 @@ async def test_success_body_and_headers(env: Env) -> None:
     assert "X-easyfaas-Function-Error" not in resp.headers
     frame = env.requests_seen()[0]
     assert frame["request_id"] == "my-req-1" and frame["id"] != "my-req-1"
-    assert json.loads(frame["event"]) == {"k": "v"} and frame["log"] is False
+    # Function logs are kept (--function-logs on): the runtime is always asked for the output.
+    assert json.loads(frame["event"]) == {"k": "v"} and frame["log"] is True
     assert frame["deadline_ms"] > 0
 
 
