@@ -25,12 +25,15 @@ from easyfaas.errors import BadGateway, InvalidParameterValue
 from easyfaas.http import (ACCOUNT_ID, FUNCTION_ERROR, REQUEST_ID, REQUEST_ID_KEY, error_middleware, read_body,
                            request_id_middleware)
 from easyfaas.logging import setup_logging
+from easyfaas.metrics import TRIGGER_HEADER, TriggerMetrics, add_observability_routes, new_registry
+from easyfaas.trace import TRACEPARENT
 
 log = structlog.get_logger(__name__)
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 CONTROLLER = web.AppKey("controller", str)
 MAX_BODY = web.AppKey("max_body", int)
+TRIGGER_METRICS = web.AppKey("trigger_metrics", TriggerMetrics)
 
 OPTIONS = [
     Option("port", int, 8080, "TCP port"),
@@ -100,12 +103,23 @@ async def trigger(request: web.Request) -> web.Response:
     brn = Brn(account=account_hash(uid), name=name, qualifier=version)
     event = json.dumps(build_event(request, body))
     url = f"{request.app[CONTROLLER]}/v1/functions/{brn}/invocations"
-    headers = {ACCOUNT_ID: uid, REQUEST_ID: request[REQUEST_ID_KEY], "Content-Type": "application/json"}
+    headers = {ACCOUNT_ID: uid, REQUEST_ID: request[REQUEST_ID_KEY], "Content-Type": "application/json",
+               TRIGGER_HEADER: "http"}
+    if TRACEPARENT in request.headers:
+        headers[TRACEPARENT] = request.headers[TRACEPARENT]
+    metrics = request.app[TRIGGER_METRICS]
+    metrics.fired("http", name)
     try:
         async with request.app[SESSION].post(url, data=event, headers=headers) as resp:
             out = await resp.read()
-            return build_response(resp.status, dict(resp.headers), out)
+            if resp.status >= 500 or resp.headers.get(FUNCTION_ERROR):
+                metrics.failed("http", name)
+            response = build_response(resp.status, dict(resp.headers), out)
+            if TRACEPARENT in resp.headers:
+                response.headers[TRACEPARENT] = resp.headers[TRACEPARENT]
+            return response
     except aiohttp.ClientError as exc:
+        metrics.failed("http", name)
         raise BadGateway(f"controller unreachable: {exc}") from None
 
 
@@ -128,6 +142,9 @@ def make_app(controller: str, *, max_body: int = 6 << 20) -> web.Application:
     app.cleanup_ctx.append(session_ctx)
     app.router.add_get("/hello", hello)
     app.router.add_get("/healthz", hello)
+    registry = new_registry()
+    app[TRIGGER_METRICS] = TriggerMetrics(registry)
+    add_observability_routes(app, registry)
     app.router.add_route("*", "/{uid:[A-Za-z0-9_-]+}/{function}", trigger)
     app.router.add_route("*", "/{uid:[A-Za-z0-9_-]+}/{function}/{version}", trigger)
     return app
