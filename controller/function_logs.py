@@ -175,14 +175,31 @@ class FunctionLogs:
         files = self._files.get(key)
         if files is None:
             files = self._files[key] = self._scan(key)
-        data = "".join(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n" for line in lines).encode()
-        current = files.path / CURRENT
-        with open(current, "ab") as f:
+        # Written in pieces that fill the current segment, which is rotated when full: a big batch
+        # spreads over segments instead of making one larger than the cap.
+        piece: list[bytes] = []
+        size = files.current_size
+        for line in lines:
+            data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            if len(data) > self.segment_bytes // 2:
+                line["message"] = line["message"][:self.segment_bytes // 4] + " [truncated]"
+                data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            piece.append(data)
+            size += len(data)
+            if size >= self.segment_bytes:
+                self._write(files, piece)
+                self._rotate(files)
+                piece, size = [], 0
+        if piece:
+            self._write(files, piece)
+        self.written += len(lines)
+
+    @staticmethod
+    def _write(files: _Files, piece: list[bytes]) -> None:
+        data = b"".join(piece)
+        with open(files.path / CURRENT, "ab") as f:
             f.write(data)
         files.current_size += len(data)
-        self.written += len(lines)
-        if files.current_size >= self.segment_bytes:
-            self._rotate(files)
 
     def _scan(self, key: tuple[str, str]) -> _Files:
         path = self.function_dir(*key)
