@@ -20,7 +20,8 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import exposition
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 __all__ = ["TRIGGER_HEADER", "TRIGGERS", "trigger_of", "FAAS_BUCKETS", "METRICS_REGISTRY", "MAX_SERIES", "OVERFLOW", "Buckets", "ReadinessCheck",
@@ -37,6 +38,10 @@ OVERFLOW = "_other"
 #: The request header a trigger names itself in (the conventions' ``faas.trigger`` values).
 TRIGGER_HEADER = "X-easyfaas-Trigger"
 TRIGGERS = frozenset({"datasource", "http", "pubsub", "timer", "other"})
+
+# The text format generate_latest writes, 0.0.4, which every Prometheus reads (newer clients' own
+# default names 1.0.0, the escaping scheme older servers do not know).
+CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
 METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 READINESS = web.AppKey("readiness", object)
@@ -145,7 +150,7 @@ def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS_REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _always_ready(_: web.Application) -> tuple[bool, dict[str, Any]]:
