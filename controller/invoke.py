@@ -229,15 +229,18 @@ class Invoker:
         except FunctionInitError as exc:
             log.info("invoke", request_id=request_id, function=brn_text, source="cold", status=500,
                      error="init", duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            if fn is not None:
+                self._observe_init_error(fn, exc, started, trigger_of(headers.get(TRIGGER_HEADER)), request_id, trace)
             return InvokeReply(500, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED,
-                                     CONTENT_TYPE: CONTENT_TYPE_JSON},
+                                     CONTENT_TYPE: CONTENT_TYPE_JSON, TRACEPARENT: trace.traceparent()},
                                json.dumps(exc.error, ensure_ascii=False).encode())
         except FaasError as err:
             log.info("invoke", request_id=request_id, function=brn_text, status=err.status, code=err.code,
                      cause=err.cause, duration_ms=round((time.perf_counter() - started) * 1000, 3))
             if self.metrics is not None:
                 self._count_refusal(err, fn)
-            return InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED})
+            return InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED,
+                                              TRACEPARENT: trace.traceparent()})
         except Exception:  # noqa: BLE001 - a bug must not become a dropped connection
             log.exception("invoke_failed", request_id=request_id, function=brn_text)
             return InvokeReply.of_error(ServiceError(f"internal error while handling request {request_id}"),
@@ -408,6 +411,7 @@ class Invoker:
         except FunctionInitError as exc:
             log.warning("invoke_async", request_id=request_id, function=fn.brn, status=500, error="init",
                         error_type=exc.error.get("errorType"))
+            self._observe_init_error(fn, exc, started, trigger, request_id, trace)
             return
         except FaasError as err:
             log.warning("invoke_async", request_id=request_id, function=fn.brn, status=err.status, code=err.code,
@@ -441,6 +445,18 @@ class Invoker:
             account, _, name = _log_key(fn.brn)
             self.function_logs.record(account, name, cfg.Version, request_id, result.logs, result.duration_ms,
                                       cfg.MemorySize, result.memory_peak_mb, result.init_ms, trace)
+
+    def _observe_init_error(self, fn: ResolvedFunction, exc: FunctionInitError, started: float, trigger: str,
+                            request_id: str, trace: TraceContext | None) -> None:
+        """A function that could not be loaded: an error, and its cold start, with the error as its output."""
+        if self.metrics is None and self.function_logs is None:
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        error = exc.error
+        result = InvokeResult(False, "", CONTENT_TYPE_JSON,
+                              f"{error.get('errorType', '')}: {error.get('errorMessage', '')}", 0.0)
+        result.init_ms = elapsed_ms
+        self._observe(fn, result, trigger, request_id, trace)
 
     def _count_refusal(self, err: FaasError, fn: ResolvedFunction | None) -> None:
         assert self.metrics is not None
