@@ -18,14 +18,13 @@ dict lookup by identity, and the runtime connection is kept open between request
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -38,7 +37,7 @@ from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUna
 from easyfaas.brn import LATEST, Brn, BrnError, is_version, resolve_function_ref, valid_account_id
 from easyfaas.errors import (FaasError, InvalidInvokeCaller, InvalidParameterValue, InvalidRequestContent,
                              RequestTooLarge, ServiceError)
-from easyfaas.frames import CONTENT_TYPE_JSON, CONTENT_TYPE_TEXT, FunctionError, FunctionErrorType, InvokeRequest
+from easyfaas.frames import CONTENT_TYPE_JSON, FunctionError, FunctionErrorType, InvokeRequest
 from easyfaas.http import (ACCOUNT_ID, CONTENT_TYPE, EXEC_TIME, FUNCTION_ERROR, FUNCTION_ERROR_UNHANDLED, INVOKE_TYPE,
                            INVOKE_TYPE_EVENT, JSON_CONTENT_TYPE, LOG_RESULT, LOG_TO_BODY, LOG_TYPE, LOG_TYPE_TAIL,
                            QUERY_LOG_TO_BODY, QUERY_LOG_TYPE, QUERY_QUALIFIER, REQUEST_ID, REQUEST_ID_KEY, parse_json,
@@ -46,6 +45,9 @@ from easyfaas.http import (ACCOUNT_ID, CONTENT_TYPE, EXEC_TIME, FUNCTION_ERROR, 
 from easyfaas.metrics import TRIGGER_HEADER, trigger_of
 from easyfaas.models import WarmupRequest
 from easyfaas.trace import TRACEPARENT, TraceContext, continue_trace
+
+if TYPE_CHECKING:
+    from controller.async_api import EventIntake
 
 log = structlog.get_logger(__name__)
 
@@ -142,7 +144,8 @@ class Invoker:
         self.max_body_size = max_body_size
         self.simple_auth = simple_auth
         self._refs: dict[tuple[str, str | None, str], tuple[str, Brn]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        # The durable enqueue of X-easyfaas-Invoke-Type: event (controller/async_api.py sets it).
+        self.events: EventIntake | None = None
         # Frame ids only have to be unique on one connection: a counter is enough, and a uuid4 per
         # request was 3% of the warm path's time. The prefix tells this controller's ids apart.
         self._frame_prefix = uuid.uuid4().hex[:8] + "-"
@@ -150,24 +153,6 @@ class Invoker:
         # Set by the application when metrics and kept function logs are on (controller/app.py).
         self.metrics: ControllerMetrics | None = None
         self.function_logs: FunctionLogs | None = None
-
-    # ---- lifetime ------------------------------------------------------------------------------
-
-    @property
-    def background_tasks(self) -> int:
-        return len(self._background)
-
-    async def drain(self, timeout: float = 30.0) -> None:
-        """Let asynchronous invocations finish (up to ``timeout``), then cancel the rest."""
-        if not self._background:
-            return
-        pending = set(self._background)
-        log.info("draining_async_invocations", count=len(pending))
-        _, still = await asyncio.wait(pending, timeout=timeout)
-        for task in still:
-            task.cancel()
-        if still:
-            await asyncio.gather(*still, return_exceptions=True)
 
     # ---- HTTP entry point ----------------------------------------------------------------------
 
@@ -214,13 +199,13 @@ class Invoker:
 
             trigger = trigger_of(headers.get(TRIGGER_HEADER))
             if (headers.get(INVOKE_TYPE) or "").lower() == INVOKE_TYPE_EVENT:
-                self._spawn_event(fn, caller, event, request_id, trigger, trace)
-                return InvokeReply(202, {REQUEST_ID: request_id, CONTENT_TYPE: CONTENT_TYPE_TEXT,
-                                         TRACEPARENT: trace.traceparent()}, b"")
+                if self.events is None:
+                    raise ServiceError("asynchronous invocations are not enabled on this controller")
+                status, event_headers = await self.events.enqueue(fn, brn, caller, event, request_id, headers)
+                return InvokeReply(status, event_headers, b"")
 
-            result, source, slot_id = await self.run(fn, caller, event, request_id,
-                                                     tail or to_body or self.function_logs is not None, trace)
-            self._observe(fn, result, trigger, request_id, trace)
+            result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body, trace=trace,
+                                                     trigger=trigger)
             reply = self._respond(result, fn, request_id, tail, to_body)
             reply.headers[TRACEPARENT] = trace.traceparent()
             log.info("invoke", request_id=request_id, function=fn.brn, slot=slot_id, source=source,
@@ -229,8 +214,6 @@ class Invoker:
         except FunctionInitError as exc:
             log.info("invoke", request_id=request_id, function=brn_text, source="cold", status=500,
                      error="init", duration_ms=round((time.perf_counter() - started) * 1000, 3))
-            if fn is not None:
-                self._observe_init_error(fn, exc, started, trigger_of(headers.get(TRIGGER_HEADER)), request_id, trace)
             return InvokeReply(500, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED,
                                      CONTENT_TYPE: CONTENT_TYPE_JSON, TRACEPARENT: trace.traceparent()},
                                json.dumps(exc.error, ensure_ascii=False).encode())
@@ -288,9 +271,26 @@ class Invoker:
 
     # ---- the invocation ------------------------------------------------------------------------
 
-    async def run(self, fn: ResolvedFunction, caller: str, event: str, request_id: str,
-                  want_log: bool, trace: TraceContext | None = None) -> tuple[InvokeResult, str, str]:
-        """Invoke ``fn`` once; returns (result, "warm"|"cold", slot id). Raises FaasError/FunctionInitError."""
+    async def run(self, fn: ResolvedFunction, caller: str, event: str, request_id: str, want_log: bool, *,
+                  trace: TraceContext | None = None, trigger: str = "other") -> tuple[InvokeResult, str, str]:
+        """Invoke ``fn`` once; returns (result, "warm"|"cold", slot id). Raises FaasError/FunctionInitError.
+
+        The invocation is counted and its log lines kept here, whoever runs it (the sync pipeline,
+        the asynchronous event workers); ``trace`` is its span (a new trace when not given).
+        """
+        if trace is None:
+            trace = continue_trace(None)
+        started = time.perf_counter()
+        try:
+            outcome = await self._run(fn, caller, event, request_id, want_log or self.function_logs is not None, trace)
+        except FunctionInitError as exc:
+            self._observe_init_error(fn, exc, started, trigger, request_id, trace)
+            raise
+        self._observe(fn, outcome[0], trigger, request_id, trace)
+        return outcome
+
+    async def _run(self, fn: ResolvedFunction, caller: str, event: str, request_id: str, want_log: bool,
+                   trace: TraceContext) -> tuple[InvokeResult, str, str]:
         for attempt in (1, 2):
             lease = self.pool.take_warm(fn.identity)
             acquired = 0.0
@@ -392,42 +392,6 @@ class Invoker:
             return InvokeReply(200 if result.ok else 500, headers, json.dumps(envelope, ensure_ascii=False).encode())
         headers[CONTENT_TYPE] = result.content_type
         return InvokeReply(200 if result.ok else 500, headers, result.payload.encode())
-
-    # ---- asynchronous invocations --------------------------------------------------------------
-
-    def _spawn_event(self, fn: ResolvedFunction, caller: str, event: str, request_id: str, trigger: str = "other",
-                     trace: TraceContext | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_event(fn, caller, event, request_id, trigger, trace))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _run_event(self, fn: ResolvedFunction, caller: str, event: str, request_id: str,
-                         trigger: str = "other", trace: TraceContext | None = None) -> None:
-        started = time.perf_counter()
-        try:
-            result, source, slot_id = await self.run(fn, caller, event, request_id, self.function_logs is not None,
-                                                     trace)
-            self._observe(fn, result, trigger, request_id, trace)
-        except FunctionInitError as exc:
-            log.warning("invoke_async", request_id=request_id, function=fn.brn, status=500, error="init",
-                        error_type=exc.error.get("errorType"))
-            self._observe_init_error(fn, exc, started, trigger, request_id, trace)
-            return
-        except FaasError as err:
-            log.warning("invoke_async", request_id=request_id, function=fn.brn, status=err.status, code=err.code,
-                        cause=err.cause)
-            if self.metrics is not None:
-                self._count_refusal(err, fn)
-            return
-        except asyncio.CancelledError:
-            log.warning("invoke_async_cancelled", request_id=request_id, function=fn.brn)
-            raise
-        except Exception:  # noqa: BLE001 - a background task has nobody else to report to
-            log.exception("invoke_async_failed", request_id=request_id, function=fn.brn)
-            return
-        log.info("invoke_async", request_id=request_id, function=fn.brn, slot=slot_id, source=source,
-                 status=200 if result.ok else 500, duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                 error=None if result.ok else result.payload[:500])
 
 
     # ---- what is kept of an invocation ----------------------------------------------------------

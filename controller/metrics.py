@@ -16,7 +16,8 @@ platform's own are ``easyfaas_*``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+import asyncio
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from controller.code_prefetch import CodePrefetcher
     from controller.pool import Pool
 
-__all__ = ["ControllerMetrics", "QueueGauges", "RESULT_ERROR", "RESULT_SUCCESS", "RESULT_TIMEOUT"]
+__all__ = ["ControllerMetrics", "QueueDepthSource", "RESULT_ERROR", "RESULT_SUCCESS", "RESULT_TIMEOUT"]
 
 RESULT_SUCCESS = "success"
 RESULT_ERROR = "error"
@@ -37,18 +38,14 @@ RESULT_TIMEOUT = "timeout"
 _LABELS = ["function", "version", "trigger"]
 
 
-class QueueGauges(Protocol):
-    """What the asynchronous event queue shows at scrape time (its public methods)."""
+class QueueDepthView(Protocol):
+    """What :meth:`EventQueue.depth` answers (controller/event_queue/interface.py's QueueDepth)."""
 
-    def depth(self) -> int: ...
+    total: int
+    functions: dict[str, Any]  # unqualified BRN → FunctionDepth (queued, oldest_age)
 
-    def oldest_age(self) -> float:
-        """Seconds the oldest queued event has waited (0 when empty)."""
-        ...
 
-    def dead_letters(self) -> int:
-        """Events given up on since start."""
-        ...
+QueueDepthSource = Callable[[], Awaitable[QueueDepthView]]
 
 
 class _FunctionStats:
@@ -74,7 +71,10 @@ class ControllerMetrics(Collector):
         self.rejected = Tally()      # platform errors by code
         self.pool: Pool | None = None
         self.prefetcher: CodePrefetcher | None = None
-        self._queues: list[QueueGauges] = []
+        self._queue_depth: QueueDepthSource | None = None
+        self._queue_in_flight: Callable[[], int] | None = None
+        self._depth: QueueDepthView | None = None
+        self.dead_letters = Tally()  # by function
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(self)
@@ -83,10 +83,25 @@ class ControllerMetrics(Collector):
         self.pool = pool
         self.prefetcher = prefetcher
 
-    def watch_queue(self, queue: QueueGauges) -> None:
-        """The hook of the asynchronous event queue: its depth, oldest age and dead letters are
-        read at each scrape."""
-        self._queues.append(queue)
+    def watch_queue(self, depth: QueueDepthSource, in_flight: Callable[[], int] | None = None) -> None:
+        """The asynchronous event queue: its depth and oldest event's age per function are asked
+        for before each scrape (:meth:`refresh`), its workers' in-flight count read at it."""
+        self._queue_depth = depth
+        self._queue_in_flight = in_flight
+
+    def dead_lettered(self, function_brn: str) -> None:
+        """The hook the event workers call when they give an event up (dead letter)."""
+        self.dead_letters.add((_function_name(function_brn),))
+
+    async def refresh(self) -> None:
+        """Before a scrape: what can only be asked asynchronously (the queue's depth)."""
+        if self._queue_depth is None:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                self._depth = await self._queue_depth()
+        except Exception:  # noqa: BLE001 - a queue that cannot answer leaves its last numbers
+            pass
 
     # ---- the request path ----------------------------------------------------------------------
 
@@ -156,14 +171,32 @@ class ControllerMetrics(Collector):
                                       value=prefetch["Prepared"])
             yield CounterMetricFamily("easyfaas_code_images_failed", "Code image builds the prefetcher saw fail",
                                       value=prefetch["Failed"])
-        if self._queues:
-            yield GaugeMetricFamily("easyfaas_async_queue_depth", "Asynchronous invocations waiting",
-                                    value=sum(q.depth() for q in self._queues))
-            yield GaugeMetricFamily("easyfaas_async_queue_oldest_age_seconds",
-                                    "How long the oldest waiting asynchronous invocation has waited",
-                                    value=max(q.oldest_age() for q in self._queues))
-            yield CounterMetricFamily("easyfaas_async_dead_letters", "Asynchronous invocations given up on",
-                                      value=sum(q.dead_letters() for q in self._queues))
+        if self._queue_depth is not None:
+            yield from self._queue_families()
+
+    def _queue_families(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("easyfaas_async_queue_depth", "Asynchronous invocations waiting, by function",
+                                  labels=["function"])
+        age = GaugeMetricFamily("easyfaas_async_queue_oldest_age_seconds",
+                                "How long the oldest waiting asynchronous invocation has waited, by function",
+                                labels=["function"])
+        if self._depth is not None:
+            queued: dict[str, int] = {}
+            oldest: dict[str, float] = {}
+            for brn, d in self._depth.functions.items():
+                name = _function_name(brn)
+                queued[name] = queued.get(name, 0) + d.queued
+                oldest[name] = max(oldest.get(name, 0.0), d.oldest_age)
+            for name in sorted(queued):
+                depth.add_metric([name], queued[name])
+                age.add_metric([name], oldest[name])
+        yield depth
+        yield age
+        if self._queue_in_flight is not None:
+            yield GaugeMetricFamily("easyfaas_async_in_flight", "Asynchronous invocations running",
+                                    value=self._queue_in_flight())
+        yield self.dead_letters.family("easyfaas_async_dead_letters", "Asynchronous invocations given up on",
+                                       ["function"])
 
 
 def _pool_families(pool: Pool) -> Iterator[Metric]:

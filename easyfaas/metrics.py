@@ -45,6 +45,8 @@ CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTEN
 
 METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 READINESS = web.AppKey("readiness", object)
+#: What is refreshed before each scrape (what can only be read asynchronously).
+BEFORE_SCRAPE = web.AppKey("before_scrape", list)
 
 #: Says whether the service can serve: (ready, details shown in the /readyz answer).
 ReadinessCheck = Callable[[web.Application], Awaitable[tuple[bool, dict[str, Any]]]]
@@ -149,6 +151,8 @@ def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 # ---- routes ----------------------------------------------------------------------------------------
 
 async def metrics(request: web.Request) -> web.Response:
+    for refresh in request.app.get(BEFORE_SCRAPE, ()):
+        await refresh()
     body = generate_latest(request.app[METRICS_REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

@@ -230,3 +230,20 @@ async def test_funclet_metrics_listener_serves_nothing_but_metrics_and_health(ma
         assert (await client.get("/healthz")).status == 200
         assert (await client.get("/readyz")).status == 200
         assert (await client.get("/v1/funclet/list")).status == 404, "the privileged API is not on TCP"
+
+
+async def test_async_invocations_are_counted_and_the_queue_is_shown(env: Env) -> None:
+    import asyncio
+
+    resp = await env.invoke("hello", headers={**H, "X-easyfaas-Invoke-Type": "Event"})
+    assert resp.status == 202
+    text = ""
+    for _ in range(200):
+        text = await (await env.client.get("/metrics")).text()
+        if value(text, "faas_invocations_total", function="hello", result="success") == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert value(text, "faas_invocations_total", function="hello", result="success", trigger="other") == 1
+    assert "easyfaas_async_queue_depth" in text and "easyfaas_async_in_flight" in text
+    assert value(text, "easyfaas_async_queue_depth", function="hello") == 0
+    promtool_accepts(text)
