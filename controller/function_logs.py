@@ -47,10 +47,17 @@ STREAM_FUNCTION = "function"
 STREAM_PLATFORM = "platform"
 
 
+_second_cache: list[Any] = [-1, ""]
+
+
 def format_ts(epoch: float) -> str:
     """ISO 8601 UTC with milliseconds, the form the lines carry (and that sorts as text)."""
     ms = int(epoch * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+    second = ms // 1000
+    cache = _second_cache
+    if cache[0] != second:  # formatted once a second: the writer formats thousands a second
+        cache[0], cache[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{cache[1]}.{ms % 1000:03d}Z"
 
 
 def report_line(request_id: str, duration_ms: float, memory_mb: int, max_memory_mb: int,
@@ -159,31 +166,37 @@ class FunctionLogs:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        by_function: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        by_function: dict[tuple[str, str], list[str]] = {}
+        limit = self.segment_bytes // 4
         for record in pending:
-            by_function.setdefault((record[0], record[1]), []).extend(_lines(record))
+            by_function.setdefault((record[0], record[1]), []).extend(_lines(record, limit))
         for key, lines in by_function.items():
             try:
                 self._append(key, lines)
             except OSError as exc:
                 self.dropped += len(lines)
                 log.warning("function_logs_write_failed", account=key[0], function=key[1], error=str(exc))
-            for queue in self._followers.get(key, ()):
-                queue.put_nowait(lines)
+            followers = self._followers.get(key)
+            if followers:
+                batch = [json.loads(line) for line in lines]
+                for queue in followers:
+                    queue.put_nowait(batch)
 
-    def _append(self, key: tuple[str, str], lines: list[dict[str, Any]]) -> None:
+    def _append(self, key: tuple[str, str], lines: list[str]) -> None:
         files = self._files.get(key)
         if files is None:
             files = self._files[key] = self._scan(key)
+        data = "".join(lines).encode()
+        if files.current_size + len(data) < self.segment_bytes:
+            self._write(files, [data])  # the usual batch: one write
+            self.written += len(lines)
+            return
         # Written in pieces that fill the current segment, which is rotated when full: a big batch
         # spreads over segments instead of making one larger than the cap.
         piece: list[bytes] = []
         size = files.current_size
         for line in lines:
-            data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-            if len(data) > self.segment_bytes // 2:
-                line["message"] = line["message"][:self.segment_bytes // 4] + " [truncated]"
-                data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            data = line.encode()
             piece.append(data)
             size += len(data)
             if size >= self.segment_bytes:
@@ -274,22 +287,29 @@ class FunctionLogs:
                     del self._followers[key]
 
 
-def _lines(record: _Record) -> list[dict[str, Any]]:
+_quote = json.encoder.encode_basestring  # the C encoder's string quoting, as json.dumps(ensure_ascii=False)
+
+
+def _lines(record: _Record, limit: int) -> list[str]:
+    """The record's lines, as JSON text (written out by hand: this runs for every invocation)."""
     _, _, version, request_id, output, duration_ms, memory_mb, max_memory_mb, init_ms, trace, ended = record
-    start_ts = format_ts(ended - duration_ms / 1000)
-    end_ts = format_ts(ended)
-    extra = {"trace_id": trace.xray()} if trace is not None else {}
+    ids = f'"request_id":{_quote(request_id)},"version":{_quote(version)},"stream":"'
+    head_start = f'{{"ts":"{format_ts(ended - duration_ms / 1000)}",{ids}'
+    head_end = f'{{"ts":"{format_ts(ended)}",{ids}'
+    tail = f',"trace_id":{_quote(trace.xray())}}}\n' if trace is not None else "}\n"
 
-    def line(ts: str, stream: str, message: str) -> dict[str, Any]:
-        return {"ts": ts, "request_id": request_id, "version": version, "stream": stream, "message": message,
-                **extra}
+    def platform(head: str, message: str) -> str:
+        return f'{head}{STREAM_PLATFORM}","message":{_quote(message)}{tail}'
 
-    out = [line(start_ts, STREAM_PLATFORM, f"START RequestId: {request_id} Version: {version}")]
+    out = [platform(head_start, f"START RequestId: {request_id} Version: {version}")]
     if output:
-        out.extend(line(end_ts, STREAM_FUNCTION, text) for text in output.rstrip("\n").split("\n"))
-    out.append(line(end_ts, STREAM_PLATFORM, f"END RequestId: {request_id}"))
-    out.append(line(end_ts, STREAM_PLATFORM, report_line(request_id, duration_ms, memory_mb, max_memory_mb, init_ms)))
+        for text in output.rstrip("\n").split("\n"):
+            if len(text) > limit:
+                text = text[:limit] + " [truncated]"
+            out.append(f'{head_end}{STREAM_FUNCTION}","message":{_quote(text)}{tail}')
+    out.append(platform(head_end, f"END RequestId: {request_id}"))
+    out.append(platform(head_end, report_line(request_id, duration_ms, memory_mb, max_memory_mb, init_ms)))
     if trace is not None and trace.sampled:
-        out.append(line(end_ts, STREAM_PLATFORM, f"XRAY TraceId: 1-{trace.trace_id[:8]}-{trace.trace_id[8:]}\t"
-                                                 f"SegmentId: {trace.span_id}\tSampled: true"))
+        out.append(platform(head_end, f"XRAY TraceId: 1-{trace.trace_id[:8]}-{trace.trace_id[8:]}\t"
+                                      f"SegmentId: {trace.span_id}\tSampled: true"))
     return out

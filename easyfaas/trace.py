@@ -5,7 +5,8 @@ the controller's invocation is a new span of that trace, passed to the function 
 ``Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=<0|1>`` (what Lambda puts in
 ``_X_AMZN_TRACE_ID``; the first 8 hex digits of a W3C trace id are X-Ray's epoch part) and
 returned to the caller as the response's ``traceparent``. A missing or malformed header starts a
-new trace (its id begins with the time, as X-Ray's do), sampled, as W3C says a receiver restarts one.
+new trace (its id begins with the time, as X-Ray's do), as W3C says a receiver restarts one; it is
+not sampled, as Lambda's own traces of untraced callers are not (the caller decides sampling).
 
 Stdlib only.
 """
@@ -68,6 +69,6 @@ def continue_trace(traceparent: str | None) -> TraceContext:
     parsed = parse_traceparent(traceparent)
     if parsed is None:
         # X-Ray's layout: the first 8 hex digits are the Unix time in seconds.
-        return TraceContext(f"{int(time.time()):08x}{_random.getrandbits(96):024x}", _span_id(), True)
+        return TraceContext(f"{int(time.time()):08x}{_random.getrandbits(96):024x}", _span_id(), False)
     trace_id, _, sampled = parsed
     return TraceContext(trace_id, _span_id(), sampled)
