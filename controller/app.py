@@ -102,7 +102,8 @@ def _observability(app: web.Application, opts: Settings) -> None:
             metrics.watch_queue(app[EVENT_QUEUE].depth, lambda: workers.in_flight)
             app[BEFORE_SCRAPE] = [metrics.refresh]
     add_observability_routes(app, registry, ready=_ready)
-    log_dir = getattr(opts, "function_log_dir", "") or f"{getattr(opts, 'state_dir', '/var/faas/controller')}/function-logs"
+    state_dir = getattr(opts, "state_dir", "/var/faas/controller")
+    log_dir = getattr(opts, "function_log_dir", "") or f"{state_dir}/function-logs"
     logs = FunctionLogs(log_dir, max_bytes=getattr(opts, "function_log_max_bytes", 16 << 20))
     add_log_routes(app, logs)
     if getattr(opts, "function_logs", True):

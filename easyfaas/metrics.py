@@ -24,8 +24,9 @@ from prometheus_client import exposition
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-__all__ = ["TRIGGER_HEADER", "TRIGGERS", "trigger_of", "FAAS_BUCKETS", "METRICS_REGISTRY", "MAX_SERIES", "OVERFLOW", "Buckets", "ReadinessCheck",
-           "Tally", "TriggerMetrics", "add_observability_routes", "histogram_family", "new_registry"]
+__all__ = ["BEFORE_SCRAPE", "FAAS_BUCKETS", "MAX_SERIES", "MEMORY_BUCKETS", "METRICS_REGISTRY", "OVERFLOW",
+           "TRIGGERS", "TRIGGER_HEADER", "Buckets", "ReadinessCheck", "Tally", "TriggerMetrics",
+           "add_observability_routes", "histogram_family", "new_registry", "trigger_of"]
 
 #: The conventions' advisory buckets of faas.invoke_duration and faas.init_duration (seconds).
 FAAS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)

@@ -111,7 +111,8 @@ async def eventually(http: aiohttp.ClientSession, prometheus: str, promql: str, 
     raise AssertionError(f"{promql} never satisfied the check; last answer {result}")
 
 
-async def test_prometheus_scrapes_the_pod(pod: Any, prometheus: str, http: aiohttp.ClientSession) -> None:  # noqa: ANN401
+async def test_prometheus_scrapes_the_pod(pod: Any, prometheus: str,  # noqa: ANN401
+                                      http: aiohttp.ClientSession) -> None:
     name = await create_traced(http, pod)
     # Invocations across several scrapes, so that a rate exists.
     deadline = asyncio.get_running_loop().time() + 6
@@ -138,7 +139,8 @@ async def test_prometheus_scrapes_the_pod(pod: Any, prometheus: str, http: aioht
     assert {r["metric"]["job"]: r["value"][1] for r in up} == {"controller": "1", "stubs": "1"}
 
 
-async def test_every_daemon_exposition_passes_promtool_and_is_ready(pod: Any, http: aiohttp.ClientSession) -> None:  # noqa: ANN401
+async def test_every_daemon_exposition_passes_promtool_and_is_ready(pod: Any,  # noqa: ANN401
+                                                                   http: aiohttp.ClientSession) -> None:
     c = pod.config
     name = await create_traced(http, pod)
     assert (await invoke(http, pod, name))[0] == 200
@@ -160,7 +162,8 @@ async def test_every_daemon_exposition_passes_promtool_and_is_ready(pod: Any, ht
             assert resp.status == 200 and (await resp.json())["built"] > 0
 
 
-async def test_traceparent_reaches_the_function_and_its_logs(pod: Any, http: aiohttp.ClientSession) -> None:  # noqa: ANN401
+async def test_traceparent_reaches_the_function_and_its_logs(pod: Any,  # noqa: ANN401
+                                                            http: aiohttp.ClientSession) -> None:
     name = await create_traced(http, pod)
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     status, headers, body = await invoke(http, pod, name, {"traceparent": parent,

@@ -68,7 +68,8 @@ async def test_traceparent_round_trip(env: Env) -> None:
     lines = [json.loads(line) for line in
              (await (await env.client.get("/v1/functions/hello/logs", headers=H)).text()).splitlines()]
     assert {line["trace_id"] for line in lines} == {frame["trace_id"]}
-    assert lines[-1]["message"] == f"XRAY TraceId: 1-4bf92f35-77b34da6a3ce929d0e0e4736\tSegmentId: {back[1]}\tSampled: true"
+    assert lines[-1]["message"] == (f"XRAY TraceId: 1-4bf92f35-77b34da6a3ce929d0e0e4736\tSegmentId: {back[1]}\t"
+                                    "Sampled: true")
 
 
 async def test_a_trace_is_started_when_none_comes(env: Env) -> None:
