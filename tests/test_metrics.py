@@ -16,13 +16,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import httptrigger.app
-from easyfaas.metrics import MAX_SERIES, OVERFLOW, Buckets, Tally, new_registry
+from easyfaas.metrics import (MAX_SERIES, OVERFLOW, Buckets, Tally, TriggerMetrics, add_observability_routes,
+                              new_registry)
 from easyfaas.runtimes import RuntimeCatalog
 from easyfaas.metrics import METRICS_REGISTRY
 from funclet.app import make_app as funclet_app
@@ -30,6 +33,7 @@ from funclet.metrics import FUNCLET_METRICS, metrics_app
 from stubs.app import make_app as stubs_app
 from stubs.metrics import add_stubs_observability
 from stubs.store import FunctionStore
+from tests.pod_harness import free_port
 from tests.test_controller_api import H, Env, make_env
 from tests.test_funclet_pool import make_pool, warmup_request  # noqa: F401 - make_pool is a fixture
 
@@ -191,13 +195,19 @@ async def test_stubs_metrics_and_readiness() -> None:
 
 async def test_httptrigger_counts_firings_and_errors() -> None:
     # The controller it names is not listening: the firing is counted, and its failure.
-    app = httptrigger.app.make_app("http://127.0.0.1:9")
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        assert (await client.get("/someone/fn")).status == 502
+    registry = new_registry()
+    metrics = TriggerMetrics(registry)
+    app = web.Application()
+    add_observability_routes(app, registry, healthz_route=True)
+    async with aiohttp.ClientSession() as session, TestClient(TestServer(app, host="127.0.0.1")) as client:
+        call = httptrigger.app.controller_call(f"127.0.0.1:{free_port()}", session, metrics)
+        status, _, _ = await call("brn:cloud:faas:bj:" + "a" * 32 + ":function:fn:$LATEST", "someone", b"{}", "r-1")
+        assert status == 503
         text = await (await client.get("/metrics")).text()
         assert value(text, "easyfaas_trigger_firings_total", trigger="http", function="fn") == 1
         assert value(text, "easyfaas_trigger_errors_total", trigger="http", function="fn") == 1
         assert (await client.get("/readyz")).status == 200
+        assert (await client.get("/healthz")).status == 200
         promtool_accepts(text)
 
 
