@@ -396,7 +396,6 @@ class Invoker:
         headers[CONTENT_TYPE] = result.content_type
         return InvokeReply(200 if result.ok else 500, headers, result.payload.encode())
 
-
     # ---- what is kept of an invocation ----------------------------------------------------------
 
     def _observe(self, fn: ResolvedFunction, result: InvokeResult, trigger: str, request_id: str,
@@ -409,7 +408,7 @@ class Invoker:
             self.metrics.invoked(cfg.FunctionName, cfg.Version, trigger, outcome, result.duration_ms / 1000,
                                  None if init_ms is None else init_ms / 1000)
         if self.function_logs is not None:
-            account, _, name = _log_key(fn.brn)
+            account, name = _log_key(fn.brn)
             self.function_logs.record(account, name, cfg.Version, request_id, result.logs, result.duration_ms,
                                       cfg.MemorySize, result.memory_peak_mb, result.init_ms, trace)
 
@@ -434,12 +433,13 @@ class Invoker:
             self.metrics.reject(err.code)
 
 
-def _log_key(brn: str) -> tuple[str, str, str]:
-    """(account hash, "", function name) of a function's BRN text: where its logs are kept."""
+def _log_key(brn: str) -> tuple[str, str]:
+    """(account hash, function name) of a function's BRN text: where its logs are kept (the logs
+    route finds them from the BRN it resolves, controller/logs_api.py)."""
     parts = brn.split(":")
     if len(parts) >= 7:
-        return parts[4], "", parts[6]
-    return "_", "", brn
+        return parts[4], parts[6]
+    return "_", brn
 
 
 def _platform_error(message: str, error_type: str, started: float) -> InvokeResult:

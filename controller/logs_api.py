@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from controller.function_logs import FunctionLogs, LogQuery, format_ts
+from controller.handlers import INVOKER
 from controller.invoke import Invoker, parse_function_ref
 from easyfaas.errors import InvalidInvokeCaller, InvalidParameterValue
 from easyfaas.http import ACCOUNT_ID, REQUEST_ID_KEY
@@ -62,8 +63,6 @@ def _query(request: web.Request) -> LogQuery:
 
 
 async def function_logs(request: web.Request) -> web.StreamResponse:
-    from controller.handlers import INVOKER
-
     invoker: Invoker = request.app[INVOKER]
     logs = request.app[FUNCTION_LOGS]
     caller = request.headers.get(ACCOUNT_ID, "")

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controller.pool.records import Phase
 from easyfaas.metrics import MAX_SERIES, OVERFLOW, Buckets, Tally, histogram_family
 
 if TYPE_CHECKING:
@@ -207,8 +208,6 @@ def _pool_families(pool: Pool) -> Iterator[Metric]:
         by_phase[sandbox.phase.value] = by_phase.get(sandbox.phase.value, 0) + 1
         in_flight += sandbox.in_flight
     phases = GaugeMetricFamily("easyfaas_pool_sandboxes", "The pool's sandboxes by phase", labels=["phase"])
-    from controller.pool import Phase
-
     for phase in Phase:
         phases.add_metric([phase.value], by_phase.get(phase.value, 0))
     yield phases
