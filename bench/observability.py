@@ -52,9 +52,10 @@ def observability(pod: BenchPod, plan: Plan) -> dict[str, Any]:
     url = pod.controller_url
     runs: dict[str, list[Any]] = {"on": [], "off": []}
     cpu_us: dict[str, list[float]] = {"on": [], "off": []}
+    mode = "on"
     try:
         for rep in range(plan.reps):
-            for mode in (("on", "off") if rep % 2 == 0 else ("off", "on")):
+            for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
                 _restart_controller(pod, mode == "on")
                 pod.invoke(fn)
                 _wrk(url, [fn.path], 64, plan)  # warms every sandbox c=64 needs
@@ -65,7 +66,8 @@ def observability(pod: BenchPod, plan: Plan) -> dict[str, Any]:
                 runs[mode].append(result)
                 cpu_us[mode].append(used / max(1, result.requests) * 1e6)
     finally:
-        _restart_controller(pod, True)
+        if mode == "off":  # the scenarios after this one measure the default
+            _restart_controller(pod, True)
     on_rps, off_rps = _med(runs["on"], "rps"), _med(runs["off"], "rps")
     cpu_on, cpu_off = sorted(cpu_us["on"])[len(cpu_us["on"]) // 2], sorted(cpu_us["off"])[len(cpu_us["off"]) // 2]
     return {"rps_on": on_rps, "rps_off": off_rps, "ratio": round(on_rps / off_rps, 3) if off_rps else 0.0,
