@@ -46,8 +46,12 @@ def is_ignored(rel: PurePosixPath) -> bool:
     return any(parts[i] == "node_modules" and parts[i + 1] == ".cache" for i in range(len(parts) - 1))
 
 
-def package_files(root: Path) -> Iterator[tuple[Path, PurePosixPath]]:
-    """(path, name in the zip) of every file ``root`` packages, sorted; symlinks are followed."""
+def package_files(root: Path) -> list[tuple[Path, PurePosixPath]]:
+    """(path, name in the zip) of every file ``root`` packages, sorted by name; symlinks are followed."""
+    return sorted(_walk(root), key=lambda entry: str(entry[1]))
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, PurePosixPath]]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
         dirnames[:] = sorted(d for d in dirnames if not is_ignored(here / d))
@@ -62,7 +66,7 @@ def package_files(root: Path) -> Iterator[tuple[Path, PurePosixPath]]:
 def zip_directory(root: Path, reporter: Reporter | None = None) -> bytes:
     """The zip of ``root``'s packaged files (modes kept: executables stay executable)."""
     reporter = reporter or QuietReporter()
-    files = list(package_files(root))
+    files = package_files(root)
     if not files:
         raise BuildError(f"{root}: nothing to package (the directory is empty once ignored files are left out)")
     reporter.start("zipping", total=len(files))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from easyfaas.pod import REPO_ROOT
-from tests.pod_harness import ACCOUNT
+from tests.pod_harness import ACCOUNT, OTHER_ACCOUNT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,9 +38,10 @@ def unique(name: str) -> str:
     return f"{name}{secrets.token_hex(3)}"
 
 
-def easyfaas(pod, *args: str, stdin: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+def easyfaas(pod, *args: str, stdin: str | None = None, timeout: float = 600,  # noqa: ANN001
+             account: str = ACCOUNT) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EASYFAAS_URL": pod.config.controller_url, "EASYFAAS_REGISTRY_URL": pod.config.stubs_url,
-           "EASYFAAS_ACCOUNT": ACCOUNT, "EASYFAAS_CONFIG": "/nonexistent/easyfaas.yaml"}
+           "EASYFAAS_ACCOUNT": account, "EASYFAAS_CONFIG": "/nonexistent/easyfaas.yaml"}
     return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO_ROOT, env=env, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -235,3 +236,18 @@ def test_log_tail_is_decoded(pod, tmp_path: Path) -> None:  # noqa: ANN001
     assert "tail-marker" in doc["LogResult"] and "tail-marker" in proc.stderr
     assert base64.b64encode(doc["LogResult"].encode())  # text, not base64 any more
     assert easyfaas(pod, "rm", name).returncode == 0
+
+
+def test_the_account_setting_selects_whose_functions(pod, tmp_path: Path) -> None:  # noqa: ANN001
+    name = unique("cliother")
+    src = tmp_path / "fn"
+    src.mkdir()
+    (src / "index.js").write_text("exports.handler = async () => 'other';\n")
+    proc = easyfaas(pod, "deploy", str(src), "-n", name, "-r", "nodejs", "-H", "index.handler", account=OTHER_ACCOUNT)
+    assert proc.returncode == 0, proc.stderr
+    mine = json.loads(easyfaas(pod, "-o", "json", "ls").stdout)["Functions"]
+    theirs = json.loads(easyfaas(pod, "-o", "json", "ls", account=OTHER_ACCOUNT).stdout)["Functions"]
+    assert name not in [f["FunctionName"] for f in mine]
+    assert name in [f["FunctionName"] for f in theirs]
+    assert easyfaas(pod, "invoke", name, account=OTHER_ACCOUNT).stdout.strip() == "other"
+    assert easyfaas(pod, "rm", name, account=OTHER_ACCOUNT).returncode == 0
