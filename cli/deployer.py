@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.client import REGISTRY, Client, raise_for_error
+from cli.exits import UsageError
 from cli.packaging import build_package
 from cli.progress import QuietReporter, Reporter
 from cli.readiness import DEFAULT_TIMEOUT, Readiness, baseline, wait_ready
@@ -82,9 +83,11 @@ def function_exists(client: Client, name: str) -> bool:
 
 def deploy(client: Client, spec: FunctionSpec, options: BuildOptions, reporter: Reporter | None = None) -> DeployResult:
     reporter = reporter or QuietReporter()
+    exists = function_exists(client, spec.name)
+    if not exists and not (spec.runtime and spec.handler):
+        raise UsageError(f"{spec.name} is a new function: give its runtime and handler (--runtime, --handler)")
     package = build_package(spec.directory, python=options.python, npm=options.npm, install=options.install,
                             reporter=reporter)
-    exists = function_exists(client, spec.name)
     before = baseline(client) if options.wait else None
     body = spec.body()
     reporter.start(f"uploading {package.size / 1024:.0f} KiB", total=1)

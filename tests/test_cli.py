@@ -21,7 +21,7 @@ from cli.exits import BuildError, ExitCode, UsageError, exit_code_for_status
 from cli.packaging import build_package, install_steps, is_ignored, package_files, zip_directory
 from cli.settings import DEFAULT_REGISTRY_URL, DEFAULT_URL, resolve
 from cli.stack import StackError, parse_stack
-from easyfaas.errors import AccessDenied, ResourceConflict
+from easyfaas.errors import AccessDenied, ResourceConflict, ResourceNotFound
 from easyfaas.pod import REPO_ROOT
 from tests.pod_harness import free_port
 
@@ -364,6 +364,14 @@ def test_logs_without_a_log_api_says_so(server: ThreadingHTTPServer) -> None:
     proc = run_cli("logs", "f", "--limit", "5", env=server_env(server))
     assert proc.returncode == 3 and "has no log API" in proc.stderr, proc.stderr
     assert server.seen[0][1] == "/v1/functions/f/logs?limit=5"  # type: ignore[attr-defined]
+
+
+def test_a_new_function_needs_runtime_and_handler(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    server.answer = (404, ResourceNotFound("function not found: f").to_dict())  # type: ignore[attr-defined]
+    (tmp_path / "index.js").write_text("exports.handler = async () => 1;\n")
+    proc = run_cli("deploy", str(tmp_path), "--name", "f", "--handler", "index.handler", env=server_env(server))
+    assert proc.returncode == 2 and "give its runtime and handler" in proc.stderr, proc.stderr
+    assert [m for m, *_ in server.seen] == ["GET"]  # type: ignore[attr-defined]  # nothing was uploaded
 
 
 def test_unreachable_pod_is_exit_5() -> None:
