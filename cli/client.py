@@ -8,6 +8,7 @@ whose message is one line and whose exit code follows the HTTP status.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import urllib.error
@@ -99,7 +100,7 @@ class Client:
         return (self.settings.url if service == CONTROLLER else self.settings.registry_url).rstrip("/")
 
     def url(self, service: str, path: str, query: Mapping[str, Any] | None = None) -> str:
-        url = self.base(service) + path
+        url = self.base(service) + urllib.parse.quote(path, safe="/:$@=&?")
         params = {k: str(v) for k, v in (query or {}).items() if v is not None and v != ""}
         return url + ("?" + urllib.parse.urlencode(params) if params else "")
 
@@ -125,6 +126,12 @@ class Client:
             raise Unreachable(url, f"no answer within {timeout or self.timeout:g}s") from None
         except (ConnectionError, OSError) as exc:
             raise Unreachable(url, exc.strerror or str(exc)) from None
+        except http.client.InvalidURL as exc:
+            raise CliError(f"invalid URL {url}: {exc}", ExitCode.USAGE) from None
+        except http.client.HTTPException as exc:
+            raise Unreachable(url, f"broken HTTP answer: {type(exc).__name__} {exc}".strip()) from None
+        except ValueError as exc:  # a malformed URL, e.g. a port that is not a number
+            raise CliError(f"invalid URL {url}: {exc}", ExitCode.USAGE) from None
 
     def send(self, service: str, method: str, path: str, *, query: Mapping[str, Any] | None = None,
              body: Any = None, data: bytes | None = None, headers: Mapping[str, str] | None = None,
@@ -140,8 +147,8 @@ class Client:
             payload = resp.read()
         except (socket.timeout, TimeoutError):
             raise Unreachable(url, f"no answer within {timeout or self.timeout:g}s") from None
-        except OSError as exc:
-            raise Unreachable(url, str(exc)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(url, str(exc) or type(exc).__name__) from None
         finally:
             resp.close()
         return Response(resp.status if hasattr(resp, "status") else resp.code, resp.headers, payload)

@@ -21,6 +21,7 @@ a profile named ``default`` if there is one; naming a profile the file lacks is 
 from __future__ import annotations
 
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -123,6 +124,11 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str], *, config: Pat
     settings = Settings(output=output, profile=chosen, **values)
     for key in ("url", "registry_url"):
         value = getattr(settings, key)
-        if not value.startswith(("http://", "https://")):
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError as exc:
+            raise UsageError(f"{key}: invalid URL {value!r}: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"{key}: expected an http:// or https:// URL, got {value!r}")
     return settings

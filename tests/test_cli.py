@@ -374,6 +374,12 @@ def test_a_new_function_needs_runtime_and_handler(server: ThreadingHTTPServer, t
     assert [m for m, *_ in server.seen] == ["GET"]  # type: ignore[attr-defined]  # nothing was uploaded
 
 
+def test_names_are_quoted_into_the_path(server: ThreadingHTTPServer) -> None:
+    server.answer = (200, {"Versions": []})  # type: ignore[attr-defined]
+    assert run_cli("versions", "a b/../c", env=server_env(server)).returncode == 0
+    assert server.seen[0][1] == "/v1/functions/a%20b/../c/versions"  # type: ignore[attr-defined]
+
+
 def test_unreachable_pod_is_exit_5() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     proc = run_cli("--url", url, "--registry-url", url, "ls")
@@ -387,6 +393,7 @@ def test_unreachable_pod_is_exit_5() -> None:
     (("--profile", "prod", "ls"), "profile 'prod' not found"),
     (("--output", "yaml", "ls"), "--output"),
     (("--url", "pod:8001", "ls"), "http:// or https://"),
+    (("--registry-url", "http://127.0.0.1:notaport", "ls"), "invalid URL"),
     (("deploy",), "Usage"),
     (("nosuchcommand",), "No such command"),
     (("up", "-f", "/nonexistent/stack.yaml"), "cannot read"),
