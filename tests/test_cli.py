@@ -3,6 +3,7 @@ error lines and exit codes (against real loopback HTTP servers where an answer i
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -293,8 +294,9 @@ class Recorder(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.server.seen.append((self.command, self.path, dict(self.headers), self.rfile.read(length)))  # type: ignore[attr-defined]
-        status, body = self.server.answer  # type: ignore[attr-defined]
-        data = json.dumps(body).encode()
+        path = self.path.split("?")[0]
+        status, body = self.server.routes.get((self.command, path), self.server.answer)  # type: ignore[attr-defined]
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -312,6 +314,7 @@ def server() -> Iterator[ThreadingHTTPServer]:
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     srv.seen = []  # type: ignore[attr-defined]
     srv.answer = (200, {})  # type: ignore[attr-defined]
+    srv.routes = {}  # type: ignore[attr-defined]
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -435,3 +438,91 @@ def test_every_option_of_every_command_is_described() -> None:
             if not (getattr(param, "help", None) or "").strip():
                 missing.append(f"{path} {param.name}")
     assert not missing, missing
+
+
+def test_triggers_commands_speak_the_trigger_api(server: ThreadingHTTPServer) -> None:
+    trigger = {"TriggerId": "t-1", "Type": "http", "Qualifier": "2", "Config": {"Methods": ["GET"], "Path": "/u/{id}"},
+               "CreatedAt": "2026-12-01T00:00:00Z"}
+    server.routes = {("POST", "/v1/functions/f/triggers"): (201, trigger),  # type: ignore[attr-defined]
+                     ("GET", "/v1/functions/f/triggers"): (200, {"Triggers": [trigger]}),
+                     ("DELETE", "/v1/functions/f/triggers/t-1"): (204, b"")}
+    env = server_env(server)
+    proc = run_cli("triggers", "add", "f", "--qualifier", "2", "--method", "get", "--path", "/u/{id}",
+                   "--config", '{"PayloadFormatVersion": "2.0"}', env=env)
+    assert (proc.returncode, proc.stdout) == (0, "t-1\n"), proc.stderr
+    method, path, _, body = server.seen[0]  # type: ignore[attr-defined]
+    assert (method, path) == ("POST", "/v1/functions/f/triggers")
+    assert json.loads(body) == {"Type": "http", "Qualifier": "2", "Config": {
+        "PayloadFormatVersion": "2.0", "Methods": ["GET"], "Path": "/u/{id}"}}
+    proc = run_cli("triggers", "ls", "f", env=env)
+    assert proc.returncode == 0 and "t-1" in proc.stdout and "/u/{id}" in proc.stdout, proc.stderr
+    proc = run_cli("-o", "json", "triggers", "ls", "f", env=env)
+    assert json.loads(proc.stdout) == {"Triggers": [trigger]}
+    proc = run_cli("triggers", "rm", "f", "t-1", env=env)
+    assert proc.returncode == 0 and server.seen[-1][:2] == ("DELETE", "/v1/functions/f/triggers/t-1")  # type: ignore[attr-defined]
+    assert run_cli("triggers", "add", "f", "--config", "[1]", env=env).returncode == 2
+
+
+def test_invocation_and_dead_letter_commands(server: ThreadingHTTPServer) -> None:
+    record = {"RequestId": "r-1", "FunctionArn": "brn:x:f:$LATEST", "Status": "failed", "Attempts": 3,
+              "EnqueuedAt": "t0", "StartedAt": "t1", "FinishedAt": "t2", "Result": None,
+              "Error": {"errorMessage": "boom"}, "LogResult": ""}
+    server.routes = {("GET", "/v1/invocations/r-1"): (200, record),  # type: ignore[attr-defined]
+                     ("GET", "/v1/invocations"): (200, {"Invocations": [record]}),
+                     ("GET", "/v1/dead-letters"): (200, {"DeadLetters": [{"Id": "d-1", "FunctionArn": "f",
+                                                                           "Attempts": 3}]}),
+                     ("POST", "/v1/dead-letters/d-1/redrive"): (202, {"Id": "d-1", "RequestId": "r-2"})}
+    env = server_env(server)
+    proc = run_cli("invocations", "get", "r-1", env=env)
+    assert proc.returncode == 0 and "Status:" in proc.stdout and "failed" in proc.stdout, proc.stderr
+    assert run_cli("invocations", "get", "r-1", "--check", env=env).returncode == 1
+    proc = run_cli("-o", "json", "invocations", "ls", "--function", "f", "--status", "failed", "--limit", "5",
+                   env=env)
+    assert json.loads(proc.stdout)["Invocations"][0]["RequestId"] == "r-1"
+    assert server.seen[-1][1] == "/v1/invocations?FunctionName=f&Status=failed&Limit=5"  # type: ignore[attr-defined]
+    proc = run_cli("dead-letters", "ls", "-f", "f", env=env)
+    assert proc.returncode == 0 and "d-1" in proc.stdout
+    assert server.seen[-1][1] == "/v1/dead-letters?FunctionName=f"  # type: ignore[attr-defined]
+    proc = run_cli("-o", "json", "dead-letters", "redrive", "d-1", env=env)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["RequestId"] == "r-2"
+
+
+def test_logs_prints_json_lines(server: ThreadingHTTPServer) -> None:
+    lines = [{"Timestamp": "2026-12-01T00:00:00Z", "RequestId": "r-1", "Message": "hello\n"}, "not json",
+             {"other": 1}]
+    body = b"".join((json.dumps(x) if isinstance(x, dict) else x).encode() + b"\n" for x in lines)
+    server.routes = {("GET", "/v1/functions/f/logs"): (200, body)}  # type: ignore[attr-defined]
+    proc = run_cli("logs", "f", "--request-id", "r-1", env=server_env(server))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["2026-12-01T00:00:00Z r-1 hello", "not json", '{"other": 1}']
+    assert server.seen[0][1] == "/v1/functions/f/logs?request_id=r-1"  # type: ignore[attr-defined]
+    proc = run_cli("-o", "json", "logs", "f", env=server_env(server))
+    assert json.loads(proc.stdout.splitlines()[0])["RequestId"] == "r-1"
+
+
+def test_up_creates_missing_triggers_only(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    path = stack_dir(tmp_path)
+    path.write_text(GOOD_STACK.replace('provider: {url: "http://pod:8001"}\n', "") + (
+        "      - {type: http, qualifier: '1', config: {Methods: [POST], Path: /new}}\n"))
+    kept = {"TriggerId": "t-old", "Type": "http", "Qualifier": "$LATEST",
+            "Config": {"Methods": ["GET"], "Path": "/hello"}}
+    record = {"Configuration": {"FunctionName": "hello", "Version": "1", "FunctionArn": "brn:hello:1"}}
+    server.routes = {("GET", "/v1/functions/hello"): (404, ResourceNotFound("function not found").to_dict()),  # type: ignore[attr-defined]
+                     ("POST", "/v1/functions/hello"): (200, record),
+                     ("GET", "/v1/functions/hello/triggers"): (200, {"Triggers": [kept]}),
+                     ("POST", "/v1/functions/hello/triggers"): (201, {"TriggerId": "t-new"})}
+    proc = run_cli("-o", "json", "up", "-f", str(path), "--no-wait", env=server_env(server))
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout)["Functions"]
+    assert [t["TriggerId"] for t in result["Triggers"]] == ["t-old", "t-new"]
+    posts = [json.loads(body) for method, p, _, body in server.seen  # type: ignore[attr-defined]
+             if (method, p) == ("POST", "/v1/functions/hello/triggers")]
+    assert posts == [{"Type": "http", "Qualifier": "1", "Config": {"Methods": ["POST"], "Path": "/new"}}]
+    create = next(json.loads(b) for m, p, _, b in server.seen if (m, p) == ("POST", "/v1/functions/hello"))  # type: ignore[attr-defined]
+    assert (create["Runtime"], create["MemorySize"], create["Version"]) == ("python3", 256, "1")
+    assert zipfile.ZipFile(io.BytesIO(base64.b64decode(create["Code"]))).namelist() == ["main.py"]
+
+    server.routes[("GET", "/v1/functions/hello/triggers")] = (  # type: ignore[attr-defined]
+        404, ResourceNotFound("no route for GET /v1/functions/hello/triggers").to_dict())
+    proc = run_cli("up", "-f", str(path), "--no-wait", env=server_env(server))
+    assert proc.returncode == 2 and "has no trigger API" in proc.stderr, proc.stderr

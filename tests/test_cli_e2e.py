@@ -230,6 +230,8 @@ def test_log_tail_is_decoded(pod, tmp_path: Path) -> None:  # noqa: ANN001
     src.mkdir()
     (src / "index.js").write_text("exports.handler = async (e) => { console.log('tail-marker'); return 1; };\n")
     assert easyfaas(pod, "deploy", str(src), "-n", name, "-r", "nodejs", "-H", "index.handler").returncode == 0
+    again = json.loads(easyfaas(pod, "-o", "json", "deploy", str(src), "-n", name).stdout)
+    assert again["Version"] == "2" and again["How"].startswith("code image already built"), again
     proc = easyfaas(pod, "-o", "json", "invoke", name, "--tail")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
