@@ -67,10 +67,22 @@ class ApiError(CliError):
 
     def __init__(self, error: FaasError, status: int, what: str) -> None:
         text = error.cause or error.message
-        super().__init__(f"{what}: {error.code} (HTTP {status}): {text}", exit_code_for_status(status),
-                         {"Error": error.to_dict()})
+        if self.is_missing_route(error, status):
+            message = f"{what}: the pod has no such API ({text}); it predates this feature"
+        else:
+            message = f"{what}: {error.code} (HTTP {status}): {text}"
+        super().__init__(message, exit_code_for_status(status), {"Error": error.to_dict()})
         self.error = error
         self.status = status
+
+    @staticmethod
+    def is_missing_route(error: FaasError, status: int) -> bool:
+        """The pod answered that it has no such route at all (not that a resource is missing)."""
+        return status == 404 and error.cause.startswith("no route for ")
+
+    @property
+    def missing_route(self) -> bool:
+        return self.is_missing_route(self.error, self.status)
 
 
 class Unreachable(CliError):

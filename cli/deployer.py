@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli.client import REGISTRY, Client, raise_for_error
+from cli.client import REGISTRY, ApiError, Client, raise_for_error
 from cli.exits import UsageError
 from cli.packaging import build_package
 from cli.progress import QuietReporter, Reporter
@@ -75,7 +75,7 @@ def function_exists(client: Client, name: str) -> bool:
     resp = client.send(REGISTRY, "GET", f"/v1/functions/{name}")
     if resp.status == 404:
         err = resp.platform_error()
-        if err is None or not err.cause.startswith("no route"):
+        if err is None or not ApiError.is_missing_route(err, resp.status):
             return False
     raise_for_error(resp, f"reading function {name}")
     return True

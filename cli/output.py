@@ -14,11 +14,17 @@ from rich.console import Console
 from rich.table import Table
 
 
+UNBOUNDED_WIDTH = 10_000
+
+
 class Output:
     def __init__(self, mode: str = "text") -> None:
         self.mode = mode
-        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        # No emoji codes: a BRN such as brn:cloud:faas:... would lose ":cloud:" to a picture.
+        # Off a terminal nothing is cut to 80 columns: scripts and logs get whole values.
+        wide = None if sys.stdout.isatty() else UNBOUNDED_WIDTH
+        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True, emoji=False, width=wide)
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True, emoji=False)
 
     @property
     def json(self) -> bool:
@@ -46,7 +52,7 @@ class Output:
             if empty:
                 self.message(empty)
             return
-        table = Table(*columns, box=None, pad_edge=False, header_style="bold")
+        table = Table(*columns, box=None, pad_edge=False, header_style="bold", expand=False)
         for row in rows:
             table.add_row(*("" if cell is None else str(cell) for cell in row))
         self.out.print(table)

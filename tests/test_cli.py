@@ -526,3 +526,14 @@ def test_up_creates_missing_triggers_only(server: ThreadingHTTPServer, tmp_path:
         404, ResourceNotFound("no route for GET /v1/functions/hello/triggers").to_dict())
     proc = run_cli("up", "-f", str(path), "--no-wait", env=server_env(server))
     assert proc.returncode == 2 and "has no trigger API" in proc.stderr, proc.stderr
+
+
+def test_text_output_keeps_brns_and_long_values_whole(server: ThreadingHTTPServer) -> None:
+    arn = "brn:cloud:faas:bj:8f6e5a28c663957ea04522547a66d08f:function:averyveryverylongfunctionname:$LATEST"
+    server.answer = (200, {"Configuration": {"FunctionName": "f", "FunctionArn": arn,  # type: ignore[attr-defined]
+                                             "Description": "d" * 200}})
+    proc = run_cli("describe", "f", env=server_env(server))
+    assert proc.returncode == 0 and arn in proc.stdout and "d" * 200 in proc.stdout, proc.stdout
+    server.answer = (200, {"Versions": [{"Version": "1", "CodeSha256": "x" * 44, "Description": "e" * 150}]})  # type: ignore[attr-defined]
+    proc = run_cli("versions", "f", env=server_env(server))
+    assert "x" * 44 in proc.stdout and "e" * 150 in proc.stdout, proc.stdout

@@ -137,7 +137,7 @@ def up_command(
             try:
                 triggers = _sync_triggers(client, fn.spec.name, fn.triggers)
             except ApiError as exc:
-                if exc.status == 404 and exc.error.cause.startswith("no route"):
+                if exc.missing_route:
                     raise UsageError(f"{fn.spec.name}: the pod has no trigger API; remove the triggers of "
                                      f"functions.{fn.spec.name} or upgrade the pod") from None
                 raise

@@ -59,7 +59,7 @@ def logs_command(
                 sys.stdout.write(format_line(line) + "\n")
             sys.stdout.flush()
     except ApiError as exc:
-        if exc.status == 404 and exc.error.cause.startswith("no route"):
+        if exc.missing_route:
             raise CliError(f"the pod at {st.settings.url} has no log API ({LOG_API}); read the function's output "
                            f"with `easyfaas invoke {name} --tail`", ExitCode.NOT_FOUND, exc.detail) from None
         raise
