@@ -23,6 +23,12 @@ class Reporter(Protocol):
 class QuietReporter:
     """Reports nothing (scripts, pipes, tests)."""
 
+    def __enter__(self) -> QuietReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
     def start(self, description: str, total: int | None = None) -> None:
         pass
 

@@ -20,7 +20,6 @@ a profile named ``default`` if there is one; naming a profile the file lacks is 
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +79,8 @@ def read_profiles(path: Path) -> tuple[dict[str, dict[str, str]], str]:
         raise UsageError(f"profile file {path}: expected a mapping with 'profiles', got {type(doc).__name__}")
     unknown = set(doc) - {"default", "profiles"}
     if unknown:
-        raise UsageError(f"profile file {path}: unknown key {sorted(map(str, unknown))[0]!r} (expected default, profiles)")
+        first = sorted(map(str, unknown))[0]
+        raise UsageError(f"profile file {path}: unknown key {first!r} (expected default, profiles)")
     default = doc.get("default") or ""
     if not isinstance(default, str):
         raise UsageError(f"profile file {path}: default: expected a profile name")

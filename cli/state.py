@@ -8,7 +8,7 @@ import typer
 
 from cli.client import Client
 from cli.output import Output
-from cli.progress import QuietReporter, Reporter, RichReporter, stderr_console, wants_progress
+from cli.progress import QuietReporter, RichReporter, stderr_console, wants_progress
 from cli.settings import Settings
 
 
@@ -21,19 +21,11 @@ class CliState:
     def client(self, timeout: float | None = None) -> Client:
         return Client(self.settings, timeout=timeout) if timeout else Client(self.settings)
 
-    def reporter(self) -> Reporter | RichReporter:
-        """A rich progress display on a terminal (use as a context manager), else a quiet one."""
+    def reporter(self) -> RichReporter | QuietReporter:
+        """A rich progress display on a terminal, else a quiet one; both are context managers."""
         if wants_progress(self.settings.output):
             return RichReporter(stderr_console())
-        return _QuietContext()
-
-
-class _QuietContext(QuietReporter):
-    def __enter__(self) -> _QuietContext:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+        return QuietReporter()
 
 
 def state(ctx: typer.Context) -> CliState:

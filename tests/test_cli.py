@@ -14,7 +14,7 @@ import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -179,7 +179,8 @@ def test_dependencies_go_into_a_build_copy(tmp_path: Path) -> None:
         assert set(zf.namelist()) == {"main.py", "requirements.txt", "vendored.py"}
     assert sorted(p.name for p in src.iterdir()) == ["main.py", "requirements.txt"]  # the user's dir untouched
     no_install = build_package(src, python=str(fake), install=False)
-    assert no_install.installed == [] and "vendored.py" not in zipfile.ZipFile(io.BytesIO(no_install.zip_bytes)).namelist()
+    assert no_install.installed == []
+    assert "vendored.py" not in zipfile.ZipFile(io.BytesIO(no_install.zip_bytes)).namelist()
 
 
 def test_failed_install_is_a_build_error_with_the_tool_output(tmp_path: Path) -> None:
@@ -281,7 +282,8 @@ def test_exit_code_of_a_status(status: int, code: ExitCode) -> None:
     assert exit_code_for_status(status) == code
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("EASYFAAS_")}
     base["EASYFAAS_CONFIG"] = "/nonexistent/easyfaas.yaml"
     return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO_ROOT, env={**base, **(env or {})},
@@ -293,9 +295,9 @@ class Recorder(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        self.server.seen.append((self.command, self.path, dict(self.headers), self.rfile.read(length)))  # type: ignore[attr-defined]
-        path = self.path.split("?")[0]
-        status, body = self.server.routes.get((self.command, path), self.server.answer)  # type: ignore[attr-defined]
+        server: RecordingServer = self.server  # type: ignore[assignment]
+        server.seen.append((self.command, self.path, dict(self.headers), self.rfile.read(length)))
+        status, body = server.routes.get((self.command, self.path.split("?")[0]), server.answer)
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -309,12 +311,19 @@ class Recorder(BaseHTTPRequestHandler):
         pass
 
 
+class RecordingServer(ThreadingHTTPServer):
+    """A loopback server answering ``routes[(method, path)]`` (else ``answer``), keeping what it got."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Recorder)
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.answer: tuple[int, Any] = (200, {})
+        self.routes: dict[tuple[str, str], tuple[int, Any]] = {}
+
+
 @pytest.fixture
-def server() -> Iterator[ThreadingHTTPServer]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    srv.seen = []  # type: ignore[attr-defined]
-    srv.answer = (200, {})  # type: ignore[attr-defined]
-    srv.routes = {}  # type: ignore[attr-defined]
+def server() -> Iterator[RecordingServer]:
+    srv = RecordingServer()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -325,16 +334,16 @@ def server() -> Iterator[ThreadingHTTPServer]:
         thread.join()
 
 
-def server_env(srv: ThreadingHTTPServer) -> dict[str, str]:
+def server_env(srv: RecordingServer) -> dict[str, str]:
     url = f"http://127.0.0.1:{srv.server_address[1]}"
     return {"EASYFAAS_URL": url, "EASYFAAS_REGISTRY_URL": url}
 
 
-def test_account_and_key_are_sent(server: ThreadingHTTPServer) -> None:
-    server.answer = (200, {"Functions": []})  # type: ignore[attr-defined]
+def test_account_and_key_are_sent(server: RecordingServer) -> None:
+    server.answer = (200, {"Functions": []})
     proc = run_cli("ls", env={**server_env(server), "EASYFAAS_KEY": "k1", "EASYFAAS_ACCOUNT": "acct1"})
     assert proc.returncode == 0, proc.stderr
-    method, path, headers, _ = server.seen[0]  # type: ignore[attr-defined]
+    method, path, headers, _ = server.seen[0]
     headers = {k.lower(): v for k, v in headers.items()}
     assert (method, path) == ("GET", "/v1/functions")
     assert headers["authorization"] == "Bearer k1" and headers["x-easyfaas-account-id"] == "acct1"
@@ -343,9 +352,9 @@ def test_account_and_key_are_sent(server: ThreadingHTTPServer) -> None:
 
 @pytest.mark.parametrize("error, code", [(AccessDenied("function f does not belong to account a"), 4),
                                          (ResourceConflict("being updated"), 4)])
-def test_pod_errors_are_one_line_and_their_exit_code(server: ThreadingHTTPServer, error: Exception,
+def test_pod_errors_are_one_line_and_their_exit_code(server: RecordingServer, error: Exception,
                                                      code: int) -> None:
-    server.answer = (error.status, error.to_dict())  # type: ignore[attr-defined]
+    server.answer = (error.status, error.to_dict())
     proc = run_cli("describe", "f", env=server_env(server))
     assert proc.returncode == code
     assert proc.stderr == f"error: describing function f: {error.code} (HTTP {error.status}): {error.cause}\n"
@@ -354,33 +363,33 @@ def test_pod_errors_are_one_line_and_their_exit_code(server: ThreadingHTTPServer
     assert json.loads(proc.stderr)["Error"] == error.to_dict()
 
 
-def test_server_error_without_a_platform_body(server: ThreadingHTTPServer) -> None:
-    server.answer = (502, ["not", "an", "error"])  # type: ignore[attr-defined]
+def test_server_error_without_a_platform_body(server: RecordingServer) -> None:
+    server.answer = (502, ["not", "an", "error"])
     proc = run_cli("versions", "f", env=server_env(server))
     assert proc.returncode == 5 and "unexpected HTTP 502" in proc.stderr and proc.stderr.count("\n") == 1
 
 
-def test_logs_without_a_log_api_says_so(server: ThreadingHTTPServer) -> None:
-    server.answer = (404, {"Code": "ResourceNotFoundException",  # type: ignore[attr-defined]
+def test_logs_without_a_log_api_says_so(server: RecordingServer) -> None:
+    server.answer = (404, {"Code": "ResourceNotFoundException",
                            "Cause": "no route for GET /v1/functions/f/logs", "Message": "x", "Status": 404,
                            "Type": "User"})
     proc = run_cli("logs", "f", "--limit", "5", env=server_env(server))
     assert proc.returncode == 3 and "has no log API" in proc.stderr, proc.stderr
-    assert server.seen[0][1] == "/v1/functions/f/logs?limit=5"  # type: ignore[attr-defined]
+    assert server.seen[0][1] == "/v1/functions/f/logs?limit=5"
 
 
-def test_a_new_function_needs_runtime_and_handler(server: ThreadingHTTPServer, tmp_path: Path) -> None:
-    server.answer = (404, ResourceNotFound("function not found: f").to_dict())  # type: ignore[attr-defined]
+def test_a_new_function_needs_runtime_and_handler(server: RecordingServer, tmp_path: Path) -> None:
+    server.answer = (404, ResourceNotFound("function not found: f").to_dict())
     (tmp_path / "index.js").write_text("exports.handler = async () => 1;\n")
     proc = run_cli("deploy", str(tmp_path), "--name", "f", "--handler", "index.handler", env=server_env(server))
     assert proc.returncode == 2 and "give its runtime and handler" in proc.stderr, proc.stderr
-    assert [m for m, *_ in server.seen] == ["GET"]  # type: ignore[attr-defined]  # nothing was uploaded
+    assert [m for m, *_ in server.seen] == ["GET"]  # nothing was uploaded
 
 
-def test_names_are_quoted_into_the_path(server: ThreadingHTTPServer) -> None:
-    server.answer = (200, {"Versions": []})  # type: ignore[attr-defined]
+def test_names_are_quoted_into_the_path(server: RecordingServer) -> None:
+    server.answer = (200, {"Versions": []})
     assert run_cli("versions", "a b/../c", env=server_env(server)).returncode == 0
-    assert server.seen[0][1] == "/v1/functions/a%20b/../c/versions"  # type: ignore[attr-defined]
+    assert server.seen[0][1] == "/v1/functions/a%20b/../c/versions"
 
 
 def test_unreachable_pod_is_exit_5() -> None:
@@ -440,17 +449,17 @@ def test_every_option_of_every_command_is_described() -> None:
     assert not missing, missing
 
 
-def test_triggers_commands_speak_the_trigger_api(server: ThreadingHTTPServer) -> None:
+def test_triggers_commands_speak_the_trigger_api(server: RecordingServer) -> None:
     trigger = {"TriggerId": "t-1", "Type": "http", "Qualifier": "2", "Config": {"Methods": ["GET"], "Path": "/u/{id}"},
                "CreatedAt": "2026-12-01T00:00:00Z"}
-    server.routes = {("POST", "/v1/functions/f/triggers"): (201, trigger),  # type: ignore[attr-defined]
+    server.routes = {("POST", "/v1/functions/f/triggers"): (201, trigger),
                      ("GET", "/v1/functions/f/triggers"): (200, {"Triggers": [trigger]}),
                      ("DELETE", "/v1/functions/f/triggers/t-1"): (204, b"")}
     env = server_env(server)
     proc = run_cli("triggers", "add", "f", "--qualifier", "2", "--method", "get", "--path", "/u/{id}",
                    "--config", '{"PayloadFormatVersion": "2.0"}', env=env)
     assert (proc.returncode, proc.stdout) == (0, "t-1\n"), proc.stderr
-    method, path, _, body = server.seen[0]  # type: ignore[attr-defined]
+    method, path, _, body = server.seen[0]
     assert (method, path) == ("POST", "/v1/functions/f/triggers")
     assert json.loads(body) == {"Type": "http", "Qualifier": "2", "Config": {
         "PayloadFormatVersion": "2.0", "Methods": ["GET"], "Path": "/u/{id}"}}
@@ -459,15 +468,15 @@ def test_triggers_commands_speak_the_trigger_api(server: ThreadingHTTPServer) ->
     proc = run_cli("-o", "json", "triggers", "ls", "f", env=env)
     assert json.loads(proc.stdout) == {"Triggers": [trigger]}
     proc = run_cli("triggers", "rm", "f", "t-1", env=env)
-    assert proc.returncode == 0 and server.seen[-1][:2] == ("DELETE", "/v1/functions/f/triggers/t-1")  # type: ignore[attr-defined]
+    assert proc.returncode == 0 and server.seen[-1][:2] == ("DELETE", "/v1/functions/f/triggers/t-1")
     assert run_cli("triggers", "add", "f", "--config", "[1]", env=env).returncode == 2
 
 
-def test_invocation_and_dead_letter_commands(server: ThreadingHTTPServer) -> None:
+def test_invocation_and_dead_letter_commands(server: RecordingServer) -> None:
     record = {"RequestId": "r-1", "FunctionArn": "brn:x:f:$LATEST", "Status": "failed", "Attempts": 3,
               "EnqueuedAt": "t0", "StartedAt": "t1", "FinishedAt": "t2", "Result": None,
               "Error": {"errorMessage": "boom"}, "LogResult": ""}
-    server.routes = {("GET", "/v1/invocations/r-1"): (200, record),  # type: ignore[attr-defined]
+    server.routes = {("GET", "/v1/invocations/r-1"): (200, record),
                      ("GET", "/v1/invocations"): (200, {"Invocations": [record]}),
                      ("GET", "/v1/dead-letters"): (200, {"DeadLetters": [{"Id": "d-1", "FunctionArn": "f",
                                                                            "Attempts": 3}]}),
@@ -479,35 +488,36 @@ def test_invocation_and_dead_letter_commands(server: ThreadingHTTPServer) -> Non
     proc = run_cli("-o", "json", "invocations", "ls", "--function", "f", "--status", "failed", "--limit", "5",
                    env=env)
     assert json.loads(proc.stdout)["Invocations"][0]["RequestId"] == "r-1"
-    assert server.seen[-1][1] == "/v1/invocations?FunctionName=f&Status=failed&Limit=5"  # type: ignore[attr-defined]
+    assert server.seen[-1][1] == "/v1/invocations?FunctionName=f&Status=failed&Limit=5"
     proc = run_cli("dead-letters", "ls", "-f", "f", env=env)
     assert proc.returncode == 0 and "d-1" in proc.stdout
-    assert server.seen[-1][1] == "/v1/dead-letters?FunctionName=f"  # type: ignore[attr-defined]
+    assert server.seen[-1][1] == "/v1/dead-letters?FunctionName=f"
     proc = run_cli("-o", "json", "dead-letters", "redrive", "d-1", env=env)
     assert proc.returncode == 0 and json.loads(proc.stdout)["RequestId"] == "r-2"
 
 
-def test_logs_prints_json_lines(server: ThreadingHTTPServer) -> None:
+def test_logs_prints_json_lines(server: RecordingServer) -> None:
     lines = [{"Timestamp": "2026-12-01T00:00:00Z", "RequestId": "r-1", "Message": "hello\n"}, "not json",
              {"other": 1}]
     body = b"".join((json.dumps(x) if isinstance(x, dict) else x).encode() + b"\n" for x in lines)
-    server.routes = {("GET", "/v1/functions/f/logs"): (200, body)}  # type: ignore[attr-defined]
+    server.routes = {("GET", "/v1/functions/f/logs"): (200, body)}
     proc = run_cli("logs", "f", "--request-id", "r-1", env=server_env(server))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["2026-12-01T00:00:00Z r-1 hello", "not json", '{"other": 1}']
-    assert server.seen[0][1] == "/v1/functions/f/logs?request_id=r-1"  # type: ignore[attr-defined]
+    assert server.seen[0][1] == "/v1/functions/f/logs?request_id=r-1"
     proc = run_cli("-o", "json", "logs", "f", env=server_env(server))
     assert json.loads(proc.stdout.splitlines()[0])["RequestId"] == "r-1"
 
 
-def test_up_creates_missing_triggers_only(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+def test_up_creates_missing_triggers_only(server: RecordingServer, tmp_path: Path) -> None:
     path = stack_dir(tmp_path)
     path.write_text(GOOD_STACK.replace('provider: {url: "http://pod:8001"}\n', "") + (
         "      - {type: http, qualifier: '1', config: {Methods: [POST], Path: /new}}\n"))
     kept = {"TriggerId": "t-old", "Type": "http", "Qualifier": "$LATEST",
             "Config": {"Methods": ["GET"], "Path": "/hello"}}
     record = {"Configuration": {"FunctionName": "hello", "Version": "1", "FunctionArn": "brn:hello:1"}}
-    server.routes = {("GET", "/v1/functions/hello"): (404, ResourceNotFound("function not found").to_dict()),  # type: ignore[attr-defined]
+    missing = ResourceNotFound("function not found").to_dict()
+    server.routes = {("GET", "/v1/functions/hello"): (404, missing),
                      ("POST", "/v1/functions/hello"): (200, record),
                      ("GET", "/v1/functions/hello/triggers"): (200, {"Triggers": [kept]}),
                      ("POST", "/v1/functions/hello/triggers"): (201, {"TriggerId": "t-new"})}
@@ -515,25 +525,25 @@ def test_up_creates_missing_triggers_only(server: ThreadingHTTPServer, tmp_path:
     assert proc.returncode == 0, proc.stderr
     (result,) = json.loads(proc.stdout)["Functions"]
     assert [t["TriggerId"] for t in result["Triggers"]] == ["t-old", "t-new"]
-    posts = [json.loads(body) for method, p, _, body in server.seen  # type: ignore[attr-defined]
+    posts = [json.loads(body) for method, p, _, body in server.seen
              if (method, p) == ("POST", "/v1/functions/hello/triggers")]
     assert posts == [{"Type": "http", "Qualifier": "1", "Config": {"Methods": ["POST"], "Path": "/new"}}]
-    create = next(json.loads(b) for m, p, _, b in server.seen if (m, p) == ("POST", "/v1/functions/hello"))  # type: ignore[attr-defined]
+    create = next(json.loads(b) for m, p, _, b in server.seen if (m, p) == ("POST", "/v1/functions/hello"))
     assert (create["Runtime"], create["MemorySize"], create["Version"]) == ("python3", 256, "1")
     assert zipfile.ZipFile(io.BytesIO(base64.b64decode(create["Code"]))).namelist() == ["main.py"]
 
-    server.routes[("GET", "/v1/functions/hello/triggers")] = (  # type: ignore[attr-defined]
+    server.routes[("GET", "/v1/functions/hello/triggers")] = (
         404, ResourceNotFound("no route for GET /v1/functions/hello/triggers").to_dict())
     proc = run_cli("up", "-f", str(path), "--no-wait", env=server_env(server))
     assert proc.returncode == 2 and "has no trigger API" in proc.stderr, proc.stderr
 
 
-def test_text_output_keeps_brns_and_long_values_whole(server: ThreadingHTTPServer) -> None:
+def test_text_output_keeps_brns_and_long_values_whole(server: RecordingServer) -> None:
     arn = "brn:cloud:faas:bj:8f6e5a28c663957ea04522547a66d08f:function:averyveryverylongfunctionname:$LATEST"
-    server.answer = (200, {"Configuration": {"FunctionName": "f", "FunctionArn": arn,  # type: ignore[attr-defined]
+    server.answer = (200, {"Configuration": {"FunctionName": "f", "FunctionArn": arn,
                                              "Description": "d" * 200}})
     proc = run_cli("describe", "f", env=server_env(server))
     assert proc.returncode == 0 and arn in proc.stdout and "d" * 200 in proc.stdout, proc.stdout
-    server.answer = (200, {"Versions": [{"Version": "1", "CodeSha256": "x" * 44, "Description": "e" * 150}]})  # type: ignore[attr-defined]
+    server.answer = (200, {"Versions": [{"Version": "1", "CodeSha256": "x" * 44, "Description": "e" * 150}]})
     proc = run_cli("versions", "f", env=server_env(server))
     assert "x" * 44 in proc.stdout and "e" * 150 in proc.stdout, proc.stdout

@@ -46,7 +46,8 @@ def logs_command(
 ) -> None:
     """Print a function's logs (JSON lines as they are with --output json)."""
     st = state(ctx)
-    query = {"since": since, "until": until, "request_id": request_id, "limit": limit, "follow": "1" if follow else None}
+    query = {"since": since, "until": until, "request_id": request_id, "limit": limit,
+             "follow": "1" if follow else None}
     client = st.client(timeout=3600.0 if follow else None)
     try:
         for line in client.stream_lines(CONTROLLER, f"/v1/functions/{name}/logs", query=query,
