@@ -138,7 +138,9 @@ def _parse_environment(value: Any) -> dict[str, str]:
     for key, val in variables.items():
         if not _ENV_KEY_RE.match(key):
             raise ValidationError(f"Environment.Variables: invalid name {key!r} (use [A-Za-z_][A-Za-z0-9_]*)")
-        if key in _RESERVED_ENV_KEYS or key.startswith(_RESERVED_ENV_PREFIXES):
+        # Lambda's advanced logging controls are the function's choice (runner/runtimes/lambda_environment.py).
+        if key not in ("AWS_LAMBDA_LOG_FORMAT", "AWS_LAMBDA_LOG_LEVEL") and (
+                key in _RESERVED_ENV_KEYS or key.startswith(_RESERVED_ENV_PREFIXES)):
             raise ValidationError(f"Environment.Variables: {key!r} is reserved by the platform")
         if not isinstance(val, str):
             raise ValidationError(f"Environment.Variables.{key}: expected a string, got {_type_name(val)}")
@@ -389,6 +391,8 @@ class StubsHandlers:
             )
         _check_handler(cfg.Handler, self._runtime_name(cfg.Runtime))
         code, archive = await self.inspect_code(fields.Code)
+        if self._runtime_name(cfg.Runtime) == "provided" and "bootstrap" not in archive.files:  # Lambda's custom runtime
+            raise ValidationError("Code: the provided runtime runs an executable file named bootstrap at the root of the zip; this zip has none")
         cfg.FunctionName = brn.name
         cfg.Uid = uid
         cfg.CodeSha256 = archive.sha256_b64
