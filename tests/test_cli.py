@@ -475,16 +475,18 @@ def test_triggers_commands_speak_the_trigger_api(server: RecordingServer) -> Non
 def test_invocation_and_dead_letter_commands(server: RecordingServer) -> None:
     record = {"RequestId": "r-1", "FunctionArn": "brn:x:f:$LATEST", "Status": "failed", "Attempts": 3,
               "EnqueuedAt": "t0", "StartedAt": "t1", "FinishedAt": "t2", "Result": None,
-              "Error": {"errorMessage": "boom"}, "LogResult": ""}
+              "Error": {"errorMessage": "boom"}, "LogResult": base64.b64encode(b"START r-1\nboom\n").decode()}
     server.routes = {("GET", "/v1/invocations/r-1"): (200, record),
                      ("GET", "/v1/invocations"): (200, {"Invocations": [record]}),
-                     ("GET", "/v1/dead-letters"): (200, {"DeadLetters": [{"Id": "d-1", "FunctionArn": "f",
-                                                                           "Attempts": 3}]}),
-                     ("POST", "/v1/dead-letters/d-1/redrive"): (202, {"Id": "d-1", "RequestId": "r-2"})}
+                     ("GET", "/v1/dead-letters"): (200, {"DeadLetters": [{"RequestId": "d-1", "FunctionArn": "f",
+                                                                           "Attempts": 3, "Status": "failed"}]}),
+                     ("POST", "/v1/dead-letters/d-1/redrive"): (202, {"RequestId": "d-1", "Status": "queued"}),
+                     ("DELETE", "/v1/dead-letters/d-1"): (204, b"")}
     env = server_env(server)
     proc = run_cli("invocations", "get", "r-1", env=env)
     assert proc.returncode == 0 and "Status:" in proc.stdout and "failed" in proc.stdout, proc.stderr
     assert run_cli("invocations", "get", "r-1", "--check", env=env).returncode == 1
+    assert run_cli("invocations", "get", "r-1", "--tail", env=env).stderr == "START r-1\nboom\n"
     proc = run_cli("-o", "json", "invocations", "ls", "--function", "f", "--status", "failed", "--limit", "5",
                    env=env)
     assert json.loads(proc.stdout)["Invocations"][0]["RequestId"] == "r-1"
@@ -493,7 +495,10 @@ def test_invocation_and_dead_letter_commands(server: RecordingServer) -> None:
     assert proc.returncode == 0 and "d-1" in proc.stdout
     assert server.seen[-1][1] == "/v1/dead-letters?FunctionName=f"
     proc = run_cli("-o", "json", "dead-letters", "redrive", "d-1", env=env)
-    assert proc.returncode == 0 and json.loads(proc.stdout)["RequestId"] == "r-2"
+    assert proc.returncode == 0 and json.loads(proc.stdout)["Status"] == "queued"
+    assert run_cli("dead-letters", "redrive", "d-1", env=env).stdout == "d-1: enqueued again (queued)\n"
+    proc = run_cli("dead-letters", "rm", "d-1", env=env)
+    assert proc.returncode == 0 and server.seen[-1][:2] == ("DELETE", "/v1/dead-letters/d-1")
 
 
 def test_logs_prints_json_lines(server: RecordingServer) -> None:
