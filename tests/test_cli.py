@@ -514,17 +514,32 @@ def test_logs_prints_json_lines(server: RecordingServer) -> None:
     assert json.loads(proc.stdout.splitlines()[0])["RequestId"] == "r-1"
 
 
+@pytest.mark.parametrize("wanted, existing, same", [
+    ({"Methods": ["get", "POST"], "Path": "/a"}, {"Methods": ["POST", "GET"], "Path": "/a", "AuthType": "NONE"}, True),
+    ({"Methods": ["GET"], "Path": "/a"}, {"Methods": ["GET", "POST"], "Path": "/a"}, False),
+    ({"Path": "/a"}, {"Path": "/b"}, False),
+    ({"Cors": {"MaxAge": 5}}, {"Cors": {"MaxAge": 5, "AllowOrigins": ["*"]}}, True),
+    ({"Cors": {"MaxAge": 5}}, {}, False),
+])
+def test_stack_triggers_match_the_normalised_config(wanted: dict, existing: dict, same: bool) -> None:
+    from cli.commands.deploy import config_matches
+
+    assert config_matches(wanted, existing) is same
+
+
 def test_up_creates_missing_triggers_only(server: RecordingServer, tmp_path: Path) -> None:
     path = stack_dir(tmp_path)
     path.write_text(GOOD_STACK.replace('provider: {url: "http://pod:8001"}\n', "") + (
         "      - {type: http, qualifier: '1', config: {Methods: [POST], Path: /new}}\n"))
-    kept = {"TriggerId": "t-old", "Type": "http", "Qualifier": "$LATEST",
-            "Config": {"Methods": ["GET"], "Path": "/hello"}}
+    kept = {"TriggerId": "t-old", "Type": "http", "Qualifier": "$LATEST",  # as the pod normalised it
+            "Config": {"Methods": ["GET"], "Path": "/hello", "PayloadFormatVersion": "2.0", "AuthType": "NONE"}}
+    stale = {"TriggerId": "t-stale", "Type": "http", "Qualifier": "$LATEST", "Config": {"Path": "/gone"}}
     record = {"Configuration": {"FunctionName": "hello", "Version": "1", "FunctionArn": "brn:hello:1"}}
     missing = ResourceNotFound("function not found").to_dict()
     server.routes = {("GET", "/v1/functions/hello"): (404, missing),
                      ("POST", "/v1/functions/hello"): (200, record),
-                     ("GET", "/v1/functions/hello/triggers"): (200, {"Triggers": [kept]}),
+                     ("GET", "/v1/functions/hello/triggers"): (200, {"Triggers": [kept, stale]}),
+                     ("DELETE", "/v1/functions/hello/triggers/t-stale"): (204, b""),
                      ("POST", "/v1/functions/hello/triggers"): (201, {"TriggerId": "t-new"})}
     proc = run_cli("-o", "json", "up", "-f", str(path), "--no-wait", env=server_env(server))
     assert proc.returncode == 0, proc.stderr
@@ -536,6 +551,11 @@ def test_up_creates_missing_triggers_only(server: RecordingServer, tmp_path: Pat
     create = next(json.loads(b) for m, p, _, b in server.seen if (m, p) == ("POST", "/v1/functions/hello"))
     assert (create["Runtime"], create["MemorySize"], create["Version"]) == ("python3", 256, "1")
     assert zipfile.ZipFile(io.BytesIO(base64.b64decode(create["Code"]))).namelist() == ["main.py"]
+    assert not [p for m, p, *_ in server.seen if m == "DELETE"]  # kept without --prune-triggers
+
+    proc = run_cli("up", "-f", str(path), "--no-wait", "--prune-triggers", env=server_env(server))
+    assert proc.returncode == 0, proc.stderr
+    assert [p for m, p, *_ in server.seen if m == "DELETE"] == ["/v1/functions/hello/triggers/t-stale"]
 
     server.routes[("GET", "/v1/functions/hello/triggers")] = (
         404, ResourceNotFound("no route for GET /v1/functions/hello/triggers").to_dict())

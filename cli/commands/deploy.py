@@ -82,23 +82,44 @@ def deploy_command(
     _show(st, result)
 
 
+def config_matches(wanted: Any, existing: Any) -> bool:
+    """Whether a stored trigger Config has what the stack asks for.
+
+    The pod normalises a Config (defaults filled in, methods upper-cased), so the stack's keys are
+    looked up in it: lists of names compare without case or order, mappings recursively.
+    """
+    if isinstance(wanted, dict):
+        return isinstance(existing, dict) and all(
+            key in existing and config_matches(value, existing[key]) for key, value in wanted.items())
+    if isinstance(wanted, list) and all(isinstance(item, str) for item in wanted):
+        return (isinstance(existing, list) and all(isinstance(item, str) for item in existing)
+                and sorted(i.upper() for i in wanted) == sorted(i.upper() for i in existing))
+    return bool(wanted == existing)
+
+
 def _same_trigger(existing: dict[str, Any], wanted: TriggerSpec) -> bool:
     return (existing.get("Type") == wanted.type and existing.get("Qualifier", "$LATEST") == wanted.qualifier
-            and existing.get("Config") == wanted.config)
+            and config_matches(wanted.config, existing.get("Config")))
 
 
-def _sync_triggers(client: Client, name: str, triggers: list[TriggerSpec]) -> list[dict[str, Any]]:
-    """Create the stack's triggers that the function lacks (an identical one is kept)."""
-    if not triggers:
+def _sync_triggers(client: Client, name: str, triggers: list[TriggerSpec], *, prune: bool) -> list[dict[str, Any]]:
+    """Create the stack's triggers the function lacks (a matching one is kept); with ``prune``, first
+    remove the function's triggers the stack does not list (so a changed route does not collide)."""
+    if not triggers and not prune:
         return []
     listed = client.call(REGISTRY, "GET", f"/v1/functions/{name}/triggers", what=f"listing triggers of {name}")
-    existing = (listed or {}).get("Triggers", []) if isinstance(listed, dict) else listed or []
+    existing = listed.get("Triggers", []) if isinstance(listed, dict) else listed or []
+    matches = [next((t for t in existing if _same_trigger(t, wanted)), None) for wanted in triggers]
+    if prune:
+        kept = {id(t) for t in matches if t is not None}
+        for stale in (t for t in existing if id(t) not in kept):
+            client.call(REGISTRY, "DELETE", f"/v1/functions/{name}/triggers/{stale.get('TriggerId')}",
+                        what=f"removing trigger {stale.get('TriggerId')} of {name}")
     out = []
-    for trigger in triggers:
-        match = next((t for t in existing if _same_trigger(t, trigger)), None)
+    for wanted, match in zip(triggers, matches):
         if match is None:
-            match = client.call(REGISTRY, "POST", f"/v1/functions/{name}/triggers", body=trigger.body(),
-                                what=f"adding a {trigger.type} trigger to {name}")
+            match = client.call(REGISTRY, "POST", f"/v1/functions/{name}/triggers", body=wanted.body(),
+                                what=f"adding a {wanted.type} trigger to {name}")
         out.append(match)
     return out
 
@@ -111,11 +132,13 @@ def up_command(
     npm: str = typer.Option("npm", "--npm", help="npm that installs package.json dependencies."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until each code image is ready."),
     wait_timeout: float = typer.Option(DEFAULT_TIMEOUT, "--wait-timeout", help="Seconds to wait, per function."),
+    prune: bool = typer.Option(False, "--prune-triggers", help="Remove the functions' triggers the stack file "
+                               "does not list (before adding new ones)."),
 ) -> None:
     """Deploy every function of a stack file, with its settings and triggers.
 
     The whole file is validated first; an error names the field (e.g. functions.hello.memory).
-    Triggers already present with the same type, qualifier and config are left alone.
+    A trigger already present with the same type, qualifier and config is kept, not added twice.
     """
     st = state(ctx)
     stack = load_stack(file)
@@ -135,7 +158,7 @@ def up_command(
             options = BuildOptions(python=python, npm=npm, install=fn.install, wait=wait, wait_timeout=wait_timeout)
             result = deploy(client, fn.spec, options, reporter)
             try:
-                triggers = _sync_triggers(client, fn.spec.name, fn.triggers)
+                triggers = _sync_triggers(client, fn.spec.name, fn.triggers, prune=prune)
             except ApiError as exc:
                 if exc.missing_route:
                     raise UsageError(f"{fn.spec.name}: the pod has no trigger API; remove the triggers of "
