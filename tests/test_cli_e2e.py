@@ -253,3 +253,96 @@ def test_the_account_setting_selects_whose_functions(pod, tmp_path: Path) -> Non
     assert name in [f["FunctionName"] for f in theirs]
     assert easyfaas(pod, "invoke", name, account=OTHER_ACCOUNT).stdout.strip() == "other"
     assert easyfaas(pod, "rm", name, account=OTHER_ACCOUNT).returncode == 0
+
+
+def skip_without_api(proc: subprocess.CompletedProcess[str], api: str) -> None:
+    if proc.returncode == 3 and "has no such API" in proc.stderr:
+        pytest.skip(f"this pod has no {api} API yet: {proc.stderr.strip()}")
+
+
+def test_triggers_add_ls_rm(pod, tmp_path: Path) -> None:  # noqa: ANN001
+    name = unique("clitrig")
+    src = tmp_path / "fn"
+    src.mkdir()
+    (src / "index.js").write_text("exports.handler = async () => ({statusCode: 200, body: 'routed'});\n")
+    assert easyfaas(pod, "deploy", str(src), "-n", name, "-r", "nodejs", "-H", "index.handler").returncode == 0
+    try:
+        proc = easyfaas(pod, "triggers", "ls", name)
+        skip_without_api(proc, "trigger")
+        assert proc.returncode == 0 and "has no triggers" in proc.stderr, proc.stderr
+        path = f"/{name}/items/{{id}}"
+        proc = easyfaas(pod, "triggers", "add", name, "--method", "get", "--path", path)
+        assert proc.returncode == 0, proc.stderr
+        trigger_id = proc.stdout.strip()
+        listed = json.loads(easyfaas(pod, "-o", "json", "triggers", "ls", name).stdout)["Triggers"]
+        assert [(t["TriggerId"], t["Type"], t["Qualifier"]) for t in listed] == [(trigger_id, "http", "$LATEST")]
+        assert listed[0]["Config"]["Path"] == path and listed[0]["Config"]["Methods"] == ["GET"]
+        proc = easyfaas(pod, "triggers", "add", name, "--method", "GET", "--path", path)
+        assert proc.returncode == 4, proc.stderr  # the same route twice: a conflict
+        proc = easyfaas(pod, "triggers", "add", name, "--path", "no-slash")
+        assert proc.returncode == 4 and "Path" in proc.stderr, proc.stderr
+        assert easyfaas(pod, "triggers", "rm", name, trigger_id).returncode == 0
+        assert json.loads(easyfaas(pod, "-o", "json", "triggers", "ls", name).stdout)["Triggers"] == []
+        assert easyfaas(pod, "triggers", "rm", name, trigger_id).returncode == 3
+    finally:
+        easyfaas(pod, "rm", name)
+
+
+def test_up_adds_stack_triggers_once(pod, tmp_path: Path) -> None:  # noqa: ANN001
+    name = unique("clistack")
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "index.js").write_text("exports.handler = async () => 'ok';\n")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(f"functions:\n  {name}:\n    dir: fn\n    runtime: nodejs\n    handler: index.handler\n"
+                     f"    triggers:\n      - {{type: http, config: {{Methods: [get], Path: /{name}/hello}}}}\n")
+    try:
+        proc = easyfaas(pod, "-o", "json", "up", "-f", str(stack))
+        if proc.returncode == 2 and "no trigger API" in proc.stderr:
+            pytest.skip(f"this pod has no trigger API yet: {proc.stderr.strip()}")
+        assert proc.returncode == 0, proc.stderr
+        (first,) = json.loads(proc.stdout)["Functions"][0]["Triggers"]
+        proc = easyfaas(pod, "-o", "json", "up", "-f", str(stack))
+        assert proc.returncode == 0, proc.stderr  # the same route again is kept, not a conflict
+        assert [t["TriggerId"] for t in json.loads(proc.stdout)["Functions"][0]["Triggers"]] == [first["TriggerId"]]
+        listed = json.loads(easyfaas(pod, "-o", "json", "triggers", "ls", name).stdout)["Triggers"]
+        assert [t["TriggerId"] for t in listed] == [first["TriggerId"]]
+    finally:
+        easyfaas(pod, "rm", name)
+
+
+def test_invocations_get_and_ls(pod, tmp_path: Path) -> None:  # noqa: ANN001
+    import time
+
+    name = unique("cliinv")
+    src = tmp_path / "fn"
+    src.mkdir()
+    (src / "index.js").write_text("exports.handler = async (e) => ({got: e});\n")
+    assert easyfaas(pod, "deploy", str(src), "-n", name, "-r", "nodejs", "-H", "index.handler").returncode == 0
+    try:
+        proc = easyfaas(pod, "invocations", "ls", "--function", name)
+        skip_without_api(proc, "invocation records")
+        assert proc.returncode == 0, proc.stderr
+        proc = easyfaas(pod, "-o", "json", "invoke", name, "--async", "--data", '{"n": 7}')
+        assert proc.returncode == 0, proc.stderr
+        accepted = json.loads(proc.stdout)
+        request_id = accepted["RequestId"]
+        assert accepted["Location"] == f"/v1/invocations/{request_id}", accepted
+        deadline = time.monotonic() + 120  # a bound on the wait, not a measurement
+        record: dict = {}
+        while time.monotonic() < deadline:
+            proc = easyfaas(pod, "-o", "json", "invocations", "get", request_id)
+            assert proc.returncode == 0, proc.stderr
+            record = json.loads(proc.stdout)
+            if record["Status"] in ("succeeded", "failed", "expired"):
+                break
+            time.sleep(0.2)
+        assert record["Status"] == "succeeded" and json.loads(record["Result"]) == {"got": {"n": 7}}, record
+        proc = easyfaas(pod, "invocations", "get", request_id, "--check")
+        assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stderr
+        proc = easyfaas(pod, "-o", "json", "invocations", "ls", "--function", name, "--status", "succeeded")
+        assert request_id in [r["RequestId"] for r in json.loads(proc.stdout)["Invocations"]]
+        assert easyfaas(pod, "invocations", "get", "no-such-request").returncode == 3
+        proc = easyfaas(pod, "-o", "json", "dead-letters", "ls", "--function", name)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["DeadLetters"] == [], proc.stderr
+    finally:
+        easyfaas(pod, "rm", name)
