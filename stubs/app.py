@@ -48,6 +48,7 @@ from easyfaas.models import (
 )
 from easyfaas.runtimes import RuntimeCatalog
 from stubs.store import FunctionStore, code_sha256_hex, version_sort_key
+from stubs.event_invoke_config import add_routes as add_event_invoke_config_routes
 
 log = structlog.get_logger(__name__)
 
@@ -573,4 +574,5 @@ def make_app(
     app.router.add_get("/v1/code/{account}/{name}/{file}", h.get_code_by_digest)
     app.router.add_get("/v1/runtimes", h.list_runtimes)
     app.router.add_get("/v1/code-changes", h.code_changes)
+    add_event_invoke_config_routes(app, h)
     return app
