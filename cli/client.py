@@ -14,7 +14,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
 from typing import Any, Iterator, Mapping
 
@@ -106,18 +106,17 @@ def raise_for_error(resp: Response, what: str) -> Response:
 class Client:
     settings: Settings
     timeout: float = DEFAULT_TIMEOUT
-    extra_headers: dict[str, str] = field(default_factory=dict)
 
     def base(self, service: str) -> str:
         return (self.settings.url if service == CONTROLLER else self.settings.registry_url).rstrip("/")
 
     def url(self, service: str, path: str, query: Mapping[str, Any] | None = None) -> str:
-        url = self.base(service) + urllib.parse.quote(path, safe="/:$@=&?")
+        url = self.base(service) + urllib.parse.quote(path, safe="/:$@")
         params = {k: str(v) for k, v in (query or {}).items() if v is not None and v != ""}
         return url + ("?" + urllib.parse.urlencode(params) if params else "")
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {"User-Agent": "easyfaas-cli", **self.extra_headers}
+        headers = {"User-Agent": "easyfaas-cli"}
         if self.settings.account:
             headers[ACCOUNT_ID] = self.settings.account
         if self.settings.key:
@@ -163,7 +162,7 @@ class Client:
             raise Unreachable(url, str(exc) or type(exc).__name__) from None
         finally:
             resp.close()
-        return Response(resp.status if hasattr(resp, "status") else resp.code, resp.headers, payload)
+        return Response(resp.status, resp.headers, payload)
 
     def call(self, service: str, method: str, path: str, *, what: str, **kwargs: Any) -> Any:
         """One request that must succeed; its JSON answer (None for an empty body)."""
@@ -175,9 +174,8 @@ class Client:
         url = self.url(service, path, query)
         resp = self._open("GET", url, None, self.headers(), timeout)
         try:
-            status = resp.status if hasattr(resp, "status") else resp.code
-            if not 200 <= status < 300:
-                raise_for_error(Response(status, resp.headers, resp.read()), what)
+            if not 200 <= resp.status < 300:
+                raise_for_error(Response(resp.status, resp.headers, resp.read()), what)
             for line in resp:
                 yield line
         except (socket.timeout, TimeoutError):
