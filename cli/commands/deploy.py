@@ -16,6 +16,7 @@ from cli.readiness import DEFAULT_TIMEOUT
 from cli.stack import TriggerSpec, load_stack
 from cli.state import CliState, state
 
+
 def parse_env(pairs: list[str]) -> dict[str, str] | None:
     """``K=V`` options as a mapping (None when none given)."""
     if not pairs:
@@ -67,7 +68,8 @@ def deploy_command(
     """Deploy a directory: create the function (version 1), or publish a new version if it exists.
 
     Dependencies are installed into a temporary copy of DIR, never DIR itself. Without --no-wait,
-    returns once the pod has the code image ready (see the README's "Command line").
+    returns once the pod has the code image ready (the README's "Command line reference" says
+    what ready means).
     """
     st = state(ctx)
     spec = FunctionSpec(name=name, directory=directory, runtime=runtime, handler=handler, memory=memory,
