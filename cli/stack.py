@@ -23,6 +23,11 @@ in the spirit of OpenFaaS's stack.yml. Every error names the field it is about.
           - type: http
             qualifier: $LATEST       # default
             config: {Methods: [GET], Path: /hello}
+        async:                       # asynchronous invocation settings (event-invoke-config)
+          max_retry_attempts: 1      # 0-2
+          max_event_age: 3600        # seconds, 60-21600
+          on_failure: audit          # a function of the stack or account, or a BRN
+          on_success: brn:cloud:faas:bj:<account>:function:done:$LATEST
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from easyfaas.event_invoke import MAX_EVENT_AGE, MAX_RETRY_ATTEMPTS, MIN_EVENT_AGE, MIN_RETRY_ATTEMPTS
+
 from cli.deployer import FunctionSpec
 from cli.exits import UsageError
 
@@ -42,8 +49,9 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TOP_KEYS = {"version", "provider", "functions"}
 PROVIDER_KEYS = {"url", "registry_url"}
 FUNCTION_KEYS = {"dir", "runtime", "handler", "memory", "timeout", "description", "concurrency", "environment",
-                 "tags", "install", "triggers"}
+                 "tags", "install", "triggers", "async"}
 TRIGGER_KEYS = {"type", "qualifier", "config"}
+ASYNC_KEYS = {"max_retry_attempts", "max_event_age", "on_success", "on_failure"}
 REQUIRED_FUNCTION_KEYS = ("dir", "runtime", "handler")
 
 
@@ -64,10 +72,34 @@ class TriggerSpec:
 
 
 @dataclass
+class AsyncSpec:
+    """A function's event-invoke-config; destinations are function names or BRNs."""
+
+    max_retry_attempts: int | None = None
+    max_event_age: int | None = None
+    on_success: str = ""
+    on_failure: str = ""
+
+    def body(self, destinations: dict[str, str]) -> dict[str, Any]:
+        """The PUT body, ``destinations`` mapping the names given here to BRNs."""
+        body: dict[str, Any] = {}
+        if self.max_retry_attempts is not None:
+            body["MaximumRetryAttempts"] = self.max_retry_attempts
+        if self.max_event_age is not None:
+            body["MaximumEventAgeInSeconds"] = self.max_event_age
+        dest = {key: {"Destination": destinations.get(target, target)}
+                for key, target in (("OnSuccess", self.on_success), ("OnFailure", self.on_failure)) if target}
+        if dest:
+            body["DestinationConfig"] = dest
+        return body
+
+
+@dataclass
 class StackFunction:
     spec: FunctionSpec
     install: bool = True
     triggers: list[TriggerSpec] = field(default_factory=list)
+    async_config: AsyncSpec | None = None
 
 
 @dataclass
@@ -132,6 +164,23 @@ def _trigger(path: Path, where: str, doc: Any) -> TriggerSpec:
     return trigger
 
 
+def _async(path: Path, where: str, doc: Any) -> AsyncSpec:
+    if not isinstance(doc, dict):
+        raise StackError(path, where, f"expected a mapping, got {_type(doc)}")
+    _unknown(path, where, doc, ASYNC_KEYS)
+    spec = AsyncSpec()
+    if "max_retry_attempts" in doc:
+        spec.max_retry_attempts = _integer(path, f"{where}.max_retry_attempts", doc["max_retry_attempts"],
+                                           MIN_RETRY_ATTEMPTS, MAX_RETRY_ATTEMPTS)
+    if "max_event_age" in doc:
+        spec.max_event_age = _integer(path, f"{where}.max_event_age", doc["max_event_age"], MIN_EVENT_AGE,
+                                      MAX_EVENT_AGE)
+    for key in ("on_success", "on_failure"):
+        if key in doc:
+            setattr(spec, key, _string(path, f"{where}.{key}", doc[key]))
+    return spec
+
+
 def _function(path: Path, name: Any, doc: Any) -> StackFunction:
     where = f"functions.{name}"
     if not isinstance(name, str) or not FUNCTION_NAME_RE.match(name):
@@ -167,7 +216,8 @@ def _function(path: Path, name: Any, doc: Any) -> StackFunction:
     triggers = doc.get("triggers") or []
     if not isinstance(triggers, list):
         raise StackError(path, f"{where}.triggers", f"expected a list, got {_type(triggers)}")
-    return StackFunction(spec, install, [_trigger(path, f"{where}.triggers[{i}]", t) for i, t in enumerate(triggers)])
+    return StackFunction(spec, install, [_trigger(path, f"{where}.triggers[{i}]", t) for i, t in enumerate(triggers)],
+                         _async(path, f"{where}.async", doc["async"]) if "async" in doc else None)
 
 
 def parse_stack(path: Path, text: str) -> Stack:

@@ -240,6 +240,20 @@ def test_a_valid_stack(tmp_path: Path) -> None:
     assert fn.spec.body()["Environment"] == {"Variables": {"GREETING": "hi", "N": "3"}}
 
 
+def test_stack_async_config(tmp_path: Path) -> None:
+    path = stack_dir(tmp_path)
+    settings = ("    async: {max_retry_attempts: 0, max_event_age: 60, on_failure: audit,\n"
+                "            on_success: 'brn:cloud:faas:bj:abc:function:done:$LATEST'}\n")
+    text = GOOD_STACK.replace("    triggers:", settings + "    triggers:")
+    (fn,) = parse_stack(path, text).functions
+    assert fn.async_config is not None
+    assert fn.async_config.body({"audit": "brn:cloud:faas:bj:abc:function:audit:$LATEST"}) == {
+        "MaximumRetryAttempts": 0, "MaximumEventAgeInSeconds": 60,
+        "DestinationConfig": {"OnSuccess": {"Destination": "brn:cloud:faas:bj:abc:function:done:$LATEST"},
+                              "OnFailure": {"Destination": "brn:cloud:faas:bj:abc:function:audit:$LATEST"}}}
+    assert parse_stack(path, GOOD_STACK).functions[0].async_config is None
+
+
 @pytest.mark.parametrize("change, field, problem", [
     (("memory: 256", "memory: lots"), "functions.hello.memory", "expected an integer"),
     (("memory: 256", "memory: 20"), "functions.hello.memory", "between 64 and 10240"),
@@ -253,6 +267,13 @@ def test_a_valid_stack(tmp_path: Path) -> None:
     (("version: 1", "version: 2"), "version", "unsupported version"),
     (('provider: {url: "http://pod:8001"}', "provider: {url: pod}"), "provider.url", "http:// or https://"),
     (("  hello:", "  'bad name':"), "functions.bad name", "invalid function name"),
+    (("    triggers:", "    async: {max_retry_attempts: 3}\n    triggers:"), "functions.hello.async.max_retry_attempts",
+     "between 0 and 2"),
+    (("    triggers:", "    async: {max_event_age: 10}\n    triggers:"), "functions.hello.async.max_event_age",
+     "between 60 and 21600"),
+    (("    triggers:", "    async: {retries: 1}\n    triggers:"), "functions.hello.async.retries", "unknown field"),
+    (("    triggers:", "    async: {on_failure: ''}\n    triggers:"), "functions.hello.async.on_failure",
+     "non-empty string"),
 ])
 def test_stack_errors_name_the_field(tmp_path: Path, change: tuple[str, str], field: str, problem: str) -> None:
     path = stack_dir(tmp_path)

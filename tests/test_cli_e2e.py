@@ -346,3 +346,35 @@ def test_invocations_get_and_ls(pod, tmp_path: Path) -> None:  # noqa: ANN001
         assert proc.returncode == 0 and json.loads(proc.stdout)["DeadLetters"] == [], proc.stderr
     finally:
         easyfaas(pod, "rm", name)
+
+
+def test_up_sets_the_async_invocation_config(pod, tmp_path: Path) -> None:  # noqa: ANN001
+    import urllib.request
+
+    worker, audit = unique("cliworker"), unique("cliaudit")
+    for sub in ("w", "a"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "index.js").write_text("exports.handler = async (e) => e;\n")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(  # the destination is defined after the function that names it
+        f"functions:\n  {worker}:\n    dir: w\n    runtime: nodejs\n    handler: index.handler\n"
+        f"    async: {{max_retry_attempts: 0, max_event_age: 120, on_failure: {audit}}}\n"
+        f"  {audit}:\n    dir: a\n    runtime: nodejs\n    handler: index.handler\n")
+    try:
+        proc = easyfaas(pod, "-o", "json", "up", "-f", str(stack))
+        if proc.returncode == 2 and "no event-invoke-config API" in proc.stderr:
+            pytest.skip(f"this pod has no event-invoke-config API yet: {proc.stderr.strip()}")
+        assert proc.returncode == 0, proc.stderr
+        req = urllib.request.Request(f"{pod.config.stubs_url}/v1/functions/{worker}/event-invoke-config",
+                                     headers={"X-easyfaas-Account-Id": ACCOUNT})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            stored = json.loads(resp.read())
+        assert (stored["MaximumRetryAttempts"], stored["MaximumEventAgeInSeconds"]) == (0, 120), stored
+        destination = stored["DestinationConfig"]["OnFailure"]["Destination"]
+        assert destination.endswith(f":function:{audit}:$LATEST"), stored
+        results = {r["FunctionName"]: r for r in json.loads(proc.stdout)["Functions"]}
+        assert results[worker]["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+        assert "EventInvokeConfig" not in results[audit]
+    finally:
+        for name in (worker, audit):
+            easyfaas(pod, "rm", name)

@@ -13,7 +13,7 @@ from cli.client import REGISTRY, ApiError, Client
 from cli.deployer import BuildOptions, DeployResult, FunctionSpec, deploy
 from cli.exits import UsageError
 from cli.readiness import DEFAULT_TIMEOUT
-from cli.stack import TriggerSpec, load_stack
+from cli.stack import AsyncSpec, TriggerSpec, load_stack
 from cli.state import CliState, state
 
 
@@ -137,7 +137,7 @@ def up_command(
     prune: bool = typer.Option(False, "--prune-triggers", help="Remove the functions' triggers the stack file "
                                "does not list (before adding new ones)."),
 ) -> None:
-    """Deploy every function of a stack file, with its settings and triggers.
+    """Deploy every function of a stack file, with its settings, triggers and async invocation config.
 
     The whole file is validated first; an error names the field (e.g. functions.hello.memory).
     A trigger already present with the same type, qualifier and config is kept, not added twice.
@@ -152,11 +152,10 @@ def up_command(
     overrides = {k: v for k, v in (("url", stack.url), ("registry_url", stack.registry_url))
                  if v and k not in st.explicit}
     client = Client(replace(settings, **overrides))
-    results = []
+    chosen = [fn for fn in stack.functions if not only or fn.spec.name in only]
+    results: dict[str, dict[str, Any]] = {}
     with st.reporter() as reporter:
-        for fn in stack.functions:
-            if only and fn.spec.name not in only:
-                continue
+        for fn in chosen:
             options = BuildOptions(python=python, npm=npm, install=fn.install, wait=wait, wait_timeout=wait_timeout)
             result = deploy(client, fn.spec, options, reporter)
             try:
@@ -166,10 +165,32 @@ def up_command(
                     raise UsageError(f"{fn.spec.name}: the pod has no trigger API; remove the triggers of "
                                      f"functions.{fn.spec.name} or upgrade the pod") from None
                 raise
-            results.append({**result.to_dict(), "Triggers": triggers})
+            results[fn.spec.name] = {**result.to_dict(), "Triggers": triggers}
             _show(st, result)
+    # After every function is deployed: a destination may be a function defined further down.
+    for fn in chosen:
+        if fn.async_config is not None:
+            results[fn.spec.name]["EventInvokeConfig"] = _put_async_config(client, fn.spec.name, fn.async_config)
     if st.output.json:
-        st.output.document({"Functions": results})
+        st.output.document({"Functions": list(results.values())})
+
+
+def _put_async_config(client: Client, name: str, spec: AsyncSpec) -> Any:
+    """PUT the function's event-invoke-config; destinations given by name become their BRNs."""
+    destinations = {}
+    for target in (spec.on_success, spec.on_failure):
+        if target and not target.startswith("brn:"):
+            record = client.call(REGISTRY, "GET", f"/v1/functions/{target}",
+                                 what=f"resolving the destination {target} of {name}")
+            destinations[target] = record["Configuration"]["FunctionArn"]
+    try:
+        return client.call(REGISTRY, "PUT", f"/v1/functions/{name}/event-invoke-config",
+                           body=spec.body(destinations), what=f"setting the async invocation config of {name}")
+    except ApiError as exc:
+        if exc.missing_route:
+            raise UsageError(f"{name}: the pod has no event-invoke-config API; remove functions.{name}.async "
+                             "or upgrade the pod") from None
+        raise
 
 
 def register(app: typer.Typer) -> None:
