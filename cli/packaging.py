@@ -102,7 +102,8 @@ class InstallStep:
     argv: list[str]
 
     def describe(self) -> str:
-        return " ".join(self.argv[:1] + self.argv[1:]) if self.argv else self.manifest
+        """The command as a person would type it (the tool's name, not its full path)."""
+        return " ".join([Path(self.argv[0]).name, *self.argv[1:]])
 
 
 def install_steps(directory: Path, *, python: str, npm: str = "npm") -> list[InstallStep]:
