@@ -257,3 +257,19 @@ async def test_async_invocations_are_counted_and_the_queue_is_shown(env: Env) ->
     assert "easyfaas_async_queue_depth" in text and "easyfaas_async_in_flight" in text
     assert value(text, "easyfaas_async_queue_depth", function="hello") == 0
     promtool_accepts(text)
+
+
+async def test_dead_letters_are_counted_per_function() -> None:
+    from tests.test_async_api import make_async_env
+
+    e, cleanup = await make_async_env()
+    try:
+        e.stubs.event_configs[e.brn("hello")] = {"MaximumRetryAttempts": 0, "MaximumEventAgeInSeconds": 60}
+        rid = await e.enqueue("hello", {"fail": "boom"})
+        assert (await e.finished(rid))["Status"] == "failed"
+        text = await (await e.client.get("/metrics")).text()
+        assert value(text, "easyfaas_async_dead_letters_total", function="hello") == 1
+        assert value(text, "faas_invocations_total", function="hello", result="error") == 1
+        promtool_accepts(text)
+    finally:
+        await cleanup()
