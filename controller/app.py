@@ -4,7 +4,9 @@ Parts and their order (cleanup runs in reverse): the funclet and registry client
 prefetcher (builds new functions' code images ahead of their first invocation), the slot pool
 (which finds the funclet's sandboxes in the background and runs the periodic task), the invoke
 pipeline, and the asynchronous invocations' queue and workers (controller/async_api.py: the
-workers stop taking events at shutdown and drain before the pool goes away).
+workers stop taking events at shutdown and drain before the pool goes away), and last the
+function log writer (controller/function_logs.py: it flushes what is pending after the workers have
+drained). ``/metrics``, ``/readyz`` and the logs route are added by ``_observability``.
 
 Shutdown (SIGTERM, through easyfaas.daemon): the front door stops accepting and lets the
 invocations on its connections finish, the pool stops growing and pre-warming, in-flight and queued
