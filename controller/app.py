@@ -4,9 +4,10 @@ Parts and their order (cleanup runs in reverse): the funclet and registry client
 prefetcher (builds new functions' code images ahead of their first invocation), the slot pool
 (which finds the funclet's sandboxes in the background and runs the periodic task), the invoke
 pipeline, and the asynchronous invocations' queue and workers (controller/async_api.py: the
-workers stop taking events at shutdown and drain before the pool goes away), and last the
-function log writer (controller/function_logs.py: it flushes what is pending after the workers have
-drained). ``/metrics``, ``/readyz`` and the logs route are added by ``_observability``.
+workers stop taking events at shutdown and drain before the pool goes away). The function log
+writer (controller/function_logs.py) is started before all of them and closed after them, so that
+what the draining invocations wrote is flushed. ``/metrics``, ``/readyz`` and the logs route are
+added by ``_observability``.
 
 Shutdown (SIGTERM, through easyfaas.daemon): the front door stops accepting and lets the
 invocations on its connections finish, the pool stops growing and pre-warming, in-flight and queued
@@ -111,7 +112,7 @@ def _observability(app: web.Application, opts: Settings) -> None:
     add_log_routes(app, logs)
     if getattr(opts, "function_logs", True):
         invoker.function_logs = logs
-    app.cleanup_ctx.append(_function_logs)
+    app.cleanup_ctx.insert(0, _function_logs)  # closed last: after the invocations have drained
     app.on_shutdown.append(_end_log_follows)
 
 

@@ -179,3 +179,22 @@ async def test_logs_survive_a_restart_of_the_writer(tmp_path: Path) -> None:
     lines = await again.read("a", "f", LogQuery())
     assert [l["message"] for l in lines][:2] == ["START RequestId: r Version: $LATEST", "out"]
     assert os.path.exists(tmp_path / "a" / "f" / "current.jsonl")
+
+
+async def test_an_invocation_that_drains_at_shutdown_is_kept() -> None:
+    from controller.app import OPTIONS
+
+    e, cleanup = await make_env()
+    try:
+        app = e.client.server.app
+        resp = await e.invoke("hello", {"sleep": 0.5, "log": "at the very end"},
+                              headers={**H, "X-easyfaas-Invoke-Type": "Event", "X-easyfaas-Request-Id": "late-1"})
+        assert resp.status == 202
+        await until(lambda: len(e.requests_seen()) == 1, timeout=5)
+        await e.client.close()  # shutdown: the event under way drains, then the writer closes
+        kept = await FunctionLogs(Path(app[OPTIONS].state_dir) / "function-logs").read(
+            account_hash(OWNER), "hello", LogQuery(request_id="late-1"))
+        assert [line["message"] for line in kept][1] == "at the very end"
+        assert kept[-1]["message"].startswith("REPORT RequestId: late-1")
+    finally:
+        await cleanup()
