@@ -86,6 +86,11 @@ OPTIONS = [
     Option("event-max-records", int, 100000, "records of finished invocations kept at most (oldest go first)"),
     Option("event-ack-wait", parse_duration, "30s",
            "NATS: a pod that holds an event this long without news is taken for dead and the event redelivered"),
+    Option("metrics", parse_bool, True, "serve Prometheus metrics on GET /metrics and count invocations (on/off)"),
+    Option("function-logs", parse_bool, True,
+           "keep every invocation's output and START/END/REPORT lines per function (on/off)"),
+    Option("function-log-dir", str, "", "where function logs are kept (default: <state-dir>/function-logs)"),
+    Option("function-log-max-bytes", parse_size, "16M", "size cap of one function's kept logs (oldest rotated out)"),
 ]
 
 
