@@ -302,6 +302,9 @@ class Supervisor:
             os.closerange(STANDBY_FD + 1 if standby_r >= 0 else 4 + 1, 1 << 20)
             os.chdir(TASK_DIR)
             privileges.set_rlimits(self.spec.nofile)
+            # While still root (see set_oom_score_adj): the runtime and its children go first.
+            if not privileges.set_oom_score_adj(privileges.OOM_SCORE_ADJ_RUNTIME):
+                raise PermissionError("oom_score_adj: raising it was refused")
             privileges.drop_to(self.spec.uid, self.spec.gid)
             # Last: everything above needed system calls the filter refuses (unshare, setns, ...).
             seccomp.install_filter()
@@ -428,6 +431,13 @@ class Supervisor:
                 return False
 
     def runtime_exited(self, pid: int, status: int) -> None:
+        # What the runtime left in its process group (the runtime is its leader, see setsid in
+        # _become_runtime) dies with it: after an OOM kill, a bomb's survivors would otherwise keep
+        # the cgroup at its limit and slow this report until the reset. Escapees are the reset's.
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.starting:
             self.read_status()
             if self.starting:

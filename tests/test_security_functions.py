@@ -343,6 +343,19 @@ def p_forks(a):
     return {"started": len(children), "error": error}
 
 
+def _live_processes():
+    """Processes that are not zombies (an exited task no longer counts against pids.max)."""
+    live = 0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    live += f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                pass
+    return live
+
+
 def p_forkbomb(a):
     open("/tmp/bomb", "w").close()
     bomb = subprocess.Popen(["/bin/sh", "-c", "f() { [ -e /tmp/bomb ] && { f | f & }; }; f"],
@@ -350,11 +363,37 @@ def p_forkbomb(a):
     peak = 0
     deadline = time.monotonic() + a["seconds"]
     while time.monotonic() < deadline:
-        peak = max(peak, sum(1 for p in os.listdir("/proc") if p.isdigit()))
+        peak = max(peak, _live_processes())
         time.sleep(0.05)
     os.unlink("/tmp/bomb")
     bomb.wait()
     return {"peak processes": peak}
+
+
+def p_membomb(a):
+    """Many small shells holding a few MiB each: once the (bigger) runtime is gone, the largest
+    process left in the cgroup, and so the OOM killer's next choice, would be the runner."""
+    script = f"x=$(head -c {a['mb'] << 20} /dev/zero | tr '\\0' a); sleep 60"
+    children = [subprocess.Popen(["/bin/sh", "-c", script], stderr=subprocess.DEVNULL)
+                for _ in range(a["children"])]
+    time.sleep(a["seconds"])
+    for child in children:
+        child.kill()
+        child.wait()
+    return "survived"
+
+
+def p_oom_score(a):
+    out = {"adj": int(read("/proc/self/oom_score_adj"))}
+    for value in ("0", "-1000"):
+        out[value] = attempt(write_value, "/proc/self/oom_score_adj", value)
+    write_value("/proc/self/oom_score_adj", str(out["adj"]))  # raising back is always allowed
+    return out
+
+
+def write_value(path, value):
+    with open(path, "w") as f:
+        f.write(value)
 
 
 def p_fds(a):
@@ -860,16 +899,75 @@ def test_forks_stop_at_the_pids_limit(hostile: Function, client: PodClient, quic
     assert out["error"] == "EAGAIN" and out["started"] < limit, out
 
 
+def sandbox_info(client: PodClient, slot_id: str) -> dict[str, Any]:
+    status, info = client.funclet("GET", f"/v1/funclet/container/{slot_id}")
+    assert status == 200, info
+    return info
+
+
+def assert_runner_survived(hostile: Function, client: PodClient, slot_id: str, before: dict[str, Any], *,
+                           reset: bool) -> None:
+    """The sandbox kept its runner (PID 1) and, if its runtime died, was reset, not rebuilt; it serves again."""
+    if reset:  # the controller cools a sandbox whose runtime exited down: a reset gives it a new epoch
+        wait_until(lambda: sandbox_info(client, slot_id)["Epoch"] > before["Epoch"], timeout=30,
+                   what="the sandbox's reset")
+    after = sandbox_info(client, slot_id)
+    assert after["HostPid"] == before["HostPid"], f"the runner was replaced: {before} -> {after}"
+    assert psutil.pid_exists(before["HostPid"])
+    assert after["State"] != "dead"
+    assert hostile.probe("whoami")["uid"] >= 1000
+    assert sandbox_info(client, slot_id)["HostPid"] == before["HostPid"]
+
+
+def _have_cap_sys_resource() -> bool:
+    caps = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
+    return bool(int(caps.split()[1], 16) & (1 << 24))
+
+
+def test_runner_is_the_oom_killers_last_choice(hostile: Function, client: PodClient) -> None:
+    slot, seen = hostile.confined()
+    privileged = _have_cap_sys_resource()  # lowering below 0, and a floor for the runtime, need it
+    runner_adj = int(Path(f"/proc/{seen['runner']}/oom_score_adj").read_text())
+    assert runner_adj == (-1000 if privileged else int(Path("/proc/self/oom_score_adj").read_text())), runner_adj
+    out = hostile.probe("oom_score")
+    # The runtime (and all it forks) goes first; it can never get below the runner.
+    assert out["adj"] == 1000 and out["-1000"] == "EACCES", out
+    assert out["0"] == ("EACCES" if privileged else "ok"), out
+    for pid in hostile.confined()[1]["runtimes"]:
+        assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "1000"
+
+
 def test_fork_bomb_is_contained(hostile: Function, client: PodClient, quick: str) -> None:
-    _, seen = hostile.confined()
+    slot, seen = hostile.confined()
     limit = int(seen["limits"]["pids"])
+    before = sandbox_info(client, slot["RuntimeID"])
     host_before = len(psutil.pids())
     began = time.monotonic()
-    out = hostile.probe("forkbomb", seconds=2)
-    assert out["peak processes"] <= limit
+    status, _, body = hostile.raw("forkbomb", seconds=2)
+    if status == 200:
+        assert json.loads(body)["peak processes"] <= limit
+    else:  # the shells filled the memory limit and the OOM killer took the runtime among them
+        assert status == 500 and json.loads(body)["errorType"] == "Runtime.OutOfMemory", body
     assert time.monotonic() - began < 9
     assert client.invoke(quick)[:3:2] == (200, b"quick")
     assert len(psutil.pids()) < host_before + limit
+    assert_runner_survived(hostile, client, slot["RuntimeID"], before, reset=status != 200)
+
+
+def test_memory_bomb_kills_the_function_not_its_runner(hostile: Function, client: PodClient, quick: str) -> None:
+    slot, seen = hostile.confined()
+    before = sandbox_info(client, slot["RuntimeID"])
+    # 40 processes of 6 MiB in 128 MiB: each smaller than the runner, together far over the limit.
+    status, headers, body = hostile.raw("membomb", children=40, mb=6, seconds=4)
+    after = sandbox_info(client, slot["RuntimeID"])
+    assert after["OOMKills"] > before["OOMKills"], after
+    if status == 500:
+        assert json.loads(body)["errorType"] == "Runtime.OutOfMemory", body
+        assert headers.get("X-easyfaas-Function-Error") == "Unhandled"
+    else:  # only children were killed: the function itself answered
+        assert (status, body) == (200, b"survived"), body
+    assert client.invoke(quick)[:3:2] == (200, b"quick")
+    assert_runner_survived(hostile, client, slot["RuntimeID"], before, reset=status != 200)
 
 
 def test_file_descriptors_are_capped(hostile: Function) -> None:
