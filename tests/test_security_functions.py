@@ -43,6 +43,7 @@ from easyfaas.pod import Pod
 from funclet.sandbox.firewall import BridgeFirewall, list_tables
 from runner import seccomp
 from tests.pod_harness import ACCOUNT, b64zip, brn
+from tests.test_egress import outside  # noqa: F401 - fixture
 from tests.test_sandbox_runner import code_dirs, host, spawn, wait_until  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(platform.machine() != "x86_64",
@@ -605,6 +606,30 @@ if /usr/bin/unshare -U -r true 2>/dev/null; then echo "unshare:ok"; else echo "u
 """
 
 QUICK_PY = "def handler(event, context):\n    return 'quick'\n"
+EGRESS_PY = """
+import errno, socket
+
+def handler(event, context):
+    out = {}
+    for address, port in event["tcp"]:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.5)
+            try:
+                sock.connect((address, port))
+                out[f"tcp {address}:{port}"] = "ok"
+            except OSError as exc:
+                out[f"tcp {address}:{port}"] = errno.errorcode.get(exc.errno, "timeout")
+    for address, port, token in event["udp"]:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.sendto(token.encode(), (address, port))
+                out[f"udp {address}:{port}"] = "sent"
+            except OSError as exc:
+                out[f"udp {address}:{port}"] = errno.errorcode.get(exc.errno, str(exc.errno))
+    return out
+"""
 SECRET_PY = "import os\ndef handler(event, context):\n    return os.environ.get('EF_SECRET', '')[:4]\n"
 
 # What "stopped" looks like for a read, write or system call.
@@ -664,11 +689,13 @@ class PodClient:
 
     def deploy(self, name: str, runtime: str, files: dict[str, str], *, env: dict[str, str] | None = None,
                memory: int = 128, timeout: int = 10, handler: str = "index.handler",
-               executable: tuple[str, ...] = ()) -> None:
+               executable: tuple[str, ...] = (), network: dict[str, Any] | None = None) -> None:
         body = {"Runtime": runtime, "Handler": handler, "Timeout": timeout, "MemorySize": memory,
                 "PodConcurrentQuota": 2, "Code": b64zip(files, executable)}
         if env:
             body["Environment"] = {"Variables": env}
+        if network is not None:
+            body["Network"] = network
         status, raw = self.stubs("POST", f"/v1/functions/{name}", body)
         assert status == 200, raw
 
@@ -1367,3 +1394,90 @@ def test_bridge_firewall_drops_sandbox_to_host_traffic() -> None:
         net.teardown()
         net.close()
     assert f"easyfaas_t{tag}fw" not in list_tables()
+
+
+# ---- egress policies through the pod -------------------------------------------------------------
+
+def test_egress_policies_are_validated_naming_the_field(client: PodClient) -> None:
+    name = unique("egressbad")
+    body = {"Runtime": "python3", "Code": b64zip({"index.py": QUICK_PY}),
+            "Network": {"Egress": ["10.1.2.3:1883", "10.1.2.3"]}}
+    status, raw = client.stubs("POST", f"/v1/functions/{name}", body)
+    error = json.loads(raw)
+    assert status == 400 and error["Cause"].startswith("Network.Egress[1]: "), raw
+    assert set(error) == {"Code", "Cause", "Message", "Status", "Type"}
+    assert client.stubs("GET", f"/v1/functions/{name}")[0] == 404  # nothing was created
+    # The default is "none", and it is said so.
+    client.deploy(name, "python3", {"index.py": QUICK_PY})
+    status, raw = client.stubs("GET", f"/v1/functions/{name}")
+    assert status == 200 and json.loads(raw)["Configuration"]["Network"] == {"Egress": "none"}, raw
+    status, raw = client.stubs("PUT", f"/v1/functions/{name}", {"Network": {"Egress": "everything"}})
+    assert status == 400 and json.loads(raw)["Cause"].startswith("Network.Egress: "), raw
+
+
+def _egress_rules(client: PodClient, veth: str) -> int:
+    from funclet.sandbox.nftables import NFPROTO_INET, NftSocket, list_rules
+
+    nft = NftSocket()
+    try:
+        return sum(1 for rule in list_rules(nft, NFPROTO_INET, f"easyfaas_{client.names.bridge}")
+                   if rule.chain == "egress" and rule.tag == veth)
+    finally:
+        nft.close()
+
+
+def test_a_function_reaches_what_its_policy_allows_and_nothing_else(client: PodClient, outside: Any) -> None:
+    p1, p2 = outside.ports
+    name = unique("egress")
+    client.deploy(name, "python3", {"index.py": EGRESS_PY},
+                  network={"Egress": [f"{outside.address}:{p1}", f"[{outside.address6}]:{p1}"]})
+    targets = [[outside.address, p1], [outside.address, p2], [outside.other_address, p1],
+               [outside.address6, p1], [client.gateway, client.config.controller_port],
+               [outside.host_address, client.config.stubs_port]]
+    tokens = {f"{a}:{p}": secrets.token_hex(4) for a, p in targets}
+
+    def run() -> dict[str, str]:
+        event = {"tcp": targets, "udp": [[a, p, tokens[f"{a}:{p}"]] for a, p in targets]}
+        status, _, body = client.invoke(name, event)
+        assert status == 200, body
+        return json.loads(body)
+
+    def received(address: str, port: int) -> bool:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        receiver = outside.udp.get((family, port))
+        if receiver is None:
+            return False
+        receiver.settimeout(0.5)
+        try:
+            while True:
+                data, peer = receiver.recvfrom(64)
+                if data == tokens[f"{address}:{port}"].encode():
+                    assert peer[0] == outside.host_address  # masqueraded
+                    return True
+        except socket.timeout:
+            return False
+
+    out = run()
+    assert out[f"tcp {outside.address}:{p1}"] == "ok", out
+    outside.tcp[(socket.AF_INET, p1)].settimeout(5)
+    outside.tcp[(socket.AF_INET, p1)].accept()[0].close()
+    for refused in (f"{outside.address}:{p2}", f"{outside.other_address}:{p1}", f"{outside.address6}:{p1}",
+                    f"{client.gateway}:{client.config.controller_port}",
+                    f"{outside.host_address}:{client.config.stubs_port}"):
+        assert out[f"tcp {refused}"] != "ok", (refused, out)
+    # IPv6 is refused at the source: the sandbox has no IPv6 address or route at all.
+    assert out[f"tcp {outside.address6}:{p1}"] in ("ENETUNREACH", "EADDRNOTAVAIL"), out
+    assert received(outside.address, p1)
+    assert not any(received(a, p) for a, p in targets[1:4])
+    slot = client.slot_of(name)
+    assert slot is not None
+    veth = client.veth(slot["RuntimeID"])
+    assert _egress_rules(client, veth) == 2  # TCP and UDP to the one IPv4 entry
+    # The policy goes with the function: once its sandbox is taken back, its rules are gone.
+    client.invalidate(slot["RuntimeID"])
+    wait_until(lambda: _egress_rules(client, veth) == 0, timeout=30, what="the sandbox's egress rules to go")
+    status, raw = client.stubs("PUT", f"/v1/functions/{name}", {"Network": {"Egress": "none"}})
+    assert status == 200, raw
+    out = run()
+    assert out[f"tcp {outside.address}:{p1}"] != "ok", out
+    assert not received(outside.address, p1)
