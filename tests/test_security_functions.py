@@ -1345,6 +1345,38 @@ def test_filter_tables_are_consistent() -> None:
     assert seccomp.X86_64.numbers["keyctl"] == 250 and seccomp.AARCH64.numbers["keyctl"] == 219
 
 
+def _libseccomp() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("seccomp")
+    if name is None:
+        pytest.skip("libseccomp is not installed (Debian: libseccomp2)")
+    lib = ctypes.CDLL(name)
+    lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    lib.seccomp_syscall_resolve_name_arch.restype = ctypes.c_int
+    return lib
+
+
+def test_filter_tables_agree_with_libseccomp() -> None:
+    """Every number of both tables (aarch64 included, which no machine here runs) is libseccomp's,
+    and no call the filter refuses exists on an architecture whose table lacks it."""
+    lib = _libseccomp()
+    names = (*seccomp.DENIED, *seccomp.UNSUPPORTED, "clone", "unshare", "socket")
+    for arch in seccomp.ARCHES.values():  # libseccomp's architecture tokens are the AUDIT_ARCH values
+        newer = []
+        for name in names:
+            theirs = lib.seccomp_syscall_resolve_name_arch(arch.audit_arch, name.encode())
+            ours = arch.numbers.get(name)
+            if theirs >= 0:
+                assert ours == theirs, (hex(arch.audit_arch), name, ours, theirs)
+            elif theirs == -1 and ours is not None:
+                newer.append(name)  # newer than this libseccomp (its table lags the kernel's)
+            else:  # a pseudo-number: libseccomp knows the call does not exist on this architecture
+                assert ours is None, (hex(arch.audit_arch), name, ours)
+        assert set(newer) <= set(seccomp._COMMON_NEW), newer
+
+
 # ---- the bridge firewall on its own --------------------------------------------------------------
 
 def test_firewall_table_lives_exactly_as_long_as_its_owner() -> None:
