@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench import baselines, footprint, report, scenarios, standby
+from bench import async_queue, baselines, footprint, gateway, provided, report, scenarios, standby
 from bench.pod import BenchPod
 from bench.profile import find_py_spy, profile_pid
 from bench.wrk import WrkError, run_wrk, wrk_binary
@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["cold_python_shared"] = scenarios.cold_starts(pod, "python3", plan.cold_python_shared,
                                                                   "bcoldsh", own_code=False)
             results["cold_node"] = scenarios.cold_starts(pod, "nodejs", plan.cold_node, "bcoldjs")
+            results["provided"] = provided.provided_vs_native(pod, plan)
+            results["async_queue"] = async_queue.async_queue(pod, plan.wrk_seconds)
             _log(f"cold-start rate: {plan.rate_functions} functions, {plan.rate_clients} clients")
             results["cold_rate"] = scenarios.cold_start_rate(pod, plan.rate_functions, plan.rate_clients)
             python_warm = sum(1 for s in footprint.warm_sandboxes(pod) if s.language == "python")
@@ -81,9 +83,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fp["control_plane_loaded"] = footprint.control_plane(pod)
             fp["fit_24gib"] = footprint.fit_in(24 << 30, fp["control_plane_idle"]["total_mib"], fp["python"])
             results["footprint"] = fp
+            results["gateway"] = gateway.gateway_vs_direct(pod, plan)  # last: it may restart the controller
         finally:
             _log("stopping the pod")
             results["leaks"] = pod.stop()
+        if "footprint" in results:
+            _log(f"footprint of the all-in-one form: a pod of {plan.sandboxes} sandboxes, idle")
+            fp["control_plane_idle_all_in_one"], leaks = footprint.all_in_one_idle(plan.sandboxes,
+                                                                                   args.controller_loop)
+            results["leaks"] += leaks
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 

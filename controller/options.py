@@ -8,6 +8,13 @@ from controller.scaling import parse_scaling
 from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
 
 _MAX_TRANSITION_TIME = "90s"
+DEFAULT_GATEWAY_PORT = 8080
+
+
+def parse_port_or_off(value: Any) -> int:
+    """A TCP port; empty means 0 (off)."""
+    return int(value) if str(value).strip() else 0
+
 
 OPTIONS = [
     Option("port", int, 8080, "TCP port of the controller API"),
@@ -58,12 +65,35 @@ OPTIONS = [
            "uvloop, asyncio, or auto (uvloop when it is installed): the loop the controller runs on"),
     Option("prefetch-code", parse_bool, True,
            "build new functions' code images as stubs announces them, before their first invocation"),
-    Option("http-enhanced", parse_bool, False, "serve the HTTP trigger routes in the controller (not yet)"),
+    Option("http-enhanced", parse_bool, False,
+           "serve the HTTP trigger (routes and function URLs) in the controller; on --gateway-port, else 8080"),
+    Option("gateway-port", parse_port_or_off, 0,
+           "TCP port of the HTTP gateway served in the controller (routes, function URLs); 0 or empty: none"),
+    Option("gateway-host", str, "127.0.0.1", "address the HTTP gateway listens on"),
+    Option("state-dir", str, "/var/faas/controller", "the controller's own durable state (the event queue)"),
+    Option("event-queue", str, "",
+           "where asynchronous invocations wait: empty for SQLite in --state-dir, sqlite:///<dir>, or "
+           "nats://host:4222 (NATS JetStream, shared by every pod pointed at it)"),
+    Option("event-concurrency-share", float, 0.5,
+           "share of a function's concurrency that asynchronous invocations may take (sync calls come first)"),
+    Option("event-workers", int, 64, "asynchronous invocations run at once by this controller, over all functions"),
+    Option("event-retry-base", parse_duration, "60s",
+           "wait before the first retry of a failed asynchronous invocation; doubled for each next one"),
+    Option("event-queue-length", int, 10000, "queued asynchronous invocations per function; more get 429"),
+    Option("event-queue-total", int, 100000, "queued asynchronous invocations in total; more get 429"),
+    Option("event-record-ttl", parse_duration, "24h", "how long records of finished invocations are kept"),
+    Option("event-max-records", int, 100000, "records of finished invocations kept at most (oldest go first)"),
+    Option("event-ack-wait", parse_duration, "30s",
+           "NATS: a pod that holds an event this long without news is taken for dead and the event redelivered"),
 ]
 
 
 def parse_controller_options(argv: Sequence[str] | None = None) -> Settings:
-    opts = parse_options("controller", OPTIONS, argv)
+    return check_controller_options(parse_options("controller", OPTIONS, argv))
+
+
+def check_controller_options(opts: Settings) -> Settings:
+    """The checks beyond each option's type, and the --function-scaling file loaded; exits on a bad one."""
     if opts.repository_auth_type != "noauth":
         raise SystemExit(
             f"easyfaas-controller: --repository-auth-type {opts.repository_auth_type!r} is not supported;"
@@ -75,8 +105,20 @@ def parse_controller_options(argv: Sequence[str] | None = None) -> Settings:
         raise SystemExit("easyfaas-controller: --max-body-size must be positive")
     if opts.queue_length < 0 or opts.min_free_sandboxes < 0:
         raise SystemExit("easyfaas-controller: --queue-length and --min-free-sandboxes must not be negative")
+    if not 0 < opts.event_concurrency_share <= 1:
+        raise SystemExit("easyfaas-controller: --event-concurrency-share must be in (0, 1]")
+    if opts.event_workers < 1 or opts.event_queue_length < 1 or opts.event_queue_total < 1:
+        raise SystemExit("easyfaas-controller: --event-workers, --event-queue-length and --event-queue-total "
+                         "must be positive")
+    if opts.event_queue and not opts.event_queue.startswith(("nats://", "tls://", "sqlite://")):
+        raise SystemExit(f"easyfaas-controller: --event-queue {opts.event_queue!r}: expected nats://host:port "
+                         "or sqlite:///<dir>")
     if opts.max_runner_defunct is not None and opts.max_transition_time == parse_duration(_MAX_TRANSITION_TIME):
         opts.max_transition_time = opts.max_runner_defunct
+    if opts.http_enhanced and not opts.gateway_port:
+        opts.gateway_port = DEFAULT_GATEWAY_PORT
+    if not 0 <= opts.gateway_port < 65536 or (opts.gateway_port and opts.gateway_port == opts.port):
+        raise SystemExit(f"easyfaas-controller: --gateway-port {opts.gateway_port} is not a free TCP port")
     opts.scaling = load_function_scaling(opts.function_scaling)
     return opts
 

@@ -19,7 +19,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
 
 import structlog
@@ -49,6 +49,7 @@ from easyfaas.models import (
 )
 from easyfaas.runtimes import RuntimeCatalog
 from stubs.store import FunctionStore, code_sha256_hex, version_sort_key
+from stubs.event_invoke_config import add_routes as add_event_invoke_config_routes
 
 log = structlog.get_logger(__name__)
 
@@ -139,7 +140,9 @@ def _parse_environment(value: Any) -> dict[str, str]:
     for key, val in variables.items():
         if not _ENV_KEY_RE.match(key):
             raise ValidationError(f"Environment.Variables: invalid name {key!r} (use [A-Za-z_][A-Za-z0-9_]*)")
-        if key in _RESERVED_ENV_KEYS or key.startswith(_RESERVED_ENV_PREFIXES):
+        # Lambda's advanced logging controls are the function's choice (runner/runtimes/lambda_environment.py).
+        if key not in ("AWS_LAMBDA_LOG_FORMAT", "AWS_LAMBDA_LOG_LEVEL") and (
+                key in _RESERVED_ENV_KEYS or key.startswith(_RESERVED_ENV_PREFIXES)):
             raise ValidationError(f"Environment.Variables: {key!r} is reserved by the platform")
         if not isinstance(val, str):
             raise ValidationError(f"Environment.Variables.{key}: expected a string, got {_type_name(val)}")
@@ -284,6 +287,8 @@ class StubsHandlers:
         self.max_body = max_code_size * 4 // 3 + 1024 * 1024
         # New code, announced so that pods build its image before the first invocation waits for it.
         self.code_feed: NumberedFeed[CodeChange] = NumberedFeed(CODE_FEED_SIZE)
+        # Told (account hash, name, version or None for all) under the function's lock when it goes.
+        self.deletion_listeners: list[Callable[[str, str, str | None], Awaitable[Any]]] = []
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -396,6 +401,8 @@ class StubsHandlers:
             )
         _check_handler(cfg.Handler, self._runtime_name(cfg.Runtime))
         code, archive = await self.inspect_code(fields.Code)
+        if self._runtime_name(cfg.Runtime) == "provided" and "bootstrap" not in archive.files:  # Lambda's custom runtime
+            raise ValidationError("Code: the provided runtime runs an executable file named bootstrap at the root of the zip; this zip has none")
         cfg.FunctionName = brn.name
         cfg.Uid = uid
         cfg.CodeSha256 = archive.sha256_b64
@@ -489,6 +496,9 @@ class StubsHandlers:
             else:
                 version = self.read_version(brn)
                 deleted = bool(version) and await self.store.delete_version(brn.account, brn.name, version)
+            if deleted:
+                for listener in self.deletion_listeners:
+                    await listener(brn.account, brn.name, None if brn.qualifier is None else version)
         if not deleted:
             raise ResourceNotFound(f"function not found: {brn}")
         log.info("function_deleted", function=str(brn))
@@ -552,13 +562,14 @@ def make_app(
     )
     app = web.Application(middlewares=[request_id_middleware, error_middleware])
 
-    async def start_store(_app: web.Application) -> None:
+    async def started_store(_app: web.Application) -> AsyncIterator[None]:
         await store.start()
+        yield
 
     async def close_feed(_app: web.Application) -> None:
         handlers.code_feed.close()  # ends the pods' long polls now, not at the shutdown timeout
 
-    app.on_startup.append(start_store)
+    app.cleanup_ctx.append(started_store)
     app.on_shutdown.append(close_feed)
     h = handlers
     app.router.add_get("/hello", h.hello)
@@ -575,4 +586,8 @@ def make_app(
     app.router.add_get("/v1/code/{account}/{name}/{file}", h.get_code_by_digest)
     app.router.add_get("/v1/runtimes", h.list_runtimes)
     app.router.add_get("/v1/code-changes", h.code_changes)
+    add_event_invoke_config_routes(app, h)
+    from stubs.triggers import add_trigger_routes  # it builds on these handlers
+
+    add_trigger_routes(app, h)
     return app
