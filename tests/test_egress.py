@@ -396,3 +396,27 @@ def test_no_sandbox_borrows_another_ones_policy(net: BridgeNetwork, outside: Out
         assert info.value.errno == errno.ENETUNREACH
     assert not udp_reaches(a, outside, outside.address, p1, source=b.nic.address)
     assert net.firewall.dropped_spoofed() > before
+
+
+def _arp_reply(box: Box, sender_ip: str, target_ip: str) -> None:
+    """One ARP reply out of the sandbox's eth0 saying ``sender_ip`` is at its MAC (AF_PACKET: root here,
+    never a function: no CAP_NET_RAW, and the seccomp filter refuses the family)."""
+    with in_netns(box.pid):
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+            raw.bind(("eth0", 0))
+            mac = raw.getsockname()[4]
+            broadcast = b"\xff" * 6
+            frame = (broadcast + mac + b"\x08\x06"
+                     + bytes.fromhex("0001" "0800" "06" "04" "0002") + mac + socket.inet_aton(sender_ip)
+                     + broadcast + socket.inet_aton(target_ip))
+            raw.send(frame)
+
+
+def test_no_sandbox_claims_another_ones_address_by_arp(net: BridgeNetwork, boxes: tuple[Box, Box]) -> None:
+    a, b = boxes
+    assert net.firewall is not None
+    before = net.firewall.dropped_spoofed()
+    _arp_reply(a, a.nic.address, net.gateway)  # its own address: passes
+    assert net.firewall.dropped_spoofed() == before
+    _arp_reply(a, b.nic.address, net.gateway)  # b's: dropped at a's port
+    assert net.firewall.dropped_spoofed() == before + 1
