@@ -1,4 +1,5 @@
-"""Dropping root for user code: rlimits, bounding set, groups, uid/gid, capabilities, no_new_privs.
+"""Dropping root for user code: rlimits, OOM bias, bounding set, groups, uid/gid, capabilities,
+no_new_privs (and the runner's own OOM bias).
 
 Runs in the runtime child of the sandbox init, between fork and running user code. The order
 matters: the bounding set can only be dropped while we still hold CAP_SETPCAP (before setresuid);

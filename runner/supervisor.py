@@ -2,9 +2,10 @@
 
 It serves the funclet's commands on the control socket (``start``, ``reset``, ``ping``,
 ``prestart``; see ``runner/control.py``), relays a starting runtime's init status as ``started``,
-keeps the last output of the runtime, reports its exit (``exited``), and keeps a standby runtime
-(``runner/standby.py``) in the sandbox while it is idle. It is PID 1 of the sandbox's pid namespace,
-so it also reaps every orphan; when it exits, the kernel kills everything left inside.
+keeps the last output of the runtime, reports its exit (``exited``, after killing what is left of
+the runtime's process group), and keeps a standby runtime (``runner/standby.py``) in the sandbox
+while it is idle. It is PID 1 of the sandbox's pid namespace, so it also reaps every orphan; when
+it exits, the kernel kills everything left inside.
 
 Stdlib only (imported before the zygote forks: inside the sandbox the repository is not visible).
 """

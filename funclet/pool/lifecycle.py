@@ -4,9 +4,8 @@ A sandbox is built off the request path: a cgroup, a zygote fork into fresh name
 PID 1 inside), its invoke socket, a veth. Reset takes the function's egress away, kills every
 process of the sandbox but its runner, refreshes ``/tmp`` and unbinds the code, so a sandbox
 serves many functions over its life without rebuilding its network; a sandbox whose reset fails
-is rebuilt. A runner whose control socket
-closes gets its sandbox rebuilt in the background (``defunct``); a runtime's exit (with the
-cgroup's OOM count) is recorded and emitted as ``exited``.
+is rebuilt. A runner whose control socket closes gets its sandbox rebuilt in the background
+(``defunct``); a runtime's exit (with the cgroup's OOM count) is recorded and emitted as ``exited``.
 
 Every ``*_locked`` method expects the caller to hold the sandbox's lock.
 """
