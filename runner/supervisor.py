@@ -306,9 +306,11 @@ class Supervisor:
             # While still root (see set_oom_score_adj): the runtime and its children go first.
             if not privileges.set_oom_score_adj(privileges.OOM_SCORE_ADJ_RUNTIME):
                 raise PermissionError("oom_score_adj: raising it was refused")
+            # Assembled first, so that the filter follows the uid change within microseconds.
+            program = seccomp.build_filter(seccomp.current_arch())
             privileges.drop_to(self.spec.uid, self.spec.gid)
             # Last: everything above needed system calls the filter refuses (unshare, setns, ...).
-            seccomp.install_filter()
+            seccomp.install_filter(program)
         except BaseException as exc:  # noqa: BLE001
             _write_status(status_fd, {"ok": False, "error": {
                 "errorMessage": f"runtime setup failed: {describe(exc)}", "errorType": "Runtime.SandboxError"}})
