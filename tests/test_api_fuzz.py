@@ -37,9 +37,8 @@ from controller.registry import Registry
 from easyfaas.daemon import TCPEndpoint
 from easyfaas.http import FUNCTION_ERROR, JsonErrorAppRunner
 from easyfaas.openapi import load_document
-from easyfaas.runtimes import RuntimeCatalog
-from stubs.app import make_app
-from stubs.store import FunctionStore
+from easyfaas.config import parse_options
+from stubs.daemon import OPTIONS as STUBS_OPTIONS, stubs_service
 from tests.pod_harness import free_port
 from tests.test_pool import FakeFunclet
 from tests.test_runtime_channel import FrameRuntime
@@ -88,7 +87,8 @@ class Daemons:
 
     async def _start(self) -> None:
         write_runtimes(self.root / "runtime")
-        stubs = make_app(FunctionStore(self.root / "funcData"), RuntimeCatalog.load(self.root / "runtime"))
+        stubs = stubs_service(parse_options("stubs", STUBS_OPTIONS, [
+            "--function-dir", str(self.root / "funcData"), "--runtime-dir", str(self.root / "runtime")])).app
         self.stubs_url = await self._serve(stubs, TCPEndpoint("127.0.0.1", free_port()))
         opts = parse_controller_options(["--task-interval", "3600", "--state-dir", str(self.root / "state")])
         await self.runtime.start()

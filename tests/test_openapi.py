@@ -20,9 +20,8 @@ from controller.options import parse_controller_options
 from controller.registry import Registry
 from easyfaas.openapi import DOCUMENTS, load_document
 from easyfaas.openapi.check import response_check_middleware
-from easyfaas.runtimes import RuntimeCatalog
-from stubs.app import make_app
-from stubs.store import FunctionStore
+from easyfaas.config import parse_options
+from stubs.daemon import OPTIONS as STUBS_OPTIONS, stubs_service
 from tests.test_pool import FakeFunclet
 from tests.test_stubs import write_runtimes
 
@@ -30,8 +29,13 @@ _METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 
 
 def documented(name: str) -> set[tuple[str, str]]:
-    paths = load_document(name)["paths"]
-    return {(method.upper(), path) for path, item in paths.items() for method in item if method in _METHODS}
+    document = load_document(name)
+    out = set()
+    for path, item in document["paths"].items():
+        if "$ref" in item:  # a path item shared through components.pathItems
+            item = document["components"]["pathItems"][item["$ref"].rsplit("/", 1)[1]]
+        out |= {(method.upper(), path) for method in item if method in _METHODS}
+    return out
 
 
 def routed(app: web.Application) -> set[tuple[str, str]]:
@@ -41,8 +45,11 @@ def routed(app: web.Application) -> set[tuple[str, str]]:
 
 
 def stubs_app(tmp_path: Path) -> web.Application:
+    """The stubs daemon's application, as its service builds it (with its observability routes)."""
     write_runtimes(tmp_path / "runtime")
-    return make_app(FunctionStore(tmp_path / "funcData"), RuntimeCatalog.load(tmp_path / "runtime"))
+    opts = parse_options("stubs", STUBS_OPTIONS, ["--function-dir", str(tmp_path / "funcData"),
+                                                  "--runtime-dir", str(tmp_path / "runtime")])
+    return stubs_service(opts).app
 
 
 def controller_app(tmp_path: Path) -> web.Application:
