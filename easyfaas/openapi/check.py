@@ -40,6 +40,7 @@ class ResponseCheck:
         from openapi_core import OpenAPI
 
         self.spec = OpenAPI.from_dict(document)
+        self.document = document
         self.name = name
         self.out_path = out_path
 
@@ -55,6 +56,8 @@ class ResponseCheck:
                                 content_type=content_type.split(";")[0].strip() if body else content_type)
         out = []
         for err in self.spec.unmarshal_response(request, response).errors:
+            if not body and type(err).__name__ == "MissingData" and self._may_be_empty(pattern, method, status):
+                continue  # openapi-core wants data for any content; an empty text is a valid string
             details = [str(e) for e in getattr(err, "schema_errors", ()) or ()]
             cause = err.__cause__
             if cause is not None:
@@ -62,6 +65,20 @@ class ResponseCheck:
             detail = "; ".join(d.splitlines()[0][:300] for d in details)
             out.append(str(err)[:300] + (f": {detail}" if detail else ""))
         return out
+
+    def _resolve(self, node: Any) -> Any:
+        while isinstance(node, dict) and "$ref" in node:
+            section, name = node["$ref"].split("/")[-2:]
+            node = self.document["components"][section][name]
+        return node
+
+    def _may_be_empty(self, pattern: str, method: str, status: int) -> bool:
+        """Whether every documented body of this answer is a string that may be empty."""
+        item = self._resolve(self.document["paths"].get(pattern, {}))
+        answer = self._resolve(item.get(method.lower(), {}).get("responses", {}).get(str(status), {}))
+        schemas = [self._resolve(media.get("schema", {})) for media in answer.get("content", {}).values()]
+        return bool(schemas) and all(schema.get("type", "string") == "string" and not schema.get("minLength")
+                                     for schema in schemas)
 
     def check(self, method: str, path: str, status: int, **answer: Any) -> None:
         try:
