@@ -8,7 +8,7 @@ registry is those stubs, invoking a runtime that speaks the frame protocol on a 
 (tests/test_runtime_channel.py's FrameRuntime). Only the funclet is in memory (tests/test_pool.py's
 FakeFunclet). A function's own error is a 500 by contract (``X-easyfaas-Function-Error``), and so
 is a not-ready ``/readyz``'s 503: ``not_a_server_error`` is waived for those answers only. The budget is bounded (``max_examples``
-per operation).
+per operation, ``EASYFAAS_FUZZ_EXAMPLES``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import tempfile
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +48,8 @@ from tests.test_stubs import CODE_A, write_runtimes
 
 pytestmark = pytest.mark.slow
 
-MAX_EXAMPLES = 30
+# EASYFAAS_FUZZ_EXAMPLES raises the budget for a longer hunt.
+MAX_EXAMPLES = int(os.environ.get("EASYFAAS_FUZZ_EXAMPLES", "30"))
 
 
 @schemathesis.check
@@ -157,3 +160,13 @@ def test_stubs_api_conforms(case: Any, daemons: Daemons) -> None:
 @FUZZ_SETTINGS
 def test_controller_api_conforms(case: Any, daemons: Daemons) -> None:
     _bounded(case).call_and_validate(base_url=daemons.controller_url, checks=CHECKS, timeout=30)
+
+
+def test_function_logs_refuse_an_invalid_account_id(daemons: Daemons) -> None:
+    """Found by the fuzzing: the registry's 400 for such a caller came back as a 500."""
+    request = urllib.request.Request(f"{daemons.controller_url}/v1/functions/hello/logs",
+                                     headers={"X-easyfaas-Account-Id": "WabT[2KjU"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 400
+    assert json.loads(caught.value.read())["Code"] == "InvalidParameterValueException"
