@@ -3,8 +3,9 @@
 Parts and their order (cleanup runs in reverse): the funclet and registry clients, the code
 prefetcher (builds new functions' code images ahead of their first invocation), the slot pool
 (which finds the funclet's sandboxes in the background and runs the periodic task), the invoke
-pipeline, and the asynchronous invocations' queue and workers (controller/async_api.py: the
-workers stop taking events at shutdown and drain before the pool goes away).
+pipeline, the asynchronous invocations' queue and workers (controller/async_api.py: the
+workers stop taking events at shutdown and drain before the pool goes away), and the event
+sources feeding that queue (eventsources/: schedules, MQTT topics).
 
 Shutdown (SIGTERM, through easyfaas.daemon): the front door stops accepting and lets the
 invocations on its connections finish, the pool stops growing and pre-warming, in-flight and queued
@@ -20,7 +21,7 @@ from typing import Any, AsyncIterator, Sequence
 import structlog
 from aiohttp import web
 
-from controller.async_api import setup_async_invocations
+from controller.async_api import EVENT_QUEUE, setup_async_invocations
 from controller.code_prefetch import CodePrefetcher
 from controller.funclet_client import FuncletClient
 from controller.handlers import INVOKER, POOL, PREFETCHER, add_routes
@@ -34,6 +35,7 @@ from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
+from eventsources.service import setup_event_sources
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +77,8 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     app.cleanup_ctx.append(_pool)
     # After the pool's context: the event workers drain before the pool closes.
     setup_async_invocations(app, opts, app[INVOKER], registry.base)
+    # After the queue's context: schedules and MQTT subscriptions stop before the queue closes.
+    setup_event_sources(app, opts, app[INVOKER], app[EVENT_QUEUE], registry.base)
     app.on_shutdown.append(_begin_drain)
     add_routes(app)
     return app

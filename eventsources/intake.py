@@ -1,0 +1,43 @@
+"""The event sources' door into the controller's durable intake: the same invoke pipeline as an
+``X-easyfaas-Invoke-Type: event`` request (resolution, ownership, size bound, durable enqueue), and
+the records of what was enqueued."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from multidict import CIMultiDict
+
+from controller.event_queue import EventQueue
+from controller.invoke import Invoker
+from easyfaas.http import ACCOUNT_ID, INVOKE_TYPE, INVOKE_TYPE_EVENT
+from eventsources.source import Refused, SourceTrigger, Submitted
+
+_DUPLICATE = "ResourceConflictException"
+
+
+class ControllerIntake:
+    def __init__(self, invoker: Invoker, queue: EventQueue) -> None:
+        self.invoker = invoker
+        self.queue = queue
+
+    async def submit(self, trigger: SourceTrigger, event: str, request_id: str) -> Submitted:
+        headers: CIMultiDict[str] = CIMultiDict({ACCOUNT_ID: trigger.uid, INVOKE_TYPE: INVOKE_TYPE_EVENT})
+        reply = await self.invoker.invoke(trigger.function_brn, {}, headers, event.encode(), request_id)
+        if reply.status == 202:
+            return Submitted.ACCEPTED
+        try:
+            body = json.loads(reply.body)
+        except ValueError:
+            body = {}
+        code = str(body.get("Code") or "")
+        if reply.status == 409 and code == _DUPLICATE:
+            return Submitted.DUPLICATE
+        raise Refused(reply.status, code or "Unknown", str(body.get("Message") or body.get("Cause") or ""))
+
+    async def outcome(self, request_id: str) -> dict[str, Any] | None:
+        record = await self.queue.record(request_id)
+        if record is None or not record.Status.finished:
+            return None
+        return record.to_wire()
