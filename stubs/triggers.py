@@ -23,6 +23,9 @@ from easyfaas.brn import LATEST, Brn
 from easyfaas.errors import InvalidParameterValue, ResourceConflict, ResourceNotFound, ValidationError
 from easyfaas.http import feed_query, read_json
 from easyfaas.triggers import Trigger, TriggerChanges, TriggerList
+from eventsources.mqtt_config import MQTT_TRIGGER_TYPE, validate_mqtt_config
+from eventsources.schedule import CRON_TRIGGER_TYPE, validate_cron_config
+from eventsources.source import ConfigError
 from httptrigger.config import HTTP_TRIGGER_TYPE, parse_http_config, route_table, routes_of
 from httptrigger.routes import RouteError
 from stubs.trigger_store import TriggerStore
@@ -69,8 +72,20 @@ def _http_conflicts(trigger: Trigger, others: list[Trigger]) -> None:
             raise ResourceConflict(f"Config: route {route.route_key} is taken by {whose} ({existing.route_key})")
 
 
+def _event_source_validator(validate: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    """An event source's Config check (eventsources/), its ConfigError as this registry's."""
+    def checked(config: Any) -> dict[str, Any]:
+        try:
+            return validate(config)
+        except ConfigError as exc:
+            raise TriggerConfigError(exc.field, str(exc).partition(": ")[2]) from None
+    return checked
+
+
 def default_trigger_types() -> dict[str, TriggerType]:
-    return {HTTP_TRIGGER_TYPE: TriggerType(_validate_http, _http_conflicts)}
+    return {HTTP_TRIGGER_TYPE: TriggerType(_validate_http, _http_conflicts),
+            CRON_TRIGGER_TYPE: TriggerType(_event_source_validator(validate_cron_config)),
+            MQTT_TRIGGER_TYPE: TriggerType(_event_source_validator(validate_mqtt_config))}
 
 
 def _now() -> str:
