@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from easyfaas.triggers import Trigger
+
 
 class TriggerChange(str, enum.Enum):
     ADDED = "added"
@@ -32,11 +34,10 @@ class SourceTrigger:
     updated_at: str = ""
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> SourceTrigger:
-        return cls(trigger_id=str(data.get("TriggerId") or ""), type=str(data.get("Type") or ""),
-                   function_brn=str(data.get("FunctionBrn") or ""), uid=str(data.get("Uid") or ""),
-                   config=dict(data.get("Config") or {}), created_at=str(data.get("CreatedAt") or ""),
-                   updated_at=str(data.get("UpdatedAt") or ""))
+    def of(cls, trigger: Trigger) -> SourceTrigger:
+        return cls(trigger_id=trigger.TriggerId, type=trigger.Type, function_brn=trigger.FunctionBrn,
+                   uid=trigger.Uid, config=dict(trigger.Config or {}), created_at=trigger.CreatedAt,
+                   updated_at=trigger.UpdatedAt)
 
 
 class Submitted(str, enum.Enum):

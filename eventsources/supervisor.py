@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import structlog
 
+from easyfaas.models import ModelError
+from easyfaas.triggers import TriggerChangeAction, TriggerChanges
 from eventsources.source import EventSource, SourceTrigger, TriggerChange
 
 log = structlog.get_logger(__name__)
@@ -77,32 +79,29 @@ class EventSourceSupervisor:
                         await asyncio.sleep(self.retry_delay * 5)
                         continue
                     resp.raise_for_status()
-                    batch = await resp.json()
-                if not isinstance(batch, dict):
-                    raise ValueError("the trigger feed did not answer an object")
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                    batch = TriggerChanges.from_dict(await resp.json())
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, ModelError) as exc:
                 log.info("trigger_feed_unavailable", url=self.feed_url, error=str(exc) or type(exc).__name__)
                 await asyncio.sleep(self.retry_delay)
                 continue
-            batch_boot = str(batch.get("BootID") or "")
-            if boot and batch_boot != boot and batch.get("Triggers") is None:
+            if boot and batch.BootID != boot and batch.Triggers is None:
                 after, boot = -1, ""  # stubs restarted: read everything again
                 continue
             await self._apply(batch)
-            after, boot = int(batch.get("Seq") or 0), batch_boot
+            after, boot = batch.Seq, batch.BootID
 
-    async def _apply(self, batch: dict[str, Any]) -> None:
-        if batch.get("Triggers") is not None:
-            fresh = {t.trigger_id: t for t in map(SourceTrigger.from_wire, batch["Triggers"])}
+    async def _apply(self, batch: TriggerChanges) -> None:
+        if batch.Triggers is not None:
+            fresh = {t.trigger_id: t for t in map(SourceTrigger.of, batch.Triggers)}
             for trigger_id in set(self.triggers) - set(fresh):
                 await self._tell(TriggerChange.REMOVED, self.triggers.pop(trigger_id))
             for trigger in fresh.values():
                 await self._put(trigger)
-        for change in batch.get("Changes") or []:
-            if change.get("Action") == "Put" and change.get("Trigger"):
-                await self._put(SourceTrigger.from_wire(change["Trigger"]))
-            elif change.get("Action") == "Delete":
-                gone = self.triggers.pop(str(change.get("TriggerId") or ""), None)
+        for change in batch.Changes:
+            if change.Action == TriggerChangeAction.PUT.value and change.Trigger is not None:
+                await self._put(SourceTrigger.of(change.Trigger))
+            elif change.Action == TriggerChangeAction.DELETE.value:
+                gone = self.triggers.pop(change.TriggerId, None)
                 if gone is not None:
                     await self._tell(TriggerChange.REMOVED, gone)
         self.synced.set()

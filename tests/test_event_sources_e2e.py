@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from tests.pod_harness import ACCOUNT, b64zip
 from tests.test_async_faults import records
 from tests.test_faults import wait_healthy
 from tests.test_mqtt_source import Mosquitto, Publisher, Subscriber
-from tests.test_pool_lifecycle_e2e import LivePod, live_pod, unique
+from tests.test_pool_lifecycle_e2e import LivePod, unique
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +46,31 @@ def pod_and_broker(tmp_path: Path) -> Iterator[tuple[LivePod, Mosquitto]]:
             yield lp, broker
     finally:
         broker.stop()
+
+
+def live_pod(**kw: Any) -> Iterator[LivePod]:
+    """tests.test_pool_lifecycle_e2e.live_pod, stubs told where the controller is (live trigger status)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: sandboxes are built from cgroups, namespaces and mounts")
+    pod = LivePod(**kw)
+    pod.config.stubs_args += ["--controller-url", pod.config.controller_url]
+    pod.start()
+    try:
+        yield pod
+    finally:
+        codes = pod.stop()
+        leaks = pod.wait_no_leaks()
+        logs = pod.log_tail()
+        pod.cleanup()
+        assert not leaks, f"the pod left kernel objects behind: {leaks}\n{logs}"
+        assert all(code == 0 for code in codes.values()), f"daemons exited uncleanly: {codes}\n{logs}"
+
+
+async def trigger_of(lp: LivePod, name: str, trigger_id: str) -> dict[str, Any]:
+    async with lp.session().get(f"{lp.config.stubs_url}/v1/functions/{name}/triggers/{trigger_id}",
+                                headers=H) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
 
 
 async def create_trigger(lp: LivePod, name: str, kind: str, config: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -144,8 +170,8 @@ async def test_mqtt_messages_survive_a_controller_kill_and_a_broker_restart(
         sample = next(e for e in events if e["payload"] == "7")
         assert sample["topic"] == "dev/d7/temp" and sample["qos"] == 1 and sample["isBase64Encoded"] is False
         assert {"retain", "messageId", "receivedAt"} <= set(sample)
-        status_now = await source_status(lp, tid)
-        assert status_now is not None and status_now["State"] == "connected" and status_now["LastMessageAt"]
+        status_now = await trigger_of(lp, name, tid)
+        assert status_now["State"] == "connected" and status_now["Connected"] is True and status_now["LastMessageAt"]
         # Replies of the messages that ran after the broker came back (the subscriber reconnects).
         await lp.until(lambda: _has_reply(replies), timeout=30, what="a reply on replies/<device>")
     finally:
@@ -172,8 +198,9 @@ async def test_every_second_fires_once_per_due_time_across_a_controller_kill(
     tid = trigger["TriggerId"]
     try:
         await lp.until(lambda: _count(lp, name, 3), timeout=60, what="three scheduled invocations")
-        status_now = await source_status(lp, tid)
-        assert status_now is not None and status_now["State"] == "scheduled" and status_now["NextFireAt"]
+        status_now = await trigger_of(lp, name, tid)  # stubs' GET with the live status merged
+        assert status_now["State"] == "scheduled" and status_now["NextFireAt"] and status_now["LastFiredAt"]
+        assert status_now["Config"]["Schedule"] == "@every 1s"
         old = lp.pod.pid("controller")
         lp.pod.kill("controller", signal.SIGKILL)
         await wait_healthy(lp, "controller", old)
@@ -216,5 +243,7 @@ async def test_a_broker_that_is_down_is_reported(pod_and_broker: tuple[LivePod, 
             return bool(s and s["LastError"] and s["Connected"] is False)
 
         await lp.until(reported, timeout=30, what="the connection error in the status")
+        merged = await trigger_of(lp, name, trigger["TriggerId"])
+        assert merged["Connected"] is False and merged["LastError"] and merged["State"] in ("error", "reconnecting")
     finally:
         await lp.close_clients()
