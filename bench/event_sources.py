@@ -3,7 +3,8 @@ Mosquitto (loopback, its own config) and the bench pod.
 
 * ``mqtt_msgs_per_s``: QoS 1 messages published back to back on a trigger's topic, from the first
   publish to the last function finished; ``mqtt_p50_ms``/``mqtt_p99_ms``: published → function
-  finished (the function stamps its finish time; one host clock);
+  finished (the function stamps its finish time; one host clock) — in that burst mostly the wait
+  behind the backlog; ``mqtt_paced_*``: the same delay with messages paced at ``paced_rate``/s;
 * ``schedule_p99_ms`` (target ≤ 100 ms): an ``@every 1s`` schedule's due time → its event
   durably enqueued (the record's ``EnqueuedAt``), over ``schedule_fires`` due times.
 
@@ -78,13 +79,15 @@ def _result(record: dict[str, Any]) -> dict[str, Any]:
     return json.loads(result) if isinstance(result, str) else result
 
 
-def mqtt_end_to_end(pod: BenchPod, broker: Mosquitto, messages: int) -> dict[str, Any]:
-    fn = pod.create_function("bmqtt", "python3", {"index.py": PY_STAMP}, quota=8)
+def mqtt_end_to_end(pod: BenchPod, broker: Mosquitto, messages: int, *, name: str = "bmqtt",
+                    rate: float = 0.0) -> dict[str, Any]:
+    """``messages`` QoS 1 messages, back to back (``rate`` 0) or ``rate`` per second."""
+    fn = pod.create_function(name, "python3", {"index.py": PY_STAMP}, quota=8)
     pod.invoke(fn, b"{}")
-    tid = _trigger(pod, fn, "mqtt", {"Broker": broker.url, "Topic": "bench/+", "Qos": 1})
+    tid = _trigger(pod, fn, "mqtt", {"Broker": broker.url, "Topic": "bench/+", "Qos": 1, "ClientId": name})
     _wait("the MQTT connection", lambda: (_status(pod, tid) or {}).get("Connected"), 30)
     time.sleep(0.2)
-    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="efbenchpub")
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}pub")
     pub.max_inflight_messages_set(1000)
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
@@ -92,6 +95,8 @@ def mqtt_end_to_end(pod: BenchPod, broker: Mosquitto, messages: int) -> dict[str
         infos = []
         started = time.time()
         for n in range(messages):
+            if rate:
+                time.sleep(max(0.0, started + n / rate - time.time()))
             infos.append(pub.publish(f"bench/{n % 16}", json.dumps({"sent": time.time(), "n": n}), qos=1))
         for info in infos:
             info.wait_for_publish(30)
@@ -126,13 +131,16 @@ def schedule_delay(pod: BenchPod, fires: int) -> dict[str, Any]:
             "schedule_p99_ms": round(percentile(delays, 99), 1), "schedule_target_ms": 100}
 
 
-def event_sources(pod: BenchPod, messages: int = 500, fires: int = 20) -> dict[str, Any]:
+def event_sources(pod: BenchPod, messages: int = 500, fires: int = 20, paced_rate: float = 50.0) -> dict[str, Any]:
     """Both figures, with a Mosquitto of its own for the run."""
     with tempfile.TemporaryDirectory(prefix="efbench-mqtt-") as tmp:
         broker = Mosquitto(Path(tmp))
         broker.start()
         try:
             result = mqtt_end_to_end(pod, broker, messages)
+            paced = mqtt_end_to_end(pod, broker, max(10, messages // 2), name="bmqttpaced", rate=paced_rate)
+            result.update({"paced_rate": paced_rate, "mqtt_paced_p50_ms": paced["mqtt_p50_ms"],
+                           "mqtt_paced_p99_ms": paced["mqtt_p99_ms"]})
         finally:
             broker.stop()
     result.update(schedule_delay(pod, fires))

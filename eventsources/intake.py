@@ -36,6 +36,9 @@ class ControllerIntake:
             return Submitted.DUPLICATE
         raise Refused(reply.status, code or "Unknown", str(body.get("Message") or body.get("Cause") or ""))
 
+    async def known(self, request_id: str) -> bool:
+        return await self.queue.record(request_id) is not None
+
     async def outcome(self, request_id: str) -> dict[str, Any] | None:
         record = await self.queue.record(request_id)
         if record is None or not record.Status.finished:

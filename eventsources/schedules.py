@@ -2,7 +2,9 @@
 
 Exactly once per due time: the event's request id is derived from (trigger id, due time), so the
 durable intake refuses a second enqueue of it (409) — from this controller after a restart or from
-another controller sharing a NATS queue — and the last fired due time is kept in a
+another controller sharing a NATS queue. A record of the id is looked for first, as JetStream
+only refuses a repeated id within its duplicate window (2 minutes) and a catch-up may come later.
+The last fired due time is kept in a
 :class:`~eventsources.fire_log.FireLog` so that a restart resumes after it. It is written after
 the enqueue: a crash in between leaves a due time that is enqueued again and refused as a duplicate.
 
@@ -164,7 +166,15 @@ class ScheduleRun:
         started = time.monotonic()
         for attempt in range(1000):
             try:
-                result = await self.intake.submit(self.trigger, event, request_id)
+                known = await self.intake.known(request_id)
+            except Exception as exc:  # noqa: BLE001 - the submit below still refuses a repeat
+                log.info("schedule_record_lookup_failed", request_id=request_id, error=str(exc))
+                known = False
+            try:
+                if known:
+                    result = Submitted.DUPLICATE
+                else:
+                    result = await self.intake.submit(self.trigger, event, request_id)
             except Refused as exc:
                 self.last_error = str(exc)
                 if not exc.retryable or time.monotonic() - started > MAX_SUBMIT_TIME:

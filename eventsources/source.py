@@ -65,6 +65,9 @@ class Intake(Protocol):
     async def submit(self, trigger: SourceTrigger, event: str, request_id: str) -> Submitted:
         """Return once the event is durable; raise :class:`Refused` when it is not taken."""
 
+    async def known(self, request_id: str) -> bool:
+        """Whether an invocation of this request id was accepted (its record is still kept)."""
+
     async def outcome(self, request_id: str) -> dict[str, Any] | None:
         """The invocation's record (its wire form) once it has finished, else None."""
 

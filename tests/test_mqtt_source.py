@@ -161,6 +161,9 @@ class RecordingIntake:
         self.ids.append(request_id)
         return Submitted.ACCEPTED
 
+    async def known(self, request_id: str) -> bool:
+        return False  # the enqueue's own duplicate refusal is what these tests exercise
+
     async def outcome(self, request_id: str) -> dict[str, Any] | None:
         return self.finished.get(request_id)
 

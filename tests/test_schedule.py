@@ -161,6 +161,12 @@ class QueueIntake:
             raise Refused(err.status, err.code, str(err)) from None
         return Submitted.ACCEPTED
 
+    async def known(self, request_id: str) -> bool:
+        if await self.queue.record(request_id) is None:
+            return False
+        self.duplicates += 1
+        return True
+
     async def outcome(self, request_id: str) -> dict[str, Any] | None:
         return None
 
