@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -133,6 +134,8 @@ def schedule_delay(pod: BenchPod, fires: int) -> dict[str, Any]:
 
 def event_sources(pod: BenchPod, messages: int = 500, fires: int = 20, paced_rate: float = 50.0) -> dict[str, Any]:
     """Both figures, with a Mosquitto of its own for the run."""
+    if shutil.which("mosquitto") is None:
+        return {"skipped": "mosquitto is not installed (make install)"}
     with tempfile.TemporaryDirectory(prefix="efbench-mqtt-") as tmp:
         broker = Mosquitto(Path(tmp))
         broker.start()
