@@ -7,7 +7,8 @@ event goes through the durable queue (its records are what is counted).
   results come back on the ReplyTopic.
 * ``@every 1s`` fires; ``kill -9`` of the controller does not fire a due time twice (the records'
   request ids are derived from (trigger, due time)); deleting the trigger stops it.
-* Bad Configs → 400 naming the field; a broker that is down → the status says so.
+* Bad Configs → 400 naming the field; a broker that is down → the status says so; a message over
+  the event size limit is rejected (counted in the status) and the next one still runs.
 """
 
 from __future__ import annotations
@@ -246,4 +247,31 @@ async def test_a_broker_that_is_down_is_reported(pod_and_broker: tuple[LivePod, 
         merged = await trigger_of(lp, name, trigger["TriggerId"])
         assert merged["Connected"] is False and merged["LastError"] and merged["State"] in ("error", "reconnecting")
     finally:
+        await lp.close_clients()
+
+
+async def test_a_message_over_the_event_limit_is_rejected_and_the_stream_goes_on(
+        pod_and_broker: tuple[LivePod, Mosquitto]) -> None:
+    lp, broker = pod_and_broker
+    name = unique("evbig")
+    await lp.create(name, Code=b64zip({"index.py": ECHO}))
+    status, trigger = await create_trigger(lp, name, "mqtt", {"Broker": broker.url, "Topic": "big", "Qos": 1})
+    assert status == 201, trigger
+    tid = trigger["TriggerId"]
+    pub = Publisher(broker.port)
+    try:
+        await lp.until(lambda: connected(lp, tid), timeout=30, what="the trigger's MQTT connection")
+        pub.publish("big", "x" * (1100 << 10))  # over the 1 MiB event limit
+        pub.publish("big", "small")
+
+        async def small_invoked() -> bool:
+            return any(e["payload"] == "small" for e in await echoed(lp, name))
+
+        await lp.until(small_invoked, timeout=60, what="the message after the rejected one")
+        status_now = await source_status(lp, tid)
+        assert status_now is not None and status_now["Rejected"] == 1 and status_now["Connected"] is True
+        assert "RequestTooLarge" in status_now["LastError"] or "rejected" in status_now["LastError"]
+        assert len(await echoed(lp, name)) == 1
+    finally:
+        pub.close()
         await lp.close_clients()

@@ -1,7 +1,8 @@
 """Schedules: the expression forms (5-field cron, EventBridge's cron(...) and rate(...), @every),
 their validation, next-fire monotonicity (hypothesis), and the cron event source firing each due
 time exactly once — across a restart and across two sources sharing one durable queue (a real
-SQLite event queue refuses the second enqueue of a request id, as it does for the controller).
+SQLite event queue, and two controllers' NATS JetStream queues on one real nats-server, refuse the
+second enqueue of a request id, as they do for the controller).
 """
 
 from __future__ import annotations
@@ -318,3 +319,39 @@ async def test_an_invalid_stored_config_is_an_error_state(queue: SQLiteEventQueu
     status = source.status("bad")
     await source.stop()
     assert status is not None and status["State"] == "error" and "Config.Schedule" in status["LastError"]
+
+
+async def test_two_controllers_on_one_nats_queue_fire_each_due_time_once(tmp_path: Path) -> None:
+    from controller.event_queue.nats_backend import NatsEventQueue
+    from tests.test_event_queue_contract import NatsServer
+
+    (tmp_path / "nats").mkdir()
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    queues = [NatsEventQueue(server.url, max_queued_per_function=10000, max_queued=10000, record_ttl=3600)
+              for _ in range(2)]
+    try:
+        for q in queues:
+            await q.start()
+        intakes = [QueueIntake(q) for q in queues]
+        sources = [ScheduleSource(intake, FireLog(tmp_path / f"fires{n}")) for n, intake in enumerate(intakes)]
+        trigger = every_second()
+        for source in sources:
+            await source.apply(TriggerChange.ADDED, trigger)
+
+        async def enough() -> bool:
+            return len(await queues[0].records(account="acct1", limit=1000)) >= 4
+
+        await wait_for(enough, "four due times")
+        for source in sources:
+            await source.stop()
+        ids = [r.RequestId for r in await queues[0].records(account="acct1", limit=1000)]
+        assert len(ids) == len(set(ids))
+        assert sum(i.duplicates for i in intakes) > 0, "the two controllers never fired the same due time"
+        deliveries = await queues[0].lease(1000, lambda _fn: 1000, 1.0)
+        times = [json.loads(d.event.payload)["time"] for d in deliveries]
+        assert len(times) == len(ids) and len(set(times)) == len(times)
+    finally:
+        for q in queues:
+            await q.close()
+        server.stop()
