@@ -363,6 +363,8 @@ async def test_refused_credentials_are_reported(tmp_path: Path) -> None:
         await until(lambda: (source.status(wrong.trigger_id) or {}).get("State") == "error", "the refusal")
         status = source.status(wrong.trigger_id)
         assert status["Connected"] is False and "refused" in status["LastError"]
+        # And it keeps trying (with back-off): more connection attempts reach the broker.
+        await until(lambda: server.log().count("New connection") >= 3, "the connection retried")
         await source.apply(TriggerChange.ADDED, right)
         await until(lambda: source.status(right.trigger_id)["Connected"] is True, "the good credentials")
     finally:
