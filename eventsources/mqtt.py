@@ -97,6 +97,7 @@ class MqttSubscription:
         self._acker: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._subscribed = False  # by this object: a session left by an older config may lack it
 
     # ---- lifetime ------------------------------------------------------------------------------
 
@@ -155,10 +156,15 @@ class MqttSubscription:
             self._call(self._note, "error", False, f"the broker refused the connection: {reason}")
             return
         self._generation += 1
-        client.subscribe(self.config.topic, qos=self.config.qos)
+        session_present = bool(getattr(flags, "session_present", False))
+        if not (session_present and self._subscribed):
+            # Only when the broker does not hold the subscription already: a subscribe sends the
+            # topic's retained messages again, and each reconnect would invoke them once more.
+            client.subscribe(self.config.topic, qos=self.config.qos)
+            self._subscribed = True
         self._call(self._note, "connected", True, "")
         self._call(lambda: log.info("mqtt_connected", trigger=self.trigger.trigger_id, broker=self.config.broker,
-                                    session_present=bool(getattr(flags, "session_present", False))))
+                                    session_present=session_present))
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
         self._call(self._note, "error", False, f"cannot connect to {self.config.broker}")

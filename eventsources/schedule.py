@@ -37,7 +37,6 @@ _EVERY_PART_RE = re.compile(r"(\d+)(h|ms|m|s)")
 _EVERY_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _EB_CRON_RE = re.compile(r"^cron\((.*)\)$")
 _YEAR_PART_RE = re.compile(r"^(\*|\d{4})(?:-(\d{4}))?(?:/(\d+))?$")
-_MAX_SCAN = 10000  # due times tried when skipping to a year the expression allows
 
 
 class ScheduleError(ValueError):

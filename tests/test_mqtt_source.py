@@ -447,3 +447,28 @@ async def test_removing_the_trigger_stops_its_subscription(broker: Mosquitto) ->
     finally:
         pub.close()
         await source.stop()
+
+
+async def test_a_reconnect_to_the_session_does_not_replay_retained_messages(broker: Mosquitto) -> None:
+    intake = RecordingIntake()
+    trigger = trigger_of(broker, "kept")
+    pub = Publisher(broker.port)
+    pub.publish("kept", "retained", qos=1)
+    info = pub.client.publish("kept", "retained", qos=1, retain=True)
+    info.wait_for_publish(10)
+    source = await started(intake, trigger)
+    try:
+        await until(lambda: len(intake.events) == 1, "the retained message on subscribe")
+        assert intake.events[0]["retain"] is True
+        broker.stop()
+        await until(lambda: source.status(trigger.trigger_id)["Connected"] is False, "the disconnect")
+        broker.start()
+        await until(lambda: source.status(trigger.trigger_id)["Connected"] is True, "the reconnect", timeout=40)
+        pub.close()
+        pub = Publisher(broker.port)
+        pub.publish("kept", "live")
+        await until(lambda: len(intake.events) == 2, "the live message")
+        assert [e["payload"] for e in intake.events] == ["retained", "live"]
+    finally:
+        pub.close()
+        await source.stop()
