@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ from tests.pod_harness import ACCOUNT, b64zip
 from tests.test_async_faults import records
 from tests.test_faults import wait_healthy
 from tests.test_mqtt_source import Mosquitto, Publisher, Subscriber
-from tests.test_pool_lifecycle_e2e import LivePod, unique
+from tests.test_pool_lifecycle_e2e import LivePod, live_pod, unique
 
 pytestmark = pytest.mark.e2e
 
@@ -47,24 +46,6 @@ def pod_and_broker(tmp_path: Path) -> Iterator[tuple[LivePod, Mosquitto]]:
             yield lp, broker
     finally:
         broker.stop()
-
-
-def live_pod(**kw: Any) -> Iterator[LivePod]:
-    """tests.test_pool_lifecycle_e2e.live_pod, stubs told where the controller is (live trigger status)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: sandboxes are built from cgroups, namespaces and mounts")
-    pod = LivePod(**kw)
-    pod.config.stubs_args += ["--controller-url", pod.config.controller_url]
-    pod.start()
-    try:
-        yield pod
-    finally:
-        codes = pod.stop()
-        leaks = pod.wait_no_leaks()
-        logs = pod.log_tail()
-        pod.cleanup()
-        assert not leaks, f"the pod left kernel objects behind: {leaks}\n{logs}"
-        assert all(code == 0 for code in codes.values()), f"daemons exited uncleanly: {codes}\n{logs}"
 
 
 async def trigger_of(lp: LivePod, name: str, trigger_id: str) -> dict[str, Any]:
