@@ -115,6 +115,7 @@ class MqttSubscription:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
         self._client = client
         self._acker = self._loop.create_task(self._acknowledge())
         client.connect_async(cfg.host, cfg.port, keepalive=KEEPALIVE)
@@ -165,6 +166,13 @@ class MqttSubscription:
         self._call(self._note, "connected", True, "")
         self._call(lambda: log.info("mqtt_connected", trigger=self.trigger.trigger_id, broker=self.config.broker,
                                     session_present=session_present))
+
+    def _on_subscribe(self, _client: paho.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any) -> None:
+        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            self._subscribed = False
+            self._call(self._note, "error", True, f"the broker refused the subscription to {self.config.topic}: "
+                                                  f"{', '.join(refused)}")
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
         self._call(self._note, "error", False, f"cannot connect to {self.config.broker}")

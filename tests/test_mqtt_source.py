@@ -472,3 +472,4 @@ async def test_a_reconnect_to_the_session_does_not_replay_retained_messages(brok
     finally:
         pub.close()
         await source.stop()
+
