@@ -41,7 +41,7 @@ class Pool:
     (no extra call on the warm path): ``take_warm``, ``acquire``, ``release``, ``recycle``, ...
     """
 
-    def __init__(self, funclet: FuncletClient, *, runtime_alive_timeout: float = 10.0, task_interval: float = 5.0,
+    def __init__(self, funclet: FuncletClient, *, runtime_alive_timeout: float = 15.0, task_interval: float = 5.0,
                  max_runtime_idle: float = 60.0, max_transition_time: float = 90.0, concurrent_mode: bool = True,
                  startup_retry_interval: float = 1.0,
                  channel_factory: Callable[[str, int], RuntimeChannel] = RuntimeChannel,

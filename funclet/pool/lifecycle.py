@@ -239,6 +239,8 @@ class Lifecycle:
             try:
                 kills = sb.cgroup.oom_kills()
                 oom = kills > sb.oom_base
+                if oom:
+                    self._registry.counters["oom_kill"] += 1
                 sb.oom_seen = max(sb.oom_seen, kills)
             except OSError:
                 pass

@@ -64,10 +64,13 @@ class Warmups:
             sb.current_event = "event_warmup"
             reg.set_state(sb, SandboxState.WARMUP)
             started = time.monotonic()
+            new_image = not self.images.is_built(code_hash)
             try:
                 image = await asyncio.wait_for(
                     self.images.ensure(code_hash, lambda: load_code(req.Code, max_size=s.max_code_size)),
                     s.warmup_timeout)
+                if new_image:
+                    reg.counters["code_image_built"] += 1
                 self._slots.bind_code(sb, image.mountpoint, code_hash)
                 self._slots.bind_runtime(sb, runtime_dir)
                 assert sb.cgroup is not None and sb.link is not None
@@ -119,6 +122,8 @@ class Warmups:
             raise ServiceError(str(exc)) from None
         except CodeArchiveError as exc:
             raise InvalidParameterValue(f"code {code_hash[:12]}: {exc}") from None
+        if built:
+            self._registry.counters["code_image_built"] += 1
         await self.trim_images()
         return CodePrepareResponse(CodeSha256=req.CodeSha256, ImageSize=image.size, Built=built)
 
