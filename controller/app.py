@@ -33,7 +33,7 @@ from controller.invoke import Invoker
 from controller.function_logs import FunctionLogs
 from controller.logs_api import FUNCTION_LOGS, add_log_routes
 from controller.metrics import ControllerMetrics
-from easyfaas.metrics import BEFORE_SCRAPE, add_observability_routes, new_registry
+from easyfaas.metrics import BEFORE_SCRAPE, TriggerMetrics, add_observability_routes, new_registry
 from controller.options import deprecated_options, parse_controller_options
 from controller.pool import Pool
 from controller.registry import Registry
@@ -43,7 +43,7 @@ from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
-from eventsources.service import setup_event_sources
+from eventsources.service import EVENT_SOURCES_INTAKE, setup_event_sources
 from httptrigger.embedded import gateway_endpoint
 
 log = structlog.get_logger(__name__)
@@ -109,6 +109,8 @@ def _observability(app: web.Application, opts: Settings) -> None:
             workers = app[EVENT_WORKERS]
             metrics.watch_queue(app[EVENT_QUEUE].depth, lambda: workers.in_flight)
             app[BEFORE_SCRAPE] = [metrics.refresh]
+        if EVENT_SOURCES_INTAKE in app:
+            app[EVENT_SOURCES_INTAKE].metrics = TriggerMetrics(registry)  # schedule and MQTT firings
     add_observability_routes(app, registry, ready=_ready)
     state_dir = getattr(opts, "state_dir", "/var/faas/controller")
     log_dir = getattr(opts, "function_log_dir", "") or f"{state_dir}/function-logs"

@@ -21,6 +21,8 @@ from easyfaas.http import ACCOUNT_ID
 from eventsources.fire_log import FireLog
 from eventsources.intake import ControllerIntake
 from eventsources.mqtt import MqttSource
+from eventsources.mqtt_config import MQTT_TRIGGER_TYPE
+from eventsources.schedule import CRON_TRIGGER_TYPE
 from eventsources.schedules import ScheduleSource
 from eventsources.source import EventSource, Intake
 from eventsources.supervisor import EventSourceSupervisor
@@ -28,10 +30,15 @@ from eventsources.supervisor import EventSourceSupervisor
 log = structlog.get_logger(__name__)
 
 EVENT_SOURCES = web.AppKey("event_sources", EventSourceSupervisor)
+EVENT_SOURCES_INTAKE = web.AppKey("event_sources_intake", ControllerIntake)
+
+# Each source's trigger Type and its OpenTelemetry faas.trigger (X-easyfaas-Trigger, the metrics).
+FAAS_TRIGGERS = {CRON_TRIGGER_TYPE: "timer", MQTT_TRIGGER_TYPE: "pubsub"}
 
 
 def sources_of(intake: Intake, state_dir: Path) -> dict[str, EventSource]:
-    """Every event source by the trigger ``Type`` it serves: a new source is one more entry."""
+    """Every event source by the trigger ``Type`` it serves: a new source is one more entry (and
+    one in FAAS_TRIGGERS)."""
     sources: list[EventSource] = [ScheduleSource(intake, FireLog(state_dir / "schedules")), MqttSource(intake)]
     return {source.type: source for source in sources}
 
@@ -42,9 +49,10 @@ def setup_event_sources(app: web.Application, opts: Settings, invoker: Invoker, 
     if not getattr(opts, "event_sources", True):
         return
     state_dir = Path(getattr(opts, "state_dir", "/var/faas/controller"))
-    supervisor = EventSourceSupervisor(f"{registry_base.rstrip('/')}/trigger-changes",
-                                       sources_of(ControllerIntake(invoker, queue), state_dir))
+    intake = ControllerIntake(invoker, queue, FAAS_TRIGGERS)
+    supervisor = EventSourceSupervisor(f"{registry_base.rstrip('/')}/trigger-changes", sources_of(intake, state_dir))
     app[EVENT_SOURCES] = supervisor
+    app[EVENT_SOURCES_INTAKE] = intake
 
     async def lifetime(_: web.Application) -> AsyncIterator[None]:
         await supervisor.start()

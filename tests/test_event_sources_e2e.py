@@ -201,6 +201,10 @@ async def test_every_second_fires_once_per_due_time_across_a_controller_kill(
                                                                   f":trigger/{tid}"]
             due = datetime.fromisoformat(e["time"].replace("Z", "+00:00"))
             assert e["_request_id"] == e["id"] == fire_request_id(tid, due)
+        async with lp.session().get(f"{lp.config.controller_url}/metrics") as resp:
+            metrics = await resp.text()
+        assert any(line.startswith("easyfaas_trigger_firings") and 'trigger="timer"' in line and name in line
+                   for line in metrics.splitlines()), "the schedule's firings are not in /metrics"
         # Nothing fires after the removal.
         settled = len(await echoed(lp, name))
         await asyncio.sleep(2.5)
