@@ -24,7 +24,7 @@ import structlog
 from controller.funclet_client import FuncletClient
 from controller.pool.elastic import Elastic
 from controller.pool.machine import Machine
-from controller.pool.reconcile import Reconciler
+from controller.pool.reconcile import FAILURE_WAIT, Reconciler
 from controller.pool.records import MiB, FunctionInitError, Lease, Phase, RuntimeFailure, Sandbox, WarmupFactory
 from controller.runtime_channel import RuntimeChannel
 from easyfaas.models import NodeResource
@@ -48,7 +48,7 @@ class Pool:
                  queue_length: int = 100, queue_timeout: float = 0.0, min_free_sandboxes: int = 1,
                  max_sandbox_idle: float = 60.0, scale_min_ttl: float = 3600.0,
                  scaling: dict[str, dict[str, Any]] | None = None, use_events: bool = True,
-                 failure_wait: float = 0.5) -> None:
+                 failure_wait: float = FAILURE_WAIT) -> None:
         self.funclet = funclet
         self.task_interval = task_interval
         machine = self.machine = Machine(
