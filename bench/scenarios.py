@@ -19,7 +19,7 @@ from bench.client import RawHTTPClient
 from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod, Function
 from bench.stats import median, ratio, summary
 from bench.wrk import WrkResult, run_wrk
-from tests.pod_harness import ACCOUNT
+from easyfaas.function_code import ACCOUNT
 
 PY_TRIVIAL = "def handler(event, context):\n    return event\n"
 NODE_TRIVIAL = "exports.handler = async (event) => event;\n"

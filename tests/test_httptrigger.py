@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from httptrigger.app import build_response, make_app
-from tests.pod_harness import ACCOUNT, b64zip
+from easyfaas.function_code import ACCOUNT, b64zip
 
 pytestmark = pytest.mark.e2e
 
