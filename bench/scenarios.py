@@ -87,10 +87,6 @@ def free_slots(pod: BenchPod) -> int:
     return sum(1 for s in pod.get_json("controller", "/v1/runtimes") if s["State"] == "cold" and s["Available"])
 
 
-def warm_slots(pod: BenchPod) -> int:
-    return sum(1 for s in pod.get_json("controller", "/v1/runtimes") if s["State"] == "warm")
-
-
 def prefetch_stats(pod: BenchPod) -> dict[str, Any]:
     return pod.get_json("controller", "/v1/resource").get("CodePrefetch") or {}
 

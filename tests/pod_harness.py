@@ -347,9 +347,6 @@ class Load:
                 self.outcomes[f"{status} ?"] += 1
                 self.unexplained.append((status, body))
 
-    def answered(self) -> int:
-        return sum(n for key, n in self.outcomes.items() if not key.startswith("connection"))
-
 
 async def stored_functions(lp: LivePod) -> dict[str, str]:
     """Every stored function and its code hash, as the registry lists them."""
