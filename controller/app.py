@@ -21,7 +21,7 @@ from controller.code_prefetch import CodePrefetcher
 from controller.funclet_client import FuncletClient
 from controller.handlers import INVOKER, POOL, PREFETCHER, add_routes
 from controller.invoke import Invoker
-from controller.options import parse_controller_options
+from controller.options import deprecated_options, parse_controller_options
 from controller.pool import Pool
 from controller.registry import Registry
 from easyfaas.config import Settings
@@ -51,8 +51,10 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     registry = registry if registry is not None else Registry(
         opts.repository_endpoint, opts.repository_version, function_ttl=opts.function_cache_ttl,
         latest_ttl=opts.latest_cache_ttl, runtime_ttl=opts.runtime_config_cache_ttl, timeout=opts.registry_timeout)
+    for old, new in deprecated_options(opts):
+        log.warning("option_deprecated", option=f"--{old}", use=f"--{new}")
     pool = Pool(funclet, runtime_alive_timeout=opts.runtime_alive_timeout, task_interval=opts.task_interval,
-                max_runtime_idle=opts.max_runtime_idle, max_runner_defunct=opts.max_runner_defunct,
+                max_runtime_idle=opts.max_runtime_idle, max_transition_time=opts.max_transition_time,
                 concurrent_mode=opts.concurrent_mode, queue_length=opts.queue_length,
                 queue_timeout=opts.queue_timeout, min_free_sandboxes=opts.min_free_sandboxes,
                 max_sandbox_idle=opts.max_sandbox_idle, scale_min_ttl=opts.scale_min_ttl,
@@ -99,7 +101,7 @@ async def _pool(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _begin_drain(app: web.Application) -> None:
-    log.info("controller_draining", in_flight=sum(s.in_flight for s in app[POOL].slots.values()),
+    log.info("controller_draining", in_flight=sum(s.in_flight for s in app[POOL].sandboxes.values()),
              queued=app[POOL].resource()["Queue"]["Waiting"])
     app[POOL].begin_drain()
 

@@ -290,12 +290,12 @@ class Invoker:
                 lease = await self._acquire_cold(fn, caller, request_id)
             try:
                 result = await self._call(fn, lease, event, request_id, want_log)
-                return result, ("cold" if lease.cold else "warm"), lease.slot.id
+                return result, ("cold" if lease.cold else "warm"), lease.sandbox.id
             except ChannelUnavailable as exc:
                 # Nothing reached the runtime (its socket is gone): recycle the slot, try once more.
-                self.pool.recycle(lease.slot, lease.generation, f"runtime unreachable: {exc}")
+                self.pool.recycle(lease.sandbox, lease.generation, f"runtime unreachable: {exc}")
                 if attempt == 2:
-                    raise ServiceError(f"runtime {lease.slot.id} is unreachable: {exc}") from None
+                    raise ServiceError(f"runtime {lease.sandbox.id} is unreachable: {exc}") from None
             finally:
                 self.pool.release(lease)
         raise AssertionError("unreachable")
@@ -319,7 +319,7 @@ class Invoker:
                     want_log: bool) -> InvokeResult:
         cfg = fn.record.Configuration
         timeout = cfg.Timeout if cfg.Timeout > 0 else DEFAULT_TIMEOUT
-        slot = lease.slot
+        slot = lease.sandbox
         channel = slot.channel
         if channel is None:
             raise ChannelUnavailable(f"slot {slot.id} has no runtime channel")

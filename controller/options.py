@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from controller.pool import parse_scaling
+from controller.scaling import parse_scaling
 from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
+
+_MAX_TRANSITION_TIME = "90s"
 
 OPTIONS = [
     Option("port", int, 8080, "TCP port of the controller API"),
@@ -17,10 +19,12 @@ OPTIONS = [
     Option("runtime-alive-timeout", parse_duration, "10s",
            "how long a cold start (funclet warmup) may take before the request fails"),
     Option("task-interval", parse_duration, "5s", "period of the background task (cooldown, reborn, sync)"),
-    Option("max-runtime-idle", parse_duration, "60s", "idle time after which a warm slot is cooled down"),
-    Option("max-runner-defunct", parse_duration, "90s",
-           "a slot stuck in warmup, stopping or removing (or whose sandbox the funclet cannot rebuild) "
-           "longer than this is reborn"),
+    Option("max-runtime-idle", parse_duration, "60s", "idle time after which a warm sandbox is cooled down"),
+    Option("max-transition-time", parse_duration, _MAX_TRANSITION_TIME,
+           "a sandbox stuck in warmup, stopping or removing with nothing under way, or that the funclet "
+           "reports unavailable, longer than this is reborn"),
+    # The controller's old spelling (the funclet's --max-runner-defunct is about silent runners).
+    Option("max-runner-defunct", parse_duration, None, "deprecated: use --max-transition-time"),
     Option("queue-length", int, 100, "requests of one function that may wait for a sandbox; more get 429"),
     Option("queue-timeout", parse_duration, "1s",
            "how long a request waits in its function's queue for a sandbox before it gets 429 (0: no "
@@ -40,7 +44,7 @@ OPTIONS = [
     Option("drain-timeout", parse_duration, "30s",
            "on SIGTERM, how long in-flight and queued requests may take before the controller stops"),
     Option("concurrent-mode", parse_bool, True,
-           "a warm slot serves up to the function's PodConcurrentQuota requests at once"),
+           "a warm sandbox serves up to the function's PodConcurrentQuota requests at once"),
     Option("enable-simple-auth", parse_bool, True,
            "require X-easyfaas-Account-Id to equal the function owner's Uid"),
     Option("max-body-size", parse_size, "6M", "largest invoke request body"),
@@ -71,8 +75,17 @@ def parse_controller_options(argv: Sequence[str] | None = None) -> Settings:
         raise SystemExit("easyfaas-controller: --max-body-size must be positive")
     if opts.queue_length < 0 or opts.min_free_sandboxes < 0:
         raise SystemExit("easyfaas-controller: --queue-length and --min-free-sandboxes must not be negative")
+    if opts.max_runner_defunct is not None and opts.max_transition_time == parse_duration(_MAX_TRANSITION_TIME):
+        opts.max_transition_time = opts.max_runner_defunct
     opts.scaling = load_function_scaling(opts.function_scaling)
     return opts
+
+
+def deprecated_options(opts: Settings) -> list[tuple[str, str]]:
+    """(old spelling, its replacement) for each deprecated option ``opts`` was given."""
+    if getattr(opts, "max_runner_defunct", None) is None:
+        return []
+    return [("max-runner-defunct", "max-transition-time")]
 
 
 def load_function_scaling(path: str) -> dict[str, dict[str, Any]]:

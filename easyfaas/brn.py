@@ -173,3 +173,15 @@ def resolve_function_ref(ref: str, account_uid: str, qualifier: str | None = Non
                 f"conflicting qualifiers: {brn.qualifier!r} in {ref!r} and {qualifier!r} given separately"
             )
     return brn
+
+
+def function_of(text: str) -> tuple[str, str]:
+    """(the unqualified BRN, the function name) of ``text``, a BRN with or without its qualifier.
+
+    Unlike :meth:`Brn.parse` it checks only the shape (``brn:`` and 7 or 8 parts), not each part:
+    the controller's pool keys functions by whatever BRN text it was given. Text of another shape is
+    returned as both."""
+    parts = text.split(":")
+    if parts[0] == "brn" and len(parts) in (7, 8):
+        return ":".join(parts[:7]), parts[6]
+    return text, text

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
-from controller.pool import SlotState
+from controller.pool import Phase
 from easyfaas.brn import Brn, account_hash
 from tests.fakes.controller_app import H, OTHER, Env, make_env
 from tests.fakes.stubs_registry import OWNER
@@ -66,7 +66,7 @@ async def test_runtimes_resource_and_invalidate(env: Env) -> None:
     resp = await env.client.post(f"/v1/runtimes/{slot_id}/invalidate")
     assert resp.status == 200
     await until(lambda: env.funclet.ops("reborn") == [slot_id])
-    await until(lambda: env.pool.slots[slot_id].state is SlotState.COLD)
+    await until(lambda: env.pool.sandboxes[slot_id].phase is Phase.COLD)
 
 
 # ---- success -----------------------------------------------------------------------------------
@@ -231,8 +231,8 @@ async def test_timeout_returns_500_and_recycles_the_slot(env: Env) -> None:
                                  "errorType": "Sandbox.Timedout"}
     slot_id = env.funclet.ops("warmup")[0]
     await until(lambda: env.funclet.ops("cooldown") == [slot_id])
-    await until(lambda: env.pool.slots[slot_id].state is SlotState.COLD)
-    assert all(s.in_flight == 0 for s in env.pool.slots.values())
+    await until(lambda: env.pool.sandboxes[slot_id].phase is Phase.COLD)
+    assert all(s.in_flight == 0 for s in env.pool.sandboxes.values())
     assert (await env.invoke("slow")).status == 200
 
 
@@ -310,13 +310,13 @@ async def test_client_disconnect_releases_the_slot() -> None:
     try:
         call = asyncio.create_task(e.invoke("hello", {"sleep": 2}))
         await until(lambda: e.requests_seen() != [])
-        slot = e.pool.slots["c0"]
+        slot = e.pool.sandboxes["c0"]
         assert slot.in_flight == 1
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
         await until(lambda: slot.in_flight == 0)
-        assert slot.state is SlotState.WARM
+        assert slot.phase is Phase.WARM
     finally:
         await cleanup()
 
