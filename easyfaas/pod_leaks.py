@@ -31,10 +31,10 @@ def kernel_leaks(state_dir: Path, names: PodNames) -> list[str]:
     for link in Path("/sys/class/net").iterdir():
         if link.name == names.bridge or link.name.startswith(names.veth_prefix):
             leaks.append(f"network link {link.name}")
+    group = f"easyfaas-{names.pod_name}"
     for root in Path("/sys/fs/cgroup").iterdir():
         if root.is_dir():
-            for found in root.rglob(f"easyfaas-{names.pod_name}"):
-                leaks.append(f"cgroup {found}")
+            leaks.extend(f"cgroup {path}" for path in _cgroups_under(root) if path.name == group)
     for proc in psutil.process_iter(["cmdline", "pid"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
@@ -44,6 +44,12 @@ def kernel_leaks(state_dir: Path, names: PodNames) -> list[str]:
         if ours and proc.pid != os.getpid():
             leaks.append(f"process {proc.pid}: {cmd[:120]}")
     return leaks
+
+
+def _cgroups_under(root: Path) -> list[Path]:
+    """Every cgroup (directory) below ``root``. Other pods on this machine add and remove cgroups
+    while the walk looks: one that vanishes under it is skipped, not an error."""
+    return [Path(parent) / name for parent, dirs, _ in os.walk(root) for name in dirs]
 
 
 def _pod_of(proc: psutil.Process) -> str:
@@ -70,7 +76,7 @@ def kernel_snapshot() -> dict[str, set[str]]:
     for ctrl in ("memory", "cpu", "pids", "unified"):
         root = Path("/sys/fs/cgroup") / ctrl
         if root.is_dir():
-            cgroups |= {str(p) for p in root.rglob("*") if p.is_dir() and ("easyfaas" in p.name or "test" in p.name)}
+            cgroups |= {str(p) for p in _cgroups_under(root) if "easyfaas" in p.name or "test" in p.name}
     procs = set()
     for proc in psutil.process_iter(["cmdline"]):
         try:
