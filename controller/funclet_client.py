@@ -4,14 +4,16 @@ Besides the original's calls: ``events`` (long poll of sandbox changes), ``grow`
 ``prepare_code`` (build a code image ahead of the first warmup).
 
 Every call returns a wire model from :mod:`easyfaas.models`. The funclet answers errors as FaasError
-JSON; they are raised as :class:`FuncletError` (status, code, message). An unreachable or silent
-funclet is :class:`FuncletUnavailable`.
+JSON; they are raised as :class:`FuncletError` (status, code, message), read through
+:func:`easyfaas.errors.error_from_dict`. An unreachable or silent funclet is :class:`FuncletUnavailable`
+(a ServiceUnavailableException); an answer that is not the expected model a BadGatewayException.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from easyfaas.errors import BadGateway, ServiceUnavailable, error_from_dict
 from easyfaas.models import (CodePrepareRequest, CodePrepareResponse, ContainerInfo, FuncletEvents, GrowRequest, ModelError, NodeResource, ResetRequest,
                              ScaleResponse, ShrinkRequest, WarmupRequest, WarmupResponse)
 from easyfaas.unixhttp import UnixHTTPClient, UnixHTTPUnavailable
@@ -26,12 +28,18 @@ class FuncletError(Exception):
         self.code = code
         self.message = message
 
+    @classmethod
+    def of_response(cls, status: int, body: Any) -> FuncletError:
+        """The error an HTTP error answer of the funclet stands for (its FaasError JSON, or else its text)."""
+        err = error_from_dict(body, status)
+        return cls(status, err.code, err.cause or err.message)
+
 
 class FuncletUnavailable(FuncletError):
     """The funclet socket is unreachable, or the funclet did not answer in time."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(503, "FuncletUnavailable", message)
+        super().__init__(ServiceUnavailable.status, ServiceUnavailable.code, message)
 
 
 class FuncletClient:
@@ -61,10 +69,7 @@ class FuncletClient:
         except UnixHTTPUnavailable as exc:
             raise FuncletUnavailable(str(exc)) from None
         if status >= 400:
-            if isinstance(data, dict):
-                message = data.get("Cause") or data.get("Message") or str(data)
-                raise FuncletError(status, str(data.get("Code") or ""), str(message))
-            raise FuncletError(status, "", f"HTTP {status}: {str(data or '')[:200]}")
+            raise FuncletError.of_response(status, data)
         return data
 
     @staticmethod
@@ -72,7 +77,8 @@ class FuncletClient:
         try:
             return cls.from_dict(data)
         except ModelError as exc:
-            raise FuncletError(502, "InvalidResponse", f"malformed {what} from the funclet: {exc}") from None
+            raise FuncletError(BadGateway.status, BadGateway.code,
+                               f"malformed {what} from the funclet: {exc}") from None
 
     async def node(self) -> NodeResource:
         data = await self._call("GET", "/v1/funclet/node")
@@ -81,7 +87,7 @@ class FuncletClient:
     async def list(self) -> list[ContainerInfo]:
         data = await self._call("GET", "/v1/funclet/list")
         if not isinstance(data, list):
-            raise FuncletError(502, "InvalidResponse", "the funclet's container list is not a JSON array")
+            raise FuncletError(BadGateway.status, BadGateway.code, "the funclet's container list is not a JSON array")
         return [self._model(ContainerInfo, item, "container") for item in data]
 
     async def container(self, container_id: str) -> ContainerInfo:
@@ -106,7 +112,7 @@ class FuncletClient:
 
     def _container_of(self, data: Any) -> ContainerInfo:
         if not isinstance(data, dict):
-            raise FuncletError(502, "InvalidResponse", "the funclet's reset answer is not a JSON object")
+            raise FuncletError(BadGateway.status, BadGateway.code, "the funclet's reset answer is not a JSON object")
         return self._model(ContainerInfo, data.get("Container"), "container")
 
     async def events(self, after: int, wait: float) -> FuncletEvents:

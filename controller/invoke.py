@@ -22,7 +22,6 @@ import asyncio
 import base64
 import itertools
 import json
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -34,24 +33,22 @@ from aiohttp import web
 from controller.pool import FunctionInitError, Lease, Pool
 from controller.registry import Registry, ResolvedFunction
 from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUnavailable
-from easyfaas.brn import LATEST, Brn, BrnError, account_hash, is_version, valid_account_id
+from easyfaas.brn import LATEST, Brn, BrnError, is_version, resolve_function_ref, valid_account_id
 from easyfaas.errors import (FaasError, InvalidInvokeCaller, InvalidParameterValue, InvalidRequestContent,
                              RequestTooLarge, ServiceError)
-from easyfaas.http import (ACCOUNT_ID, EXEC_TIME, FUNCTION_ERROR, INVOKE_TYPE, LOG_RESULT, LOG_TYPE, REQUEST_ID,
-                           REQUEST_ID_KEY, parse_json, request_id_of)
+from easyfaas.frames import CONTENT_TYPE_JSON, CONTENT_TYPE_TEXT, FunctionError, FunctionErrorType, InvokeRequest
+from easyfaas.http import (ACCOUNT_ID, CONTENT_TYPE, EXEC_TIME, FUNCTION_ERROR, FUNCTION_ERROR_UNHANDLED, INVOKE_TYPE,
+                           INVOKE_TYPE_EVENT, JSON_CONTENT_TYPE, LOG_RESULT, LOG_TO_BODY, LOG_TYPE, LOG_TYPE_TAIL,
+                           QUERY_LOG_TO_BODY, QUERY_LOG_TYPE, QUERY_QUALIFIER, REQUEST_ID, REQUEST_ID_KEY, parse_json,
+                           request_id_of)
 from easyfaas.models import WarmupRequest
 
 log = structlog.get_logger(__name__)
 
-LOG_TO_BODY = "Log-To-Body"
-UNHANDLED = "Unhandled"
 DEFAULT_TIMEOUT = 3
 LOG_TAIL_BYTES = 4096
-TEXT_PLAIN = "text/plain; charset=utf-8"
-APPLICATION_JSON = "application/json"
 
-_BARE_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
-_VERSION_RE = re.compile(r"^(\$LATEST|[0-9]+)$")
+_LOG_TYPE_TAIL = LOG_TYPE_TAIL.lower()
 _REF_CACHE_MAX = 4096
 _NO_QUERY: dict[str, str] = {}
 
@@ -59,32 +56,18 @@ _NO_QUERY: dict[str, str] = {}
 def parse_function_ref(ref: str, qualifier: str | None, caller: str) -> Brn:
     """The versioned BRN a request names; InvalidParameterValue for anything else.
 
-    A bare name takes ``?Qualifier=`` (default ``$LATEST``) and the caller's account; anything else
-    must be a full BRN whose qualifier is a version (aliases are not supported).
+    ``ref`` is any function reference of :func:`easyfaas.brn.resolve_function_ref` (partial ones in
+    the caller's account), ``qualifier`` the ``?Qualifier=`` query. What the controller adds: the
+    qualifier defaults to ``$LATEST`` and must be a version (aliases are not supported).
     """
-    if _BARE_NAME_RE.match(ref):
-        q = LATEST if qualifier is None else qualifier
-        if not _VERSION_RE.match(q):
-            raise InvalidParameterValue(f"invalid function qualifier {q!r}: expected $LATEST or a version number")
-        try:
-            return Brn(account_hash(caller), ref, q)
-        except BrnError as exc:
-            raise InvalidParameterValue(f"invalid function name: {exc}") from None
+    if qualifier is not None and not is_version(qualifier):
+        raise InvalidParameterValue(f"invalid function qualifier {qualifier!r}: expected $LATEST or a version number")
     try:
-        brn = Brn.parse(ref)
+        brn = resolve_function_ref(ref, caller, qualifier)
     except BrnError as exc:
         raise InvalidParameterValue(f"invalid brn: {exc}") from None
-    if qualifier is not None:
-        if brn.qualifier is None:
-            if not _VERSION_RE.match(qualifier):
-                raise InvalidParameterValue(
-                    f"invalid function qualifier {qualifier!r}: expected $LATEST or a version number")
-            brn = brn.with_qualifier(qualifier)
-        elif brn.qualifier != qualifier:
-            raise InvalidParameterValue(
-                f"invalid brn: qualifier {brn.qualifier!r} conflicts with Qualifier={qualifier!r}")
     if brn.qualifier is None:
-        brn = brn.with_qualifier(LATEST)
+        return brn.with_qualifier(LATEST)
     if not is_version(brn.qualifier):
         raise InvalidParameterValue(f"invalid brn: qualifier {brn.qualifier!r} is an alias; aliases are not supported")
     return brn
@@ -139,8 +122,8 @@ class InvokeReply:
 
     @classmethod
     def of_error(cls, err: FaasError, headers: dict[str, str]) -> InvokeReply:
-        headers["Content-Type"] = "application/json; charset=utf-8"
-        return cls(err.status, headers, json.dumps(err.to_dict(), ensure_ascii=False).encode())
+        headers[CONTENT_TYPE] = JSON_CONTENT_TYPE
+        return cls(err.status, headers, err.to_json())
 
 
 class Invoker:
@@ -183,7 +166,7 @@ class Invoker:
         try:
             body = await self._read_body(request)
         except FaasError as err:
-            reply = InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED})
+            reply = InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED})
         else:
             query = request.query if request.query_string else _NO_QUERY  # parsing it costs; most have none
             reply = await self.invoke(request.match_info["ref"], query, request.headers, body, request_id)
@@ -201,7 +184,7 @@ class Invoker:
             caller = headers.get(ACCOUNT_ID, "")
             if caller and not valid_account_id(caller):
                 raise InvalidParameterValue(f"{ACCOUNT_ID}: invalid account id (expected 1-64 characters [A-Za-z0-9_-])")
-            brn_text, brn = self._resolve_ref(ref, query.get("Qualifier"), caller)
+            brn_text, brn = self._resolve_ref(ref, query.get(QUERY_QUALIFIER), caller)
             event = self._event_of(body)
             if self.simple_auth and not caller:
                 raise InvalidInvokeCaller(f"missing {ACCOUNT_ID} header")
@@ -212,13 +195,13 @@ class Invoker:
             if self.simple_auth and caller != cfg.Uid:
                 raise InvalidInvokeCaller(f"owner id {cfg.Uid} caller id {caller}")
 
-            log_type = headers.get(LOG_TYPE) or query.get("logType") or ""
-            tail = log_type.lower() == "tail"
-            to_body = (headers.get(LOG_TO_BODY) or query.get("logToBody") or "").lower() == "true"
+            log_type = headers.get(LOG_TYPE) or query.get(QUERY_LOG_TYPE) or ""
+            tail = log_type.lower() == _LOG_TYPE_TAIL
+            to_body = (headers.get(LOG_TO_BODY) or query.get(QUERY_LOG_TO_BODY) or "").lower() == "true"
 
-            if (headers.get(INVOKE_TYPE) or "").lower() == "event":
+            if (headers.get(INVOKE_TYPE) or "").lower() == INVOKE_TYPE_EVENT:
                 self._spawn_event(fn, caller, event, request_id)
-                return InvokeReply(202, {REQUEST_ID: request_id, "Content-Type": TEXT_PLAIN}, b"")
+                return InvokeReply(202, {REQUEST_ID: request_id, CONTENT_TYPE: CONTENT_TYPE_TEXT}, b"")
 
             result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body)
             reply = self._respond(result, fn, request_id, tail, to_body)
@@ -228,16 +211,17 @@ class Invoker:
         except FunctionInitError as exc:
             log.info("invoke", request_id=request_id, function=brn_text, source="cold", status=500,
                      error="init", duration_ms=round((time.perf_counter() - started) * 1000, 3))
-            return InvokeReply(500, {REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED, "Content-Type": APPLICATION_JSON},
+            return InvokeReply(500, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED,
+                                     CONTENT_TYPE: CONTENT_TYPE_JSON},
                                json.dumps(exc.error, ensure_ascii=False).encode())
         except FaasError as err:
             log.info("invoke", request_id=request_id, function=brn_text, status=err.status, code=err.code,
                      cause=err.cause, duration_ms=round((time.perf_counter() - started) * 1000, 3))
-            return InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED})
+            return InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED})
         except Exception:  # noqa: BLE001 - a bug must not become a dropped connection
             log.exception("invoke_failed", request_id=request_id, function=brn_text)
             return InvokeReply.of_error(ServiceError(f"internal error while handling request {request_id}"),
-                                        {REQUEST_ID: request_id, FUNCTION_ERROR: UNHANDLED})
+                                        {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED})
 
     def _resolve_ref(self, ref: str, qualifier: str | None, caller: str) -> tuple[str, Brn]:
         """parse_function_ref, memoised: the warm path sees the same few references over and over."""
@@ -323,17 +307,15 @@ class Invoker:
         channel = slot.channel
         if channel is None:
             raise ChannelUnavailable(f"slot {slot.id} has no runtime channel")
-        now = time.time()
-        frame = {"id": f"{self._frame_prefix}{next(self._frame_ids)}", "event": event,
-                 "deadline_ms": int((now + timeout) * 1000), "log": want_log, "request_id": request_id}
+        request = InvokeRequest(f"{self._frame_prefix}{next(self._frame_ids)}", event,
+                                int((time.time() + timeout) * 1000), want_log, request_id)
         started = time.perf_counter()
         try:
-            reply = await channel.call(frame, timeout)
+            response = await channel.call(request, timeout)
         except ChannelTimeout:
             self.pool.recycle(slot, lease.generation, "function timeout")
-            return InvokeResult(False, _error_json(f"{request_id} Task timed out after {timeout:.2f} seconds",
-                                                   "Sandbox.Timedout"), APPLICATION_JSON, "",
-                                (time.perf_counter() - started) * 1000)
+            return _platform_error(f"{request_id} Task timed out after {timeout:.2f} seconds",
+                                   FunctionErrorType.TIMEOUT, started)
         except ChannelUnavailable:
             raise
         except ChannelClosed as exc:
@@ -341,35 +323,24 @@ class Invoker:
             failure = await self.pool.runtime_failure(lease)
             self.pool.recycle(slot, lease.generation, f"runtime exited: {exc}")
             if failure is not None:
-                error = _error_json(failure.message(request_id), failure.error_type)
-            else:
-                error = _error_json(f"RequestID: {request_id} Process exited before completing request",
-                                    "Runtime.ExitError")
-            return InvokeResult(False, error, APPLICATION_JSON, "", (time.perf_counter() - started) * 1000)
+                return _platform_error(failure.message(request_id), failure.error_type, started)
+            return _platform_error(f"RequestID: {request_id} Process exited before completing request",
+                                   FunctionErrorType.EXIT, started)
         duration_ms = (time.perf_counter() - started) * 1000
-        logs = reply.get("logs") or ""
-        if not isinstance(logs, str):
-            logs = str(logs)
-        if reply.get("ok") is True:
-            result = reply.get("result", "")
-            if isinstance(result, str):
-                content_type = reply.get("content_type") or TEXT_PLAIN
-            else:
-                result = json.dumps(result, ensure_ascii=False)
-                content_type = APPLICATION_JSON
-            return InvokeResult(True, result, content_type, logs, duration_ms)
-        error = reply.get("error")
-        if not isinstance(error, dict):
-            error = {"errorMessage": str(error) if error else "the function failed", "errorType": "Runtime.Error"}
-        if reply.get("fatal") is True:
+        logs = response.logs or ""
+        if response.ok:
+            return InvokeResult(True, response.result, response.content_type, logs, duration_ms)
+        error = response.error or {}
+        if response.fatal:
             self.pool.recycle(slot, lease.generation, f"fatal runtime error: {error.get('errorType', '')}")
-        return InvokeResult(False, json.dumps(error, ensure_ascii=False), APPLICATION_JSON, logs, duration_ms)
+        # The runtime's error object verbatim: it is the function's answer.
+        return InvokeResult(False, json.dumps(error, ensure_ascii=False), CONTENT_TYPE_JSON, logs, duration_ms)
 
     def _respond(self, result: InvokeResult, fn: ResolvedFunction, request_id: str, tail: bool,
                  to_body: bool) -> InvokeReply:
         headers = {REQUEST_ID: request_id, EXEC_TIME: f"{result.duration_ms:.3f}"}
         if not result.ok:
-            headers[FUNCTION_ERROR] = UNHANDLED
+            headers[FUNCTION_ERROR] = FUNCTION_ERROR_UNHANDLED
         text = ""
         if tail or to_body:
             cfg = fn.record.Configuration
@@ -379,13 +350,13 @@ class Invoker:
         if to_body:
             envelope: dict[str, Any] = {}
             if not result.ok:
-                envelope["FunctionError"] = UNHANDLED
+                envelope["FunctionError"] = FUNCTION_ERROR_UNHANDLED
             if tail:
                 envelope["LogResult"] = text
             envelope["Payload"] = result.payload
-            headers["Content-Type"] = "application/json; charset=utf-8"
+            headers[CONTENT_TYPE] = JSON_CONTENT_TYPE
             return InvokeReply(200 if result.ok else 500, headers, json.dumps(envelope, ensure_ascii=False).encode())
-        headers["Content-Type"] = result.content_type
+        headers[CONTENT_TYPE] = result.content_type
         return InvokeReply(200 if result.ok else 500, headers, result.payload.encode())
 
     # ---- asynchronous invocations --------------------------------------------------------------
@@ -418,5 +389,7 @@ class Invoker:
                  error=None if result.ok else result.payload[:500])
 
 
-def _error_json(message: str, error_type: str) -> str:
-    return json.dumps({"errorMessage": message, "errorType": error_type}, ensure_ascii=False)
+def _platform_error(message: str, error_type: str, started: float) -> InvokeResult:
+    """The result standing in for a runtime that did not answer: a function error the platform made."""
+    payload = json.dumps(FunctionError(message, error_type).to_wire(), ensure_ascii=False)
+    return InvokeResult(False, payload, CONTENT_TYPE_JSON, "", (time.perf_counter() - started) * 1000)

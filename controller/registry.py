@@ -25,7 +25,7 @@ import aiohttp
 import structlog
 
 from easyfaas.brn import LATEST, Brn
-from easyfaas.errors import InvalidInvokeCaller, ResourceNotFound, ServiceError
+from easyfaas.errors import InvalidInvokeCaller, ResourceNotFound, ServiceError, error_from_dict, is_error_body
 from easyfaas.http import ACCOUNT_ID, REQUEST_ID
 from easyfaas.models import CodeChanges, FunctionRecord, ModelError, RuntimeConfiguration, function_identity
 
@@ -234,8 +234,7 @@ def _cause_of(body: bytes) -> str:
         data = json.loads(body)
     except ValueError:
         return ""
-    if isinstance(data, dict):
-        cause = data.get("Cause") or data.get("Message")
-        if isinstance(cause, str):
-            return cause
-    return ""
+    if not is_error_body(data):
+        return ""
+    err = error_from_dict(data)
+    return err.cause or err.message

@@ -1,6 +1,7 @@
 """The controller's side of a slot's runtime channel: kept connections to its invoke socket.
 
-A connection carries one request at a time (frames of :mod:`easyfaas.frames`), so a slot that
+A connection carries one request at a time (an :class:`~easyfaas.frames.InvokeRequest` frame out, an
+:class:`~easyfaas.frames.InvokeResponse` frame back), so a slot that
 serves N requests concurrently needs N connections; :class:`RuntimeChannel` keeps up to
 ``max_connections`` of them open and reuses idle ones, which keeps connect() off the warm path.
 A connection whose request failed in any way (timeout, EOF, garbage, cancellation) is closed, never
@@ -17,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
-
-from easyfaas.frames import HEADER, MAX_FRAME, FrameError, decode_body, encode
+from easyfaas.frames import HEADER, MAX_FRAME, FrameError, InvokeRequest, InvokeResponse, decode_body, encode
 
 _HEADER_SIZE = HEADER.size
 _unpack_header = HEADER.unpack_from
@@ -156,11 +155,14 @@ class RuntimeChannel:
     def closed(self) -> bool:
         return self._closed
 
-    async def call(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one request frame and return the reply frame (which must carry the same ``id``)."""
+    async def call(self, request: InvokeRequest, timeout: float) -> InvokeResponse:
+        """Send one request frame and return the runtime's response (which must carry the same ``id``).
+
+        A reply that is not a valid response frame (:meth:`InvokeResponse.from_wire`) is ChannelClosed.
+        """
         if self._closed:
             raise ChannelUnavailable(f"the channel to {self.socket_path} is closed")
-        data = encode(message)
+        data = encode(request.to_wire())
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -184,24 +186,21 @@ class RuntimeChannel:
         except TimeoutError:
             self._discard(conn)
             raise ChannelTimeout(f"no reply within {timeout:g}s") from None
-        except ChannelClosed:
-            self._discard(conn)
-            raise
         except BaseException:
             self._discard(conn)
             raise
         finally:
             del self._deadlines[waiter]
         try:
-            reply = decode_body(body)
+            response = InvokeResponse.from_wire(decode_body(body))
         except FrameError as exc:
             self._discard(conn)
             raise ChannelClosed(str(exc)) from None
-        if reply.get("id") != message.get("id"):
+        if response.id != request.id:
             self._discard(conn)
-            raise ChannelClosed(f"reply for request {reply.get('id')!r}, expected {message.get('id')!r}")
+            raise ChannelClosed(f"reply for request {response.id!r}, expected {request.id!r}")
         self._put_back(conn)
-        return reply
+        return response
 
     def _expire_overdue(self) -> None:
         self._sweep = None

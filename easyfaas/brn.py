@@ -4,9 +4,19 @@ Format, kept byte-for-byte from the Go original:
 ``brn:<partition>:faas:<region>:<md5hex(uid + "cloud-cfc-2017")>:function:<name>[:<qualifier>]``.
 A qualifier is a *version* (``$LATEST`` or digits) or else an *alias*.
 
-Besides full BRNs, callers name functions by partial references (``name``, ``name:qualifier``,
-``<account-hash>:name[:qualifier]``); :func:`resolve_function_ref` turns any of them into a
-:class:`Brn`. Stdlib only.
+Besides full BRNs, callers name functions by partial references; :func:`resolve_function_ref` is
+the one parser of function references, for every service (stubs' routes, the controller's invoke
+route), with the grammar of the original's ``pkg/brn``::
+
+    ref     = brn | [account ":"] name [":" qualifier]
+    account = [0-9a-z]{32}               (a hashed account; partial refs default to the caller's)
+    name    = [a-zA-Z0-9_-]{1,64}
+    qualifier = "$LATEST" | [a-zA-Z0-9_-]{1,128}
+
+``x:y`` is ``account:name`` only when ``x`` is the caller's own account hash and ``y`` a name, else
+``name:qualifier``.
+What a service does with the result (a default qualifier, refusing aliases) is its own policy.
+Stdlib only.
 """
 
 from __future__ import annotations
@@ -23,13 +33,14 @@ DEFAULT_PARTITION = "cloud"
 SERVICE = "faas"
 RESOURCE_TYPE = "function"
 
-_VERSION_RE = re.compile(r"^(\$LATEST|[0-9]+)$")
-_FUNCTION_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ACCOUNT_HASH_RE = re.compile(r"^[0-9a-z]{32}$")
-_QUALIFIER_RE = re.compile(r"^(\$LATEST|[a-zA-Z0-9_-]{1,128})$")
-_PARTITION_RE = re.compile(r"^cloud[a-zA-Z-]*$")
-_REGION_RE = re.compile(r"^[a-z]{2,5}[0-9]*$")
+# \Z, not $: a $ would also match before a trailing newline ("f\n" is no function name).
+_VERSION_RE = re.compile(r"^(\$LATEST|[0-9]+)\Z")
+_FUNCTION_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}\Z")
+_ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_ACCOUNT_HASH_RE = re.compile(r"^[0-9a-z]{32}\Z")
+_QUALIFIER_RE = re.compile(r"^(\$LATEST|[a-zA-Z0-9_-]{1,128})\Z")
+_PARTITION_RE = re.compile(r"^cloud[a-zA-Z-]*\Z")
+_REGION_RE = re.compile(r"^[a-z]{2,5}[0-9]*\Z")
 
 
 class BrnError(ValueError):
@@ -132,7 +143,7 @@ class Brn:
 
 
 def resolve_function_ref(ref: str, account_uid: str, qualifier: str | None = None) -> Brn:
-    """Turn what a caller wrote into a BRN.
+    """Turn what a caller wrote into a BRN (the grammar is in this module's docstring).
 
     ``ref`` is a full BRN, ``name``, ``name:qualifier`` or ``<account-hash>:name[:qualifier]``;
     partial references resolve in the account of ``account_uid`` (a raw account id). A two-part
@@ -152,7 +163,7 @@ def resolve_function_ref(ref: str, account_uid: str, qualifier: str | None = Non
         try:
             if len(parts) == 1:
                 brn = Brn(own_account, parts[0])
-            elif len(parts) == 2 and parts[0] == own_account:
+            elif len(parts) == 2 and parts[0] == own_account and valid_function_name(parts[1]):
                 brn = Brn(own_account, parts[1])
             elif len(parts) == 2:
                 brn = Brn(own_account, parts[0], parts[1])

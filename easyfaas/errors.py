@@ -1,26 +1,37 @@
 """Platform errors and their JSON body, shared by every public HTTP service.
 
 Body, key order as in the Go original: ``{"Code","Cause","Message","Status","Type"}``; ``Cause`` is
-left out when empty, ``Type`` is ``User`` for 4xx and ``Server`` for 5xx. Function errors and
-function timeouts are not FaasErrors: they are results of the function, built by the controller.
-No aiohttp here, so clients and stdlib-only code can use it too.
+left out when empty, ``Type`` is ``User`` for 4xx and ``Server`` for 5xx. :meth:`FaasError.to_dict`
+is the only builder of that body and :func:`error_from_dict` the only reader of one: every code the
+pod emits or may receive has its class here, and a code it has no class for (a peer's, or an HTTP
+status aiohttp raised) is an :class:`UnknownCodeError` made by :meth:`FaasError.of`.
+
+Function errors and function timeouts are not FaasErrors: they are results of the function
+(``easyfaas.frames.FunctionError``). No aiohttp here, so clients and stdlib-only code can use it too.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
 class FaasError(Exception):
-    """Base of all platform errors; subclasses fix ``code``, ``status`` and the default message."""
+    """Base of all platform errors; subclasses fix ``code``, ``status`` and the default message.
+
+    ``status`` may be given for the few codes answered with more than one status (an unparsable
+    request is a 400 or a 431, say); otherwise it is the class's.
+    """
 
     code: str = "ServiceException"
     status: int = 500
     default_message: str = "Service encountered an internal error"
 
-    def __init__(self, cause: str = "", *, message: str | None = None) -> None:
+    def __init__(self, cause: str = "", *, message: str | None = None, status: int | None = None) -> None:
         self.cause = cause or ""
         self.message = message if message is not None else self.default_message
+        if status is not None:
+            self.status = status
         super().__init__(f"{self.code}: {self.cause}" if self.cause else f"{self.code}: {self.message}")
 
     @property
@@ -35,6 +46,28 @@ class FaasError(Exception):
         body["Status"] = self.status
         body["Type"] = self.type
         return body
+
+    def to_json(self) -> bytes:
+        """:meth:`to_dict` as the UTF-8 JSON of a response body."""
+        return json.dumps(self.to_dict(), ensure_ascii=False).encode()
+
+    @staticmethod
+    def of(code: str, status: int | None = None, message: str | None = None, cause: str = "") -> FaasError:
+        """The error named by ``code``: an instance of its class when there is one, else an
+        UnknownCodeError keeping ``code``. ``status`` None means the class's (500 for an unknown code)."""
+        cls = _BY_CODE.get(code)
+        if cls is not None:
+            return cls(cause, message=message, status=status)
+        return UnknownCodeError(code, 500 if status is None else status, cause, message=message)
+
+
+class UnknownCodeError(FaasError):
+    """An error whose code has no class here: a peer's (a newer service's), or an HTTP error that
+    aiohttp raised (``BadRequestException`` for a 400, say). Code and status are the instance's."""
+
+    def __init__(self, code: str, status: int, cause: str = "", *, message: str | None = None) -> None:
+        self.code = code
+        super().__init__(cause, message=message, status=status if 400 <= status <= 599 else 500)
 
 
 class InvalidParameterValue(FaasError):
@@ -109,6 +142,49 @@ class InvalidRuntime(FaasError):
     default_message = "The runtime or runtime version specified is not supported"
 
 
+class InvalidRequest(FaasError):
+    """An HTTP request the server cannot parse (bad framing, huge headers, upgrades on the invoke
+    route); answered before any handler runs, with the parser's status."""
+
+    code = "InvalidRequestException"
+    status = 400
+    default_message = "The request could not be parsed"
+
+
+class AccountProblem(FaasError):
+    code = "AccountProblemException"
+    status = 403
+    default_message = "There is a problem with your account"
+
+
+class NotImplementedFeature(FaasError):
+    code = "NotImplementedException"
+    status = 500
+    default_message = "this method is not implemented"
+
+
+class BadGateway(FaasError):
+    """A daemon in front of another (the HTTP trigger before the controller) could not reach it."""
+
+    code = "BadGatewayException"
+    status = 502
+    default_message = "Bad Gateway"
+
+
+class ServiceUnavailable(FaasError):
+    code = "ServiceUnavailableException"
+    status = 503
+    default_message = "The service is unavailable"
+
+
+class RequestTimeout(FaasError):
+    """A service did not answer in time (the original's funclet timeout filter)."""
+
+    code = "RequestTimeoutException"
+    status = 504
+    default_message = "The request timed out"
+
+
 _BY_CODE: dict[str, type[FaasError]] = {
     cls.code: cls
     for cls in (
@@ -124,28 +200,37 @@ _BY_CODE: dict[str, type[FaasError]] = {
         TooManyRequests,
         ServiceError,
         InvalidRuntime,
+        InvalidRequest,
+        AccountProblem,
+        NotImplementedFeature,
+        BadGateway,
+        ServiceUnavailable,
+        RequestTimeout,
     )
 }
+
+
+def is_error_body(body: Any) -> bool:
+    """True when ``body`` (parsed JSON) is a FaasError object: a dict with a string ``Code``."""
+    return isinstance(body, dict) and isinstance(body.get("Code"), str)
 
 
 def error_from_dict(body: Any, status: int | None = None) -> FaasError:
     """Rebuild the error another service sent (for clients of stubs, funclet, controller).
 
-    A known Code gives its class; an unknown one keeps its Code, Status and Message on a FaasError.
-    A body that is not an error object gives a ServiceError carrying ``status``.
+    A known Code gives its class; an unknown one keeps its Code, Status (else ``status``) and
+    Message (:meth:`FaasError.of`). A body that is not an error object gives a ServiceError carrying
+    ``status`` and the start of the body.
     """
-    if not isinstance(body, dict) or not isinstance(body.get("Code"), str):
-        return ServiceError(f"unexpected error response (HTTP {status})" if status else "unexpected error response")
+    if not is_error_body(body):
+        where = f" (HTTP {status})" if status else ""
+        text = body if isinstance(body, str) else ("" if body is None else json.dumps(body, ensure_ascii=False))
+        return ServiceError(f"unexpected error response{where}" + (f": {text[:200]}" if text else ""))
     cause = body.get("Cause") if isinstance(body.get("Cause"), str) else ""
     message = body.get("Message") if isinstance(body.get("Message"), str) else None
-    cls = _BY_CODE.get(body["Code"])
-    if cls is not None:
-        return cls(cause, message=message)
-    err = FaasError(cause, message=message)
-    err.code = body["Code"]
     body_status = body.get("Status")
     if isinstance(body_status, int) and not isinstance(body_status, bool) and 400 <= body_status <= 599:
-        err.status = body_status
-    elif status is not None:
-        err.status = status
-    return err
+        return FaasError.of(body["Code"], body_status, message, cause)
+    cls = _BY_CODE.get(body["Code"])
+    # No usable Status in the body: a known code has its own; an unknown one takes the HTTP status.
+    return FaasError.of(body["Code"], None if cls is not None else status, message, cause)

@@ -95,6 +95,12 @@ async def read_frame(reader: Any) -> dict[str, Any] | None:
 # InvokeRequest and reads InvokeResponse, the Python runtime the reverse, and the Node.js bootstrap
 # mirrors the same keys (tests/test_frames_contract.py checks that it agrees).
 
+#: ``InvokeResponse.content_type`` of a handler that returned a string (the string verbatim)
+CONTENT_TYPE_TEXT = "text/plain; charset=utf-8"
+#: ``InvokeResponse.content_type`` of any other result (its JSON)
+CONTENT_TYPE_JSON = "application/json"
+
+
 @dataclass(slots=True)
 class InvokeRequest:
     """controller → runtime: one invocation.
@@ -117,27 +123,33 @@ class InvokeRequest:
     identity: str = ""
 
     def to_wire(self) -> dict[str, Any]:
+        # Written out key by key: this runs once per invocation on the warm path.
         body: dict[str, Any] = {"id": self.id, "event": self.event, "deadline_ms": self.deadline_ms,
                                 "log": self.log, "request_id": self.request_id}
-        for key in _OPTIONAL_REQUEST_KEYS:
-            value = getattr(self, key)
-            if value:
-                body[key] = value
+        if self.function_arn:
+            body["function_arn"] = self.function_arn
+        if self.trace_id:
+            body["trace_id"] = self.trace_id
+        if self.client_context:
+            body["client_context"] = self.client_context
+        if self.identity:
+            body["identity"] = self.identity
         return body
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> InvokeRequest:
-        """Tolerant read: a missing or mistyped field takes its default (the runtime must answer)."""
+        """Tolerant read: a missing or mistyped field takes its default (the runtime must answer).
+
+        ``request_id`` defaults to ``id`` (a request frame written without one).
+        """
         frame_id = _text(body.get("id"))
         deadline = body.get("deadline_ms")
         event = body.get("event")
         return cls(id=frame_id, event=event if isinstance(event, str) else "{}",
                    deadline_ms=deadline if isinstance(deadline, int) and not isinstance(deadline, bool) else 0,
                    log=body.get("log") is True, request_id=_text(body.get("request_id")) or frame_id,
-                   **{key: _text(body.get(key)) for key in _OPTIONAL_REQUEST_KEYS})
-
-
-_OPTIONAL_REQUEST_KEYS = ("function_arn", "trace_id", "client_context", "identity")
+                   function_arn=_text(body.get("function_arn")), trace_id=_text(body.get("trace_id")),
+                   client_context=_text(body.get("client_context")), identity=_text(body.get("identity")))
 
 
 @dataclass(slots=True)
@@ -145,9 +157,10 @@ class InvokeResponse:
     """runtime → controller: the outcome of one InvokeRequest (same ``id``).
 
     ``ok``: ``result`` is the handler's result as text with its ``content_type`` (a string result
-    verbatim as ``text/plain; charset=utf-8``, anything else its JSON as ``application/json``).
-    Not ok: ``error`` is ``{"errorMessage", "errorType", "stackTrace"}``; ``fatal`` says the runtime
-    cannot serve again (the controller recycles the sandbox). ``logs`` is present only when asked.
+    verbatim as CONTENT_TYPE_TEXT, anything else its JSON as CONTENT_TYPE_JSON).
+    Not ok: ``error`` is a function error object (:class:`FunctionError`'s wire form,
+    ``{"errorMessage", "errorType", "stackTrace"}``); ``fatal`` says the runtime cannot serve again
+    (the controller recycles the sandbox). ``logs`` is present only when asked.
     """
 
     id: str
@@ -162,7 +175,7 @@ class InvokeResponse:
         body: dict[str, Any] = {"id": self.id, "ok": self.ok}
         if self.ok:
             body["result"] = self.result
-            body["content_type"] = self.content_type
+            body["content_type"] = self.content_type or CONTENT_TYPE_TEXT
         else:
             body["error"] = self.error or {}
             body["fatal"] = self.fatal
@@ -172,7 +185,11 @@ class InvokeResponse:
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> InvokeResponse:
-        """Strict read: raises FrameError when a field has the wrong type (a broken runtime)."""
+        """Strict read: raises FrameError when a field has the wrong type (a broken runtime).
+
+        Only ``ok`` (and ``error`` when not ok) must be present; a missing ``content_type`` of a
+        result is CONTENT_TYPE_TEXT.
+        """
         ok = body.get("ok")
         if not isinstance(ok, bool):
             raise FrameError("response frame without a boolean 'ok'")
@@ -184,9 +201,69 @@ class InvokeResponse:
         if not isinstance(result, str) or (logs is not None and not isinstance(logs, str)):
             raise FrameError("response frame with a non-text 'result' or 'logs'")
         content_type = body.get("content_type")
+        if content_type is not None and not isinstance(content_type, str):
+            raise FrameError("response frame with a non-text 'content_type'")
         return cls(id=_text(body.get("id")), ok=ok, result=result,
-                   content_type=content_type if isinstance(content_type, str) else "",
+                   content_type=content_type or (CONTENT_TYPE_TEXT if ok else ""),
                    error=error if isinstance(error, dict) else None, fatal=body.get("fatal") is True, logs=logs)
+
+
+# ---- function errors --------------------------------------------------------------------------
+
+class FunctionErrorType:
+    """The ``errorType`` values the platform itself gives a function error (not a FaasError: the
+    function's outcome, answered with ``X-easyfaas-Function-Error: Unhandled``). A handler's own
+    exception is reported under its class name instead."""
+
+    # made by the controller
+    TIMEOUT = "Sandbox.Timedout"                 # no answer within the function's Timeout
+    SANDBOX_FAILED = "Sandbox.Failed"            # the sandbox was lost mid-request
+    EXIT = "Runtime.ExitError"                   # the runtime process ended mid-request
+    OUT_OF_MEMORY = "Runtime.OutOfMemory"        # ... killed at the function's memory limit
+    RUNTIME_ERROR = "Runtime.Error"              # the runtime failed without saying how
+    # made by the runner and the funclet when a runtime cannot start
+    INIT = "Runtime.InitError"
+    SANDBOX_ERROR = "Runtime.SandboxError"
+    EXEC = "Runtime.ExecError"
+    BUSY = "Runtime.Busy"
+    INVALID_CONFIGURATION = "Runtime.InvalidConfiguration"
+    # made by the language runtimes
+    MALFORMED_HANDLER_NAME = "Runtime.MalformedHandlerName"
+    HANDLER_NOT_FOUND = "Runtime.HandlerNotFound"
+    IMPORT_MODULE = "Runtime.ImportModuleError"
+    USER_CODE_SYNTAX = "Runtime.UserCodeSyntaxError"
+    MARSHAL = "Runtime.MarshalError"
+    RESPONSE_TOO_LARGE = "Runtime.ResponseSizeTooLarge"
+    RUNTIME_TIMEOUT = "Runtime.Timeout"          # the exec runtime's own per-request timeout
+    INTERNAL = "Runtime.InternalError"
+
+
+@dataclass(slots=True)
+class FunctionError:
+    """A function error object: ``{"errorMessage", "errorType"[, "stackTrace"]}`` (Lambda's shape).
+
+    The body of a function error's HTTP answer, ``InvokeResponse.error`` and a warmup's
+    ``InitError``. ``stack_trace`` None leaves the key out (the platform's own errors have none).
+    """
+
+    message: str
+    type: str
+    stack_trace: list[str] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"errorMessage": self.message, "errorType": self.type}
+        if self.stack_trace is not None:
+            body["stackTrace"] = self.stack_trace
+        return body
+
+    @classmethod
+    def from_wire(cls, body: Any) -> FunctionError:
+        """Tolerant read: what a runtime sent, whatever it is, as a function error."""
+        if not isinstance(body, dict):
+            return cls(_text(body) or "the function failed", FunctionErrorType.RUNTIME_ERROR)
+        stack = body.get("stackTrace")
+        return cls(_text(body.get("errorMessage")), _text(body.get("errorType")) or FunctionErrorType.RUNTIME_ERROR,
+                   [_text(line) for line in stack] if isinstance(stack, list) else None)
 
 
 def _text(value: Any) -> str:

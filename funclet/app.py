@@ -30,7 +30,7 @@ from funclet.runner_link import Zygote
 from funclet.sandbox.cgroup import detect_driver
 from funclet.sandbox.codeimage import CodeImageStore
 from funclet.sandbox.network import BridgeNetwork
-from funclet.sandboxes import PoolSettings, SandboxPool
+from funclet.pool import PoolSettings, SandboxPool
 from runner.prepare import host_binds
 
 log = structlog.get_logger(__name__)

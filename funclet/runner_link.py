@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import structlog
 
 from runner import control
+from runner.control import Op, SandboxSpec
 from runner.zygote import zygote_command
 
 log = structlog.get_logger(__name__)
-
-_MAX_DATAGRAM = 1 << 20
 
 
 class LinkClosed(Exception):
@@ -51,7 +50,7 @@ class RunnerLink:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                data = await loop.sock_recv(self._sock, _MAX_DATAGRAM)
+                data = await loop.sock_recv(self._sock, control.MAX_DATAGRAM)
                 if not data:
                     break
                 self.last_heard = time.time()
@@ -73,38 +72,24 @@ class RunnerLink:
                 self._waiter.set_exception(LinkClosed("runner closed its control socket"))
             self._on_close()
 
-    async def wait_for(self, ops: set[str], timeout: float) -> dict[str, Any]:
-        """Wait for the next message whose op is in ops (used for the initial ready/failed)."""
-        async with self._lock:
-            return await self._await(ops, timeout)
-
-    async def request(self, message: dict[str, Any], reply_ops: set[str], timeout: float) -> dict[str, Any]:
+    async def request(self, message: dict[str, Any], reply_ops: Collection[str], timeout: float) -> dict[str, Any]:
+        """Send one command and wait for the runner's reply, a message whose op is in ``reply_ops``."""
         async with self._lock:
             if self.closed:
                 raise LinkClosed("runner is gone")
             loop = asyncio.get_running_loop()
-            self._waiter = loop.create_future()
-            self._expect = reply_ops
+            waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._waiter = waiter
+            self._expect = set(reply_ops)
             try:
-                await loop.sock_sendall(self._sock, control.encode_message(message))
-            except OSError as exc:
+                try:
+                    await loop.sock_sendall(self._sock, control.encode_message(message))
+                except OSError as exc:
+                    raise LinkClosed(f"runner is gone: {exc}") from None
+                return await asyncio.wait_for(waiter, timeout)
+            finally:
                 self._waiter = None
-                raise LinkClosed(f"runner is gone: {exc}") from None
-            return await self._await(reply_ops, timeout, fresh=False)
-
-    async def _await(self, ops: set[str], timeout: float, fresh: bool = True) -> dict[str, Any]:
-        if fresh:
-            if self.closed:
-                raise LinkClosed("runner is gone")
-            self._waiter = asyncio.get_running_loop().create_future()
-            self._expect = ops
-        waiter = self._waiter
-        assert waiter is not None
-        try:
-            return await asyncio.wait_for(waiter, timeout)
-        finally:
-            self._waiter = None
-            self._expect = set()
+                self._expect = set()
 
     async def close(self) -> None:
         self._reader.cancel()
@@ -147,14 +132,11 @@ class Zygote:
         log.info("zygote_started", pid=self._proc.pid)
 
     @property
-    def pid(self) -> int:
-        return self._proc.pid if self._proc else 0
-
-    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None and self._sock is not None
 
-    async def spawn(self, spec: dict[str, Any], fds: list[int], timeout: float = 10.0) -> int:
+    async def spawn(self, spec: SandboxSpec, fds: list[int], timeout: float = 10.0) -> int:
+        """Fork a sandbox's runner on ``fds`` (its control socket, its invoke listener); its host pid."""
         if self._sock is None and self._proc is None:
             raise LinkClosed("zygote not started")
         loop = asyncio.get_running_loop()
@@ -162,10 +144,10 @@ class Zygote:
             if not self.alive:
                 await self._restart()
             assert self._sock is not None
-            payload = control.encode_message({"op": "spawn", "spec": spec})
+            payload = control.encode_message({"op": Op.SPAWN, "spec": spec.to_dict()})
             try:
                 await loop.run_in_executor(None, _send_with_fds, self._sock, payload, fds)
-                data = await asyncio.wait_for(loop.sock_recv(self._sock, _MAX_DATAGRAM), timeout)
+                data = await asyncio.wait_for(loop.sock_recv(self._sock, control.MAX_DATAGRAM), timeout)
             except OSError as exc:
                 data = b""
                 log.warning("zygote_unreachable", error=str(exc))
@@ -173,9 +155,17 @@ class Zygote:
                 self._drop_socket()
                 raise LinkClosed("zygote exited")
         reply = control.decode_message(data)
-        if reply.get("op") != "spawned" or not reply.get("pid"):
+        if reply.get("op") != Op.SPAWNED or not reply.get("pid"):
             raise LinkClosed(f"zygote could not spawn a sandbox: {reply.get('error', reply)}")
         return int(reply["pid"])
+
+    @staticmethod
+    def kill(pid: int) -> None:
+        """Kill a sandbox's runner: the kernel then kills everything in its pid namespace."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _drop_socket(self) -> None:
         if self._sock is not None:
@@ -212,7 +202,3 @@ def _send_with_fds(sock: socket.socket, payload: bytes, fds: list[int]) -> None:
     # The socket is non-blocking for the loop's reads; a spawn datagram is small, so a send only
     # fails here if the zygote stopped reading, which the caller reports as a failed spawn.
     socket.send_fds(sock, [payload], fds)
-
-
-def default_python() -> str:
-    return sys.executable

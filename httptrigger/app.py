@@ -20,9 +20,9 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from easyfaas.brn import LATEST, Brn, account_hash, valid_function_name
+from easyfaas.brn import LATEST, Brn, account_hash, is_version, valid_function_name
 from easyfaas.config import Option, Settings, parse_options, parse_size
-from easyfaas.errors import FaasError, InvalidParameterValue, ServiceError
+from easyfaas.errors import BadGateway, InvalidParameterValue
 from easyfaas.http import (ACCOUNT_ID, FUNCTION_ERROR, REQUEST_ID, REQUEST_ID_KEY, JsonErrorAppRunner, error_middleware,
                            read_body, request_id_middleware)
 from easyfaas.logging import setup_logging
@@ -94,7 +94,7 @@ async def trigger(request: web.Request) -> web.Response:
     version = request.match_info.get("version", LATEST)
     if not valid_function_name(name):
         raise InvalidParameterValue(f"invalid function name {name!r}")
-    if version != LATEST and not version.isdigit():
+    if not is_version(version):
         raise InvalidParameterValue(f"invalid function version {version!r}")
     body = await read_body(request, max_size=request.app[MAX_BODY])
     brn = Brn(account=account_hash(uid), name=name, qualifier=version)
@@ -106,9 +106,7 @@ async def trigger(request: web.Request) -> web.Response:
             out = await resp.read()
             return build_response(resp.status, dict(resp.headers), out)
     except aiohttp.ClientError as exc:
-        err: FaasError = ServiceError(f"controller unreachable: {exc}")
-        err.code, err.status, err.message = "BadGatewayException", 502, "Bad Gateway"
-        raise err from None
+        raise BadGateway(f"controller unreachable: {exc}") from None
 
 
 async def hello(_: web.Request) -> web.Response:

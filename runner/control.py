@@ -7,10 +7,11 @@ protocol (docs/design.md, "Funclet ↔ zygote ↔ runner"):
   zygote → funclet ``{"op": "spawned", "pid": <host pid>}`` (``pid`` 0 and ``error`` on failure).
 * runner → funclet ``{"op": "ready"}`` | ``{"op": "failed", "error": "..."}`` once the sandbox is built.
 * ``start`` → ``started`` (``ok``, ``error``, ``pid``), ``reset`` → ``reset_done``,
-  ``ping`` → ``pong`` (``runtime_pid``, ``standby``), and the unprompted ``exited`` (``pid``,
-  ``code``, ``signal``; ``standby`` true when it was a pre-started runtime no function had yet).
-* ``prestart`` (``runtime``) → ``prestarted`` (``ok``, ``pid``, ``error``): start a runtime that
-  supports a standby before any function is assigned; a later ``start`` of the same runtime hands
+  ``ping`` → ``pong`` (``runtime_pid``; ``standby``: a standby runtime the funclet asked for waits;
+  ``spare``: the runner's own Python standby runtime waits), and the unprompted ``exited`` (``pid``,
+  ``code``, ``signal``; ``standby`` true when it was a standby runtime no function had yet).
+* ``prestart`` (``runtime``) → ``prestarted`` (``ok``, ``pid``, ``error``): start a standby runtime
+  (``runner/standby.py``) of a runtime that supports it; a later ``start`` of the same runtime hands
   it the function's environment instead of starting a new process.
 
 Stdlib only: the zygote and the sandbox init import it.
@@ -18,6 +19,7 @@ Stdlib only: the zygote and the sandbox init import it.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import socket
@@ -27,24 +29,24 @@ from typing import Any
 MAX_DATAGRAM = 1 << 20
 MAX_FDS = 8
 
-# Operation names, as they appear in the "op" field.
-OP_SPAWN = "spawn"
-OP_SPAWNED = "spawned"
-OP_READY = "ready"
-OP_FAILED = "failed"
-OP_START = "start"
-OP_STARTED = "started"
-OP_RESET = "reset"
-OP_RESET_DONE = "reset_done"
-OP_PING = "ping"
-OP_PONG = "pong"
-OP_EXITED = "exited"
-OP_PRESTART = "prestart"
-OP_PRESTARTED = "prestarted"
-OP_ERROR = "error"
 
-LAUNCH_EXEC = "exec"
-LAUNCH_FORK_PYTHON = "fork-python"
+class Op(str, enum.Enum):
+    """The ``op`` field of a control message: its wire string."""
+
+    SPAWN = "spawn"
+    SPAWNED = "spawned"
+    READY = "ready"
+    FAILED = "failed"
+    START = "start"
+    STARTED = "started"
+    RESET = "reset"
+    RESET_DONE = "reset_done"
+    PING = "ping"
+    PONG = "pong"
+    EXITED = "exited"
+    PRESTART = "prestart"
+    PRESTARTED = "prestarted"
+    ERROR = "error"
 
 
 class ControlError(ValueError):

@@ -6,7 +6,7 @@ interpreter start (~40 ms), and forked Python runtimes share its pages.
 
 Each child becomes PID 1 of a fresh pid namespace without a second fork: ``unshare(CLONE_NEWPID)``
 only changes the namespace of the *next* child, so the zygote unshares, forks, and then
-``setns``-es back into its own pid namespace (linux-limits.md §7, Z5).
+``setns``-es back into its own pid namespace.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import runner.init  # noqa: F401
 import runner.runtimes.python.bootstrap  # noqa: F401
 from easyfaas import syscalls as sc
 from runner import control
+from runner.control import Op
 
 
 def zygote_command(python: str, repo_root: str, fd: int) -> list[str]:
@@ -50,7 +51,7 @@ def main(sock_fd: int) -> NoReturn:
         except EOFError:
             os._exit(0)
         except control.ControlError as exc:
-            _reply(sock, {"op": control.OP_SPAWNED, "pid": 0, "error": str(exc)})
+            _reply(sock, {"op": Op.SPAWNED, "pid": 0, "error": str(exc)})
             continue
         except InterruptedError:
             continue
@@ -67,21 +68,21 @@ def main(sock_fd: int) -> NoReturn:
 
 def spawn(sock: socket.socket, own_pidns: int, message: dict, fds: list[int]) -> dict:
     """Fork one sandbox init; returns the reply for the funclet."""
-    if message.get("op") != control.OP_SPAWN:
-        return {"op": control.OP_SPAWNED, "pid": 0, "error": f"the zygote only spawns, not {message.get('op')!r}"}
+    if message.get("op") != Op.SPAWN:
+        return {"op": Op.SPAWNED, "pid": 0, "error": f"the zygote only spawns, not {message.get('op')!r}"}
     if len(fds) != 2:
-        return {"op": control.OP_SPAWNED, "pid": 0,
+        return {"op": Op.SPAWNED, "pid": 0,
                 "error": f"spawn needs 2 fds (control, invoke listener), got {len(fds)}"}
     try:
         spec = control.SandboxSpec.from_dict(message.get("spec") or {})
     except (TypeError, ValueError) as exc:
-        return {"op": control.OP_SPAWNED, "pid": 0, "error": f"bad sandbox spec: {exc}"}
+        return {"op": Op.SPAWNED, "pid": 0, "error": f"bad sandbox spec: {exc}"}
     try:
         sc.unshare(sc.CLONE_NEWPID)
         pid = os.fork()
     except OSError as exc:
         _back_to_own_pidns(own_pidns)
-        return {"op": control.OP_SPAWNED, "pid": 0, "error": f"cannot fork a sandbox: {exc}"}
+        return {"op": Op.SPAWNED, "pid": 0, "error": f"cannot fork a sandbox: {exc}"}
     if pid == 0:
         try:
             # The zygote's socket object must not close a reused fd number later.
@@ -90,7 +91,7 @@ def spawn(sock: socket.socket, own_pidns: int, message: dict, fds: list[int]) ->
         finally:
             os._exit(1)
     _back_to_own_pidns(own_pidns)
-    return {"op": control.OP_SPAWNED, "pid": pid}
+    return {"op": Op.SPAWNED, "pid": pid}
 
 
 def _back_to_own_pidns(own_pidns: int) -> None:

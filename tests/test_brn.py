@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -139,3 +141,91 @@ def test_str_parse_round_trip(account: str, name: str, qualifier: str | None) ->
     brn = Brn(account, name, qualifier)
     assert Brn.parse(str(brn)) == brn
     assert resolve_function_ref(str(brn), UID) == brn
+
+
+# ---- the one function-reference grammar, property-tested ------------------------------------------
+# The original's partial-name grammar (pkg/brn), written independently of easyfaas/brn.py: every
+# string it (or the full-BRN grammar) accepts resolves, and nothing else does.
+
+_PARTIAL_RE = re.compile(r"\A([0-9a-z]{32}:)?([a-zA-Z0-9_-]{1,64})(:(\$LATEST|[a-zA-Z0-9_-]{1,128}))?\Z")
+_FULL_RE = re.compile(r"\Abrn:cloud[a-zA-Z-]*:faas:[a-z]{2,5}[0-9]*:[0-9a-z]{32}:function:[a-zA-Z0-9_-]{1,64}"
+                      r"(:(\$LATEST|[a-zA-Z0-9_-]{1,128}))?\Z")
+
+accounts = st.from_regex(r"\A[0-9a-z]{32}\Z")
+full_qualifiers = st.just(LATEST) | st.from_regex(r"\A[a-zA-Z0-9_-]{1,128}\Z")
+# Texts near the grammar: its own characters, the separators and a few that must never pass.
+near = st.lists(st.sampled_from(list("abz09AZ_-:$") + ["$LATEST", HASH, HASH + ":", "\n", " ", ".", "/", "é",
+                                                     "\x00", "brn:cloud:faas:bj:", f"{HASH}:function:"]),
+                max_size=8).map("".join)
+
+
+@given(text=near | st.text(max_size=30))
+def test_accepts_exactly_the_grammar(text: str) -> None:
+    expected = bool(_FULL_RE.match(text)) if text.startswith("brn:") else bool(_PARTIAL_RE.match(text))
+    try:
+        resolve_function_ref(text, UID)
+    except BrnError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted == expected, text
+
+
+@given(name=names, qualifier=full_qualifiers, other=accounts)
+def test_every_partial_form_resolves_to_its_parts(name: str, qualifier: str, other: str) -> None:
+    own = Brn(HASH, name)
+    assert resolve_function_ref(name, UID) == own
+    assert resolve_function_ref(name, UID, qualifier) == own.with_qualifier(qualifier)
+    assert resolve_function_ref(f"{name}:{qualifier}", UID) == own.with_qualifier(qualifier)
+    assert resolve_function_ref(f"{name}:{qualifier}", UID, qualifier) == own.with_qualifier(qualifier)
+    assert resolve_function_ref(f"{HASH}:{name}", UID) == own
+    assert resolve_function_ref(f"{HASH}:{name}:{qualifier}", UID) == own.with_qualifier(qualifier)
+    assert resolve_function_ref(f"{other}:{name}:{qualifier}", UID) == Brn(other, name, qualifier)
+
+
+@given(account=accounts, name=names, qualifier=st.none() | full_qualifiers,
+       region=st.from_regex(r"\A[a-z]{2,5}[0-9]{0,2}\Z"), partition=st.from_regex(r"\Acloud[a-zA-Z-]{0,5}\Z"))
+def test_full_brn_round_trips(account: str, name: str, qualifier: str | None, region: str, partition: str) -> None:
+    brn = Brn(account, name, qualifier, region, partition)
+    assert Brn.parse(str(brn)) == brn
+    assert resolve_function_ref(str(brn), "any-caller") == brn  # a full BRN ignores the caller's account
+    if qualifier is None:
+        assert resolve_function_ref(str(brn), UID, LATEST) == brn.with_qualifier(LATEST)
+
+
+@given(name=names, first=full_qualifiers, second=full_qualifiers)
+def test_two_qualifiers_must_agree(name: str, first: str, second: str) -> None:
+    if first == second:
+        assert resolve_function_ref(f"{name}:{first}", UID, second).qualifier == first
+    else:
+        with pytest.raises(BrnError, match="conflicting qualifiers"):
+            resolve_function_ref(f"{name}:{first}", UID, second)
+
+
+def test_own_account_then_a_qualifier_is_a_name_and_qualifier() -> None:
+    # "<own hash>:$LATEST" cannot be account:name ($LATEST is no name): as in the grammar, it is the
+    # function named like the hash, at $LATEST.
+    assert resolve_function_ref(f"{HASH}:$LATEST", UID) == Brn(HASH, HASH, LATEST)
+
+
+@pytest.mark.parametrize("text", ["f\n", "f:1\n", f"{HASH}:f\n", f"brn:cloud:faas:bj:{HASH}:function:f\n", "1\n"])
+def test_a_trailing_newline_is_refused(text: str) -> None:
+    with pytest.raises(BrnError):
+        resolve_function_ref(text, UID)
+    assert not valid_function_name("f\n") and not is_version("1\n")
+
+
+# ---- the controller's policy over the same grammar ---------------------------------------------
+
+def test_controller_refs_use_the_one_grammar() -> None:
+    from controller.invoke import parse_function_ref
+    from easyfaas.errors import InvalidParameterValue
+
+    assert parse_function_ref("f", None, UID) == Brn(HASH, "f", LATEST)  # qualifier defaults to $LATEST
+    assert parse_function_ref("f:3", None, UID) == Brn(HASH, "f", "3")
+    assert parse_function_ref(f"{HASH}:f", "2", UID) == Brn(HASH, "f", "2")
+    assert parse_function_ref(f"{OTHER_HASH}:f:1", None, UID) == Brn(OTHER_HASH, "f", "1")
+    for ref, qualifier, cause in [("f:prod", None, "alias"), ("f", "prod", "invalid function qualifier"),
+                                  ("not:a:brn", None, "invalid brn"), ("f:1", "2", "conflicting qualifiers")]:
+        with pytest.raises(InvalidParameterValue, match=cause):
+            parse_function_ref(ref, qualifier, UID)

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from easyfaas import errors
+from easyfaas import errors, http
 from easyfaas.http import (
     ACCOUNT_ID,
     REQUEST_ID,
@@ -34,6 +34,12 @@ EXPECTED = [
     (errors.TooManyRequests, "TooManyRequestsException", 429),
     (errors.ServiceError, "ServiceException", 500),
     (errors.InvalidRuntime, "InvalidRuntimeException", 502),
+    (errors.InvalidRequest, "InvalidRequestException", 400),
+    (errors.AccountProblem, "AccountProblemException", 403),
+    (errors.NotImplementedFeature, "NotImplementedException", 500),
+    (errors.BadGateway, "BadGatewayException", 502),
+    (errors.ServiceUnavailable, "ServiceUnavailableException", 503),
+    (errors.RequestTimeout, "RequestTimeoutException", 504),
 ]
 
 
@@ -77,6 +83,75 @@ def test_error_from_dict_round_trip() -> None:
     assert (unknown.code, unknown.status, unknown.message) == ("BadGatewayException", 502, "m")
     garbage = errors.error_from_dict("not json object", status=503)
     assert garbage.code == "ServiceException" and "503" in garbage.cause
+
+
+def test_every_code_has_one_class() -> None:
+    classes = [cls for cls, _, _ in EXPECTED]
+    assert len({cls.code for cls in classes}) == len(classes)
+    for cls in classes:
+        assert type(errors.FaasError.of(cls.code)) is cls
+        assert type(errors.error_from_dict({"Code": cls.code})) is cls
+
+
+def test_of_unknown_code_keeps_code_and_status_without_touching_classes() -> None:
+    err = errors.FaasError.of("QuotaExceededException", 429, "Quota exceeded", "too many functions")
+    assert isinstance(err, errors.UnknownCodeError) and isinstance(err, errors.FaasError)
+    assert err.to_dict() == {"Code": "QuotaExceededException", "Cause": "too many functions",
+                             "Message": "Quota exceeded", "Status": 429, "Type": "User"}
+    assert errors.FaasError.of("WeirdException", 200).status == 500  # no error status: a server error
+    assert errors.FaasError.of("WeirdException").status == 500
+    # Codes are made by constructors, never by assigning to a shared class.
+    assert (errors.FaasError.code, errors.FaasError.status) == ("ServiceException", 500)
+    assert (errors.ServiceError.code, errors.UnknownCodeError.code) == ("ServiceException", "ServiceException")
+
+
+def test_a_status_given_to_a_class() -> None:
+    err = errors.InvalidRequest("header too large", status=431)
+    assert (err.code, err.status, err.type) == ("InvalidRequestException", 431, "User")
+    assert errors.InvalidRequest.status == 400 and errors.InvalidRequest().status == 400
+    assert json.loads(err.to_json()) == err.to_dict()
+
+
+def test_error_from_dict_status_rules() -> None:
+    # A known code keeps the status the peer sent with it, else its own.
+    assert errors.error_from_dict({"Code": "InvalidRequestException", "Status": 431}).status == 431
+    assert errors.error_from_dict({"Code": "ResourceNotFoundException"}, status=500).status == 404
+    # An unknown code takes the body's status, else the HTTP status, else 500.
+    assert errors.error_from_dict({"Code": "XException", "Status": 418}, status=500).status == 418
+    assert errors.error_from_dict({"Code": "XException", "Status": True}, status=409).status == 409
+    assert errors.error_from_dict({"Code": "XException"}).status == 500
+    odd = errors.error_from_dict({"Code": "XException", "Cause": 5, "Message": ["m"]})
+    assert (odd.cause, odd.message) == ("", errors.FaasError.default_message)
+
+
+@pytest.mark.parametrize("body", [None, "", "<html>bad gateway</html>", [1, 2], {"code": "lowercase"},
+                                  {"Code": 3}])
+def test_error_from_dict_of_something_else(body: object) -> None:
+    assert not errors.is_error_body(body)
+    err = errors.error_from_dict(body, status=502)
+    assert type(err) is errors.ServiceError and "HTTP 502" in err.cause
+    if isinstance(body, str) and body:
+        assert body in err.cause
+
+
+def test_funclet_client_errors_parse_through_error_from_dict() -> None:
+    from controller.funclet_client import FuncletError
+
+    conflict = FuncletError.of_response(409, errors.ResourceConflict("container c1 is warm").to_dict())
+    assert (conflict.status, conflict.code, conflict.message) == (409, "ResourceConflictException",
+                                                                  "container c1 is warm")
+    no_cause = FuncletError.of_response(404, {"Code": "ResourceNotFoundException", "Message": "gone"})
+    assert (no_cause.code, no_cause.message) == ("ResourceNotFoundException", "gone")
+    text = FuncletError.of_response(502, "Bad Gateway")
+    assert (text.status, text.code) == (502, "ServiceException") and "Bad Gateway" in text.message
+
+
+def test_registry_reads_error_bodies_through_error_from_dict() -> None:
+    from controller.registry import _cause_of
+
+    assert _cause_of(errors.ResourceNotFound("function f not found").to_json()) == "function f not found"
+    assert _cause_of(b'{"Code": "XException", "Message": "only a message"}') == "only a message"
+    assert _cause_of(b"no such runtime") == "" and _cause_of(b'{"other": 1}') == ""
 
 
 # ---- middlewares ---------------------------------------------------------------------------------
@@ -144,6 +219,7 @@ async def test_other_http_exceptions_get_the_json_shape(client: TestClient) -> N
     resp = await client.get("/bad")
     body = await resp.json()
     assert resp.status == 400 and body["Code"] == "BadRequestException" and body["Cause"] == "custom text"
+    assert body["Message"] == "Bad Request" and body["Type"] == "User"
 
 
 async def test_request_id_echoed_generated_and_bound(client: TestClient) -> None:
@@ -181,6 +257,29 @@ async def test_read_json(client: TestClient) -> None:
 
 def test_header_names() -> None:
     assert REQUEST_ID == "X-easyfaas-Request-Id" and ACCOUNT_ID == "X-easyfaas-Account-Id"
+    # The rest of the invoke API's vocabulary, as the original names it on the wire.
+    assert (http.FUNCTION_ERROR, http.FUNCTION_ERROR_UNHANDLED) == ("X-easyfaas-Function-Error", "Unhandled")
+    assert (http.INVOKE_TYPE, http.INVOKE_TYPE_EVENT, http.INVOKE_TYPE_REQUEST_RESPONSE) == (
+        "X-easyfaas-Invoke-Type", "event", "RequestResponse")
+    assert (http.LOG_TYPE, http.LOG_TYPE_TAIL, http.LOG_RESULT) == ("Log-Type", "Tail", "X-Bce-Log-Result")
+    assert (http.LOG_TO_BODY, http.EXEC_TIME) == ("Log-To-Body", "X-easyfaas-Function-Exectime")
+    assert (http.QUERY_QUALIFIER, http.QUERY_LOG_TYPE, http.QUERY_LOG_TO_BODY) == ("Qualifier", "logType", "logToBody")
     resp = error_response(errors.TooManyRequests("empty runtime"), headers={"X-easyfaas-Function-Error": "Unhandled"})
     assert resp.status == 429 and resp.headers["X-easyfaas-Function-Error"] == "Unhandled"
     assert json.loads(resp.body)["Cause"] == "empty runtime"
+
+
+async def test_httptrigger_before_an_unreachable_controller_is_bad_gateway() -> None:
+    from httptrigger.app import make_app
+
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    async with TestClient(TestServer(make_app("http://127.0.0.1:1"))) as trigger:
+        resp = await trigger.get("/someone/fn")
+        body = await resp.json()
+        assert resp.status == 502
+        assert (body["Code"], body["Message"], body["Status"], body["Type"]) == (
+            "BadGatewayException", "Bad Gateway", 502, "Server")
+        assert body["Cause"].startswith("controller unreachable")
+        # A version must be $LATEST or ASCII digits (str.isdigit() would take "١", an Arabic-Indic one).
+        resp = await trigger.get("/someone/fn/\u0661")
+        assert resp.status == 400 and (await resp.json())["Code"] == "InvalidParameterValueException"

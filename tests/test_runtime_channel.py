@@ -14,8 +14,9 @@ from typing import Any, AsyncIterator, Iterator
 import pytest
 
 from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUnavailable, RuntimeChannel
-from easyfaas.frames import encode, read_frame
+from easyfaas.frames import InvokeRequest, InvokeResponse, encode, read_frame
 from tests.fakes.frame_runtime import FrameRuntime
+
 
 @pytest.fixture
 def sock_dir() -> Iterator[str]:
@@ -36,8 +37,8 @@ async def runtime(sock_dir: str) -> AsyncIterator[FrameRuntime]:
         await rt.stop()
 
 
-def _frame(event: Any, n: int = 0, log: bool = False) -> dict[str, Any]:
-    return {"id": f"req-{n}", "event": json.dumps(event), "deadline_ms": 0, "log": log, "request_id": f"ext-{n}"}
+def _frame(event: Any, n: int = 0, log: bool = False) -> InvokeRequest:
+    return InvokeRequest(f"req-{n}", json.dumps(event), 0, log, f"ext-{n}")
 
 
 async def test_request_response_reuses_one_connection(runtime: FrameRuntime) -> None:
@@ -45,9 +46,9 @@ async def test_request_response_reuses_one_connection(runtime: FrameRuntime) -> 
     try:
         for n in range(5):
             reply = await channel.call(_frame({"n": n}, n), timeout=2)
-            assert reply["id"] == f"req-{n}"
-            assert reply["ok"] is True
-            assert json.loads(reply["result"]) == {"n": n}
+            assert reply.id == f"req-{n}"
+            assert reply.ok is True
+            assert json.loads(reply.result) == {"n": n}
         assert runtime.accepted == 1
         assert channel.open_connections == 1
         assert channel.idle_connections == 1
@@ -60,9 +61,9 @@ async def test_logs_and_errors_are_passed_through(runtime: FrameRuntime) -> None
     channel = RuntimeChannel(runtime.path, 1)
     try:
         reply = await channel.call(_frame({"fail": "boom", "log": "printed"}, log=True), timeout=2)
-        assert reply["ok"] is False
-        assert reply["error"]["errorMessage"] == "boom"
-        assert reply["logs"] == "printed"
+        assert reply.ok is False
+        assert reply.error["errorMessage"] == "boom"
+        assert reply.logs == "printed"
     finally:
         channel.close()
 
@@ -75,7 +76,7 @@ async def test_concurrent_calls_open_up_to_max_connections(runtime: FrameRuntime
         replies = await asyncio.gather(*(channel.call(_frame({"sleep": 0.2, "n": n}, n), timeout=5)
                                          for n in range(7)))
         elapsed = loop.time() - started
-        assert sorted(json.loads(r["result"])["n"] for r in replies) == list(range(7))
+        assert sorted(json.loads(r.result)["n"] for r in replies) == list(range(7))
         assert runtime.max_connections == 3
         assert runtime.accepted == 3
         assert channel.open_connections == 3
@@ -94,7 +95,7 @@ async def test_timeout_closes_that_connection_only(runtime: FrameRuntime) -> Non
         assert channel.open_connections == 0
         # The late reply of the timed-out request must not be read as the next request's answer.
         reply = await channel.call(_frame({"n": 2}, 2), timeout=2)
-        assert reply["id"] == "req-2"
+        assert reply.id == "req-2"
         assert runtime.accepted == 2
     finally:
         channel.close()
@@ -119,7 +120,7 @@ async def test_garbage_frame_is_an_error(runtime: FrameRuntime) -> None:
         with pytest.raises(ChannelClosed, match="not JSON"):
             await channel.call(_frame({"garbage": True}), timeout=2)
         assert channel.open_connections == 0
-        assert (await channel.call(_frame({"ok": 1}, 3), timeout=2))["id"] == "req-3"
+        assert (await channel.call(_frame({"ok": 1}, 3), timeout=2)).id == "req-3"
     finally:
         channel.close()
 
@@ -146,6 +147,46 @@ async def test_reply_with_wrong_id_is_an_error(sock_dir: str) -> None:
         await server.wait_closed()
 
 
+@pytest.mark.parametrize("reply, reason", [
+    ({"id": "req-0", "ok": "yes", "result": ""}, "boolean 'ok'"),
+    ({"id": "req-0", "ok": True, "result": {"not": "text"}}, "non-text 'result'"),
+    ({"id": "req-0", "ok": False, "error": "a string"}, "'error' object"),
+    ({"id": "req-0", "ok": True, "result": "", "content_type": 7}, "content_type"),
+])
+async def test_reply_that_is_not_a_response_frame_is_an_error(sock_dir: str, reply: dict[str, Any],
+                                                              reason: str) -> None:
+    path = os.path.join(sock_dir, "bad.sock")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_frame(reader) is not None:
+            writer.write(encode(reply))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=path)
+    channel = RuntimeChannel(path, 1)
+    try:
+        with pytest.raises(ChannelClosed, match=reason):
+            await channel.call(_frame({}), timeout=2)
+        assert channel.open_connections == 0  # a connection out of step is never reused
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_reply_is_the_typed_response(runtime: FrameRuntime) -> None:
+    channel = RuntimeChannel(runtime.path, 1)
+    try:
+        reply = await channel.call(_frame({"return": "plain"}, 4, log=True), timeout=2)
+        assert reply == InvokeResponse("req-4", True, "plain", "text/plain; charset=utf-8", logs="")
+        # What the runtime read is the request's wire form, field for field.
+        assert runtime.requests[-1] == _frame({"return": "plain"}, 4, log=True).to_wire()
+        assert InvokeRequest.from_wire(runtime.requests[-1]) == _frame({"return": "plain"}, 4, log=True)
+    finally:
+        channel.close()
+
+
 async def test_missing_socket_is_unavailable(sock_dir: str) -> None:
     channel = RuntimeChannel(os.path.join(sock_dir, "absent.sock"), 1)
     with pytest.raises(ChannelUnavailable):
@@ -162,7 +203,7 @@ async def test_runtime_restart_discards_stale_idle_connection(runtime: FrameRunt
         await asyncio.sleep(0.05)
         await runtime.start()
         reply = await channel.call(_frame({"n": 1}, 1), timeout=2)
-        assert reply["id"] == "req-1"
+        assert reply.id == "req-1"
     finally:
         channel.close()
 
@@ -179,7 +220,7 @@ async def test_cancelled_call_frees_its_connection_for_waiters(runtime: FrameRun
         with pytest.raises(asyncio.CancelledError):
             await slow
         reply = await asyncio.wait_for(waiting, 2)
-        assert reply["id"] == "req-2"
+        assert reply.id == "req-2"
         assert channel.open_connections == 1
     finally:
         channel.close()
