@@ -27,8 +27,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# SEPARATE=1: controller and stubs as processes of their own (default: one all-in-one process).
 run: install
-	scripts/run-pod
+	$(if $(SEPARATE),EASYFAAS_SEPARATE_DAEMONS=1 )scripts/run-pod
 
 # The whole suite: unit, in-process and end-to-end tests (real pods and sandboxes), the long ones too.
 test: install

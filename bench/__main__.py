@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             _log("stopping the pod")
             results["leaks"] = pod.stop()
+        if "footprint" in results:
+            _log(f"footprint of the all-in-one form: a pod of {plan.sandboxes} sandboxes, idle")
+            fp["control_plane_idle_all_in_one"], leaks = footprint.all_in_one_idle(plan.sandboxes,
+                                                                                   args.controller_loop)
+            results["leaks"] += leaks
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 

@@ -1,5 +1,10 @@
 """Memory footprint: the control plane's RSS, and what each warm sandbox costs.
 
+The control plane is measured in both forms of the pod: separate daemons (controller, stubs and
+funclet, three Pythons) and all-in-one (controller and stubs in one process, beside the funclet),
+each idle, right after its pool of the same size is built. The zygote is listed, not added: it is
+the template the sandboxes fork from.
+
 A sandbox is its runner (PID 1, ``HostPid`` in the funclet's list) and the runtime under it. USS
 (pages only that process has) is what one more sandbox adds in processes; PSS shares the zygote's
 pages out among the processes that map them. The funclet's per-container view adds the sandbox
@@ -32,7 +37,8 @@ class SandboxMemory:
 
 
 def control_plane(pod: BenchPod) -> dict[str, Any]:
-    """RSS (MiB) of the controller, funclet and stubs, and of the zygote (counted apart)."""
+    """RSS (MiB) of the pod's daemons (controller, funclet and stubs, or the all-in-one process and the
+    funclet), and of the zygote (counted apart)."""
     rss: dict[str, float] = {}
     for name, pid in pod.daemon_pids().items():
         proc = psutil.Process(pid)
@@ -43,6 +49,18 @@ def control_plane(pod: BenchPod) -> dict[str, Any]:
                     rss["zygote"] = round(child.memory_info().rss / MiB, 1)
     total = round(sum(v for k, v in rss.items() if k != "zygote"), 1)
     return {"rss_mib": rss, "total_mib": total}
+
+
+def all_in_one_idle(container_num: int, controller_loop: str) -> tuple[dict[str, Any], list[str]]:
+    """The idle control plane of an all-in-one pod of ``container_num`` sandboxes, and what that pod
+    left behind when it stopped."""
+    pod = BenchPod(container_num, controller_loop=controller_loop, all_in_one=True)
+    try:
+        pod.start()
+        figures = control_plane(pod)
+    finally:
+        leaks = pod.stop()
+    return figures, leaks
 
 
 def _language(proc: psutil.Process) -> str:

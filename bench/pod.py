@@ -50,6 +50,7 @@ class Function:
 class BenchPod:
     container_num: int
     controller_loop: str = "auto"
+    all_in_one: bool = False  # controller and stubs in one process (easyfaas.all_in_one)
     names: PodNames = field(default_factory=PodNames.new)
     pod: Pod | None = None
     base: Path | None = None
@@ -71,7 +72,7 @@ class BenchPod:
             # the logs, for work on the cold path.
             stubs_args=["--log-level", "warning"],
             funclet_args=["--log-level", os.environ.get("EFBENCH_FUNCLET_LOG", "warning")],
-            start_timeout=120.0)
+            all_in_one=self.all_in_one, start_timeout=120.0)
         self.pod = Pod(config)
         self.pod.start()
         self.wait_pool_ready(self.container_num, timeout=120.0)

@@ -1,18 +1,20 @@
-"""The controller daemon: application factory, the lifetimes of its parts, and ``main``.
+"""The controller daemon: application factory, the lifetimes of its parts, its service and ``main``.
 
 Parts and their order (cleanup runs in reverse): the funclet and registry clients, the code
 prefetcher (builds new functions' code images ahead of their first invocation), the slot pool
 (which finds the funclet's sandboxes in the background and runs the periodic task), and the invoke
 pipeline (whose asynchronous invocations are drained before the pool goes away).
 
-Shutdown (SIGTERM): the listener closes, the pool stops growing and pre-warming, in-flight and
-queued requests get up to ``--drain-timeout`` to finish, then the pool and clients are closed.
+Shutdown (SIGTERM, through easyfaas.daemon): the front door stops accepting and lets the
+invocations on its connections finish, the pool stops growing and pre-warming, in-flight and queued
+requests get up to ``--drain-timeout`` to finish, then the pool and clients are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Sequence
 
 import structlog
 from aiohttp import web
@@ -26,7 +28,8 @@ from controller.pool import Pool
 from controller.registry import Registry
 from easyfaas.config import Settings
 from controller.front_door import FrontDoor
-from easyfaas.http import JsonErrorAppRunner, error_middleware, request_id_middleware, wait_for_stop_signal
+from easyfaas.http import error_middleware, request_id_middleware
+from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
 
@@ -36,7 +39,8 @@ OPTIONS = web.AppKey("options", Settings)
 FUNCLET = web.AppKey("funclet", FuncletClient)
 REGISTRY = web.AppKey("registry", Registry)
 
-__all__ = ["FUNCLET", "INVOKER", "OPTIONS", "POOL", "REGISTRY", "create_app", "main"]
+__all__ = ["FUNCLET", "INVOKER", "OPTIONS", "POOL", "REGISTRY", "FrontDoorEndpoint", "controller_service",
+           "create_app", "main"]
 
 DRAIN_TIMEOUT = 30.0
 
@@ -111,58 +115,76 @@ async def _async_invocations(app: web.Application) -> AsyncIterator[None]:
     await app[INVOKER].drain(getattr(app[OPTIONS], "drain_timeout", DRAIN_TIMEOUT))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    opts = parse_controller_options(argv)
-    setup_logging(opts, daemon="controller")
+@dataclass(frozen=True)
+class FrontDoorEndpoint:
+    """The controller's listening socket, owned by the front door (controller/front_door.py), which
+    hands what is not an invocation to the runner's aiohttp protocol. On shutdown the invocations
+    under way on its connections get up to ``drain_timeout`` to finish."""
+
+    host: str
+    port: int
+    drain_timeout: float
+
+    def site(self, runner: web.AppRunner) -> web.BaseSite:
+        return _FrontDoorSite(runner, self)
+
+    def describe(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port}
+
+
+class _FrontDoorSite(web.BaseSite):
+    def __init__(self, runner: web.AppRunner, endpoint: FrontDoorEndpoint) -> None:
+        super().__init__(runner)
+        assert runner.server is not None
+        self._endpoint = endpoint
+        self._door = FrontDoor(runner.app[INVOKER], runner.server)
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._endpoint.host}:{self._endpoint.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        await self._door.start(self._endpoint.host, self._endpoint.port)
+
+    async def stop(self) -> None:
+        # Requests under way on the front door's connections finish first (their pool is still
+        # open); then the runner drains aiohttp's connections and the application's parts close.
+        self._door.stop_accepting()
+        await self._door.wait_idle(self._endpoint.drain_timeout)
+        await super().stop()
+
+
+async def _freeze_heap_when_ready(app: web.Application) -> AsyncIterator[None]:
+    """Freeze the heap once the pool knows its sandboxes (slots are the bulk of what start-up builds)."""
+    async def freeze() -> None:
+        try:
+            await app[POOL].wait_ready(60.0)
+        except TimeoutError:
+            pass
+        log.info("controller_heap_frozen", objects=freeze_startup_heap())
+
+    task = asyncio.get_running_loop().create_task(freeze())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+def controller_service(opts: Settings) -> Service:
+    """The controller as a service of a daemon process: its application behind the front door."""
     if opts.http_enhanced:
         log.warning("http_enhanced_unavailable", detail="the embedded HTTP trigger is not implemented; flag ignored")
     app = create_app(opts)
-    factory = loop_factory(opts.event_loop)
+    app.cleanup_ctx.append(_freeze_heap_when_ready)
+    door = FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout)
+    return Service("controller", app, [door], shutdown_timeout=opts.drain_timeout, freeze_heap=False)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    opts = parse_controller_options(argv)
+    setup_logging(opts, daemon="controller")
+    service = controller_service(opts)
     log.info("controller_starting", host=opts.bind_address, port=opts.port, funclet=opts.funclet_api_sock,
-             registry=opts.repository_endpoint, event_loop="asyncio" if factory is None else "uvloop")
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(app, host=opts.bind_address, port=opts.port, shutdown_timeout=opts.drain_timeout))
-
-
-async def _freeze_when_ready(pool: Pool, timeout: float = 60.0) -> None:
-    """Freeze the heap once the pool knows its sandboxes (slots are the bulk of what start-up builds)."""
-    try:
-        await pool.wait_ready(timeout)
-    except TimeoutError:
-        pass
-    log.info("controller_heap_frozen", objects=freeze_startup_heap())
-
-
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The controller's event loop: uvloop's C transports take a fifth off the warm path's CPU."""
-    if choice not in ("auto", "uvloop", "asyncio"):
-        raise SystemExit(f"--event-loop must be auto, uvloop or asyncio, not {choice!r}")
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise SystemExit("--event-loop uvloop: uvloop is not installed") from None
-        return None
-    return uvloop.new_event_loop
-
-
-async def serve(app: web.Application, *, host: str, port: int, shutdown_timeout: float) -> None:
-    """Serve until SIGINT/SIGTERM: invocations through the front door, the rest through aiohttp."""
-    runner = JsonErrorAppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    assert runner.server is not None
-    door = FrontDoor(app[INVOKER], runner.server)
-    freezing = asyncio.get_running_loop().create_task(_freeze_when_ready(app[POOL]))
-    try:
-        await door.start(host, port)
-        log.info("controller_listening", host=host, port=port)
-        await wait_for_stop_signal()
-    finally:
-        freezing.cancel()
-        # Requests under way on the front door's connections finish first (their pool is still
-        # open); then aiohttp's connections drain and the application's parts close.
-        door.stop_accepting()
-        await door.wait_idle(shutdown_timeout)
-        await runner.cleanup()
+             registry=opts.repository_endpoint, event_loop=event_loop_name(loop_factory(opts.event_loop)))
+    run_daemon([service], event_loop=opts.event_loop)

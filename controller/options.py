@@ -63,7 +63,11 @@ OPTIONS = [
 
 
 def parse_controller_options(argv: Sequence[str] | None = None) -> Settings:
-    opts = parse_options("controller", OPTIONS, argv)
+    return check_controller_options(parse_options("controller", OPTIONS, argv))
+
+
+def check_controller_options(opts: Settings) -> Settings:
+    """The checks beyond each option's type, and the --function-scaling file loaded; exits on a bad one."""
     if opts.repository_auth_type != "noauth":
         raise SystemExit(
             f"easyfaas-controller: --repository-auth-type {opts.repository_auth_type!r} is not supported;"

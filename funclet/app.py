@@ -7,20 +7,19 @@ Routes: the original's (node, list, container, warmup, cooldown, reborn, healthz
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
-import signal
 import sys
 from pathlib import Path
+from typing import AsyncIterator
 
 import psutil
 import structlog
 from aiohttp import web
 
 from easyfaas.config import Settings, parse_size
-from easyfaas.heap import freeze_startup_heap
-from easyfaas.http import JsonErrorAppRunner, error_middleware, feed_query, read_json, request_id_middleware
+from easyfaas.daemon import Service, UnixEndpoint, run_daemon
+from easyfaas.http import error_middleware, feed_query, read_json, request_id_middleware
 from easyfaas.logging import setup_logging
 from easyfaas.models import CodePrepareRequest, GrowRequest, ModelError, ResetRequest, ShrinkRequest, WarmupRequest
 from easyfaas.errors import InvalidParameterValue, ValidationError
@@ -180,32 +179,26 @@ def build_pool(opts: Settings) -> SandboxPool:
                        host_binds=(binds, symlinks))
 
 
-async def serve(opts: Settings) -> None:
-    pool = build_pool(opts)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runner: JsonErrorAppRunner | None = None
+async def _pool(app: web.Application) -> AsyncIterator[None]:
+    pool = app[POOL]
     try:
         await pool.start()
-        sock = Path(opts.api_sock)
-        sock.parent.mkdir(parents=True, exist_ok=True)
-        sock.unlink(missing_ok=True)
-        runner = JsonErrorAppRunner(make_app(pool), access_log=None, shutdown_timeout=5)
-        await runner.setup()
-        await web.UnixSite(runner, str(sock)).start()
-        os.chmod(sock, 0o660)
-        log.info("funclet_listening", socket=str(sock), sandboxes=opts.container_num,
-                 frozen_objects=freeze_startup_heap())
-        await stop.wait()
-        log.info("funclet_stopping")
+        yield
     finally:
-        pool.events.close()  # ends the controller's long polls now, not at the shutdown timeout
-        if runner is not None:
-            await runner.cleanup()
-            Path(opts.api_sock).unlink(missing_ok=True)
         await pool.close()
+
+
+async def _end_event_polls(app: web.Application) -> None:
+    app[POOL].events.close()  # ends the controller's long polls now, not at the shutdown timeout
+
+
+def funclet_service(opts: Settings) -> Service:
+    """The funclet as a service of a daemon process: its API on a unix socket, the pool its part."""
+    app = make_app(build_pool(opts))
+    app.cleanup_ctx.append(_pool)
+    app.on_shutdown.append(_end_event_polls)
+    return Service("funclet", app, [UnixEndpoint(Path(opts.api_sock), 0o660)], shutdown_timeout=5,
+                   listening={"sandboxes": opts.container_num})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,4 +214,5 @@ def main(argv: list[str] | None = None) -> None:
     if opts.preflight_only:
         print("host check passed", file=sys.stderr)
         return
-    asyncio.run(serve(opts))
+    # asyncio's own loop: pyroute2's async API needs it.
+    run_daemon([funclet_service(opts)], event_loop="asyncio")

@@ -9,11 +9,9 @@ including base64 bodies.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
-import signal
 from typing import Any
 
 import aiohttp
@@ -22,9 +20,10 @@ from aiohttp import web
 
 from easyfaas.brn import LATEST, Brn, account_hash, is_version, valid_function_name
 from easyfaas.config import Option, Settings, parse_options, parse_size
+from easyfaas.daemon import Service, TCPEndpoint, run_daemon
 from easyfaas.errors import BadGateway, InvalidParameterValue
-from easyfaas.http import (ACCOUNT_ID, FUNCTION_ERROR, REQUEST_ID, REQUEST_ID_KEY, JsonErrorAppRunner, error_middleware,
-                           read_body, request_id_middleware)
+from easyfaas.http import (ACCOUNT_ID, FUNCTION_ERROR, REQUEST_ID, REQUEST_ID_KEY, error_middleware, read_body,
+                           request_id_middleware)
 from easyfaas.logging import setup_logging
 
 log = structlog.get_logger(__name__)
@@ -38,6 +37,7 @@ OPTIONS = [
     Option("host", str, "127.0.0.1", "address to listen on"),
     Option("controller-host", str, "http://127.0.0.1:8001", "controller base URL (host:port is accepted too)"),
     Option("max-body-size", parse_size, "6M", "largest request body"),
+    Option("shutdown-timeout", float, 60.0, "seconds to let requests finish on SIGTERM/SIGINT"),
 ]
 
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
@@ -133,19 +133,13 @@ def make_app(controller: str, *, max_body: int = 6 << 20) -> web.Application:
     return app
 
 
-async def serve(opts: Settings) -> None:
-    runner = JsonErrorAppRunner(make_app(opts.controller_host, max_body=opts.max_body_size), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, opts.host, opts.port).start()
-    log.info("httptrigger_listening", host=opts.host, port=opts.port)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+def httptrigger_service(opts: Settings) -> Service:
+    """The HTTP trigger as a service of a daemon process."""
+    return Service("httptrigger", make_app(opts.controller_host, max_body=opts.max_body_size),
+                   [TCPEndpoint(opts.host, opts.port)], shutdown_timeout=opts.shutdown_timeout, freeze_heap=False)
 
 
 def main(argv: list[str] | None = None) -> None:
     opts = parse_options("httptrigger", OPTIONS, argv)
     setup_logging(opts, daemon="httptrigger")
-    asyncio.run(serve(opts))
+    run_daemon([httptrigger_service(opts)])

@@ -19,7 +19,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import quote
 
 import structlog
@@ -545,13 +545,14 @@ def make_app(
     )
     app = web.Application(middlewares=[request_id_middleware, error_middleware])
 
-    async def start_store(_app: web.Application) -> None:
+    async def started_store(_app: web.Application) -> AsyncIterator[None]:
         await store.start()
+        yield
 
     async def close_feed(_app: web.Application) -> None:
         handlers.code_feed.close()  # ends the pods' long polls now, not at the shutdown timeout
 
-    app.on_startup.append(start_store)
+    app.cleanup_ctx.append(started_store)
     app.on_shutdown.append(close_feed)
     h = handlers
     app.router.add_get("/hello", h.hello)

@@ -1,0 +1,48 @@
+"""The stubs daemon (function registry): its options, its service and ``main`` (``python -m stubs``)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from easyfaas.config import Option, Settings, parse_options, parse_size
+from easyfaas.daemon import Service, TCPEndpoint, run_daemon
+from easyfaas.logging import setup_logging
+from easyfaas.runtimes import RuntimeCatalog
+from stubs.app import DEFAULT_ACCOUNT_ID, make_app
+from stubs.store import FunctionStore
+
+OPTIONS = [
+    Option("host", str, "127.0.0.1", "listen address"),
+    Option("port", int, 9009, "TCP port (deployments use 8002)"),
+    Option("function-dir", str, "/var/faas/funcData", "where functions and their code are stored"),
+    Option("runtime-dir", str, "/var/faas/runtime", "directory of <runtime>/runtime.yaml files"),
+    Option("max-code-size", parse_size, "50M", "largest accepted code zip"),
+    Option(
+        "default-account-id",
+        str,
+        DEFAULT_ACCOUNT_ID,
+        "account of requests without X-easyfaas-Account-Id",
+    ),
+    Option("public-url", str, "", "base URL for HTTP code locations; empty: filesystem locations"),
+    Option("shutdown-timeout", float, 10.0, "seconds to let requests finish on SIGTERM/SIGINT"),
+]
+
+
+def stubs_service(opts: Settings) -> Service:
+    """The registry as a service of a daemon process."""
+    store = FunctionStore(opts.function_dir)
+    app = make_app(
+        store,
+        RuntimeCatalog.load(opts.runtime_dir),
+        default_account=opts.default_account_id,
+        max_code_size=opts.max_code_size,
+        public_url=opts.public_url,
+    )
+    return Service("stubs", app, [TCPEndpoint(opts.host, opts.port)], shutdown_timeout=opts.shutdown_timeout,
+                   listening={"function_dir": str(store.root)})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    opts = parse_options("stubs", OPTIONS, argv)
+    setup_logging(opts, daemon="stubs")
+    run_daemon([stubs_service(opts)])
