@@ -1,6 +1,7 @@
 """Helpers for tests that run real pods: the session pod's size, pods of a test's own
 (:class:`LivePod`, :func:`live_pod`) and their clients (:class:`PodClient` synchronous, LivePod's own
-asynchronous), unique function names, and a mixed :class:`Load` on a pod.
+asynchronous), unique function names, a mixed :class:`Load` on a pod, waiting for a restarted
+daemon, and asynchronous (event) invocations and their records.
 
 A LivePod starts a pod with names of its own, talks to its daemons, and audits that nothing it made
 is left behind — counting only this pod's processes, since other test runs may share the machine.
@@ -365,3 +366,50 @@ async def settled(lp: LivePod) -> bool:
     containers = {c["ContainerID"] for c in await lp.containers()}
     return (res["Queue"]["Waiting"] == 0 and runtimes == containers
             and all(r["Concurrency"] == 0 for r in await lp.runtimes()))
+
+
+async def wait_healthy(lp: LivePod, daemon: str, old_pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = lp.pod.pid(daemon)
+        if pid and pid != old_pid and lp.pod.probe(daemon)():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{daemon} was not restarted\n{lp.log_tail()}")
+
+
+# ---- asynchronous invocations ------------------------------------------------------------------
+
+H = {"X-easyfaas-Account-Id": ACCOUNT}
+EVENT = {**H, "X-easyfaas-Invoke-Type": "event"}
+FINAL = ("succeeded", "failed", "expired")
+
+
+async def enqueue(lp: LivePod, name: str, event: Any) -> tuple[int, str, dict[str, Any] | None]:
+    async with lp.session().post(f"{lp.config.controller_url}/v1/functions/{name}/invocations",
+                                 headers=EVENT, data=json.dumps(event)) as resp:
+        raw = await resp.read()
+        body = json.loads(raw) if raw and resp.content_type == "application/json" else None
+        return resp.status, resp.headers.get("X-easyfaas-Request-Id", ""), body
+
+
+async def records(lp: LivePod, name: str) -> dict[str, dict[str, Any]]:
+    async with lp.session().get(f"{lp.config.controller_url}/v1/invocations", headers=H,
+                                params={"FunctionName": name, "Limit": "1000"}) as resp:
+        assert resp.status == 200, await resp.text()
+        return {r["RequestId"]: r for r in (await resp.json())["Invocations"]}
+
+
+async def all_finished(lp: LivePod, name: str, ids: list[str], timeout: float = 120) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = await records(lp, name)
+        except (aiohttp.ClientError, asyncio.TimeoutError, AssertionError):
+            found = {}
+        if found and all(found.get(rid, {}).get("Status") in FINAL for rid in ids):
+            return found
+        if time.monotonic() > deadline:
+            missing = [rid for rid in ids if found.get(rid, {}).get("Status") not in FINAL]
+            raise AssertionError(f"{len(missing)} events never finished, e.g. {missing[:3]}\n{lp.log_tail()}")
+        await asyncio.sleep(0.3)

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from easyfaas.pod import _tcp_http_ok
-from tests.pod_harness import NODE_FN, Load, LivePod, live_pod, settled, stored_functions, unique
+from tests.pod_harness import NODE_FN, Load, LivePod, live_pod, settled, stored_functions, unique, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -60,16 +60,6 @@ def _b64(files: dict[str, str]) -> str:
     from easyfaas.function_code import b64zip
 
     return b64zip(files)
-
-
-async def wait_healthy(lp: LivePod, daemon: str, old_pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid = lp.pod.pid(daemon)
-        if pid and pid != old_pid and lp.pod.probe(daemon)():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{daemon} was not restarted\n{lp.log_tail()}")
 
 
 async def works_again(lp: LivePod, names: list[str]) -> None:

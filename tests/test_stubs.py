@@ -16,33 +16,20 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from easyfaas.brn import account_hash
 from easyfaas.models import FunctionRecord
 from easyfaas.pod_names import free_port
 from easyfaas.runtimes import RuntimeCatalog
 from stubs.app import default_code_zip
 from stubs.store import FunctionStore
-from tests.fakes.stubs_app import (CODE_A, CODE_B, MAX_CODE, UID, b64, create, error_of, make_zip, sha_b64, start_client,
-                                   write_runtimes)
+from tests.fakes.stubs_app import (CODE_A, CODE_B, HASH, MAX_CODE, OTHER_HASH, OTHER_UID, UID, b64, create, error_of,
+                                   make_zip, sha_b64, start_client, write_runtimes)
 
-HASH = "8f6e5a28c663957ea04522547a66d08f"
-OTHER_UID = "someoneelse"
-OTHER_HASH = account_hash(OTHER_UID)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def client(function_dir: Path, runtime_dir: Path) -> AsyncIterator[TestClient]:
-    c = await start_client(function_dir, runtime_dir)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def get(client: TestClient, path: str, uid: str | None = None, **params: str) -> tuple[int, Any]:

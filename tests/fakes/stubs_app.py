@@ -1,7 +1,8 @@
 """The real stubs application in one process, for the tests of stubs and of what follows it: a
-runtime catalog on disk (``runtime_dir``) and a function store (``function_dir``) as fixtures (shared
-through ``pytest_plugins`` in tests/conftest.py), the app on a test server (:func:`start_client`),
-code zips of fixed content, and the create and error helpers."""
+runtime catalog on disk (``runtime_dir``), a function store (``function_dir``) and a test client of
+the app on both (``client``) as fixtures (shared through ``pytest_plugins`` in tests/conftest.py),
+the app on a test server (:func:`start_client`), code zips of fixed content, and the create and
+error helpers."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from easyfaas.brn import account_hash
 from easyfaas.runtimes import RuntimeCatalog
 from stubs.app import DEFAULT_ACCOUNT_ID, make_app
 from stubs.store import FunctionStore
 
 UID = DEFAULT_ACCOUNT_ID
+HASH = "8f6e5a28c663957ea04522547a66d08f"  # account_hash(UID)
+OTHER_UID = "someoneelse"
+OTHER_HASH = account_hash(OTHER_UID)
 MAX_CODE = 256 * 1024
 
 NODE_RUNTIME = """\
@@ -91,6 +96,15 @@ async def start_client(function_dir: Path, runtime_dir: Path, **kwargs: Any) -> 
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
+
+
+@pytest.fixture
+async def client(function_dir: Path, runtime_dir: Path) -> AsyncIterator[TestClient]:
+    c = await start_client(function_dir, runtime_dir)
+    try:
+        yield c
+    finally:
+        await c.close()
 
 
 async def create(client: TestClient, ref: str, body: Any = None, uid: str | None = None) -> dict[str, Any]:
