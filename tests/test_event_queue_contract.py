@@ -22,16 +22,6 @@ FN_B = "brn:cloud:faas:bj:0123456789abcdef0123456789abcdef:function:b"
 ACCOUNT = "acct1"
 
 
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 Factory = Callable[..., EventQueue]
 
 

@@ -1,6 +1,6 @@
 """Which way imports go between the repository's top-level parts: the benchmarks and the daemons
 never import the tests, and no test module imports another one (what tests share is in
-tests/fakes/, tests/pod_harness.py, tests/sandbox_harness.py and tests/conftest.py)."""
+tests/fakes/, the tests/*_harness.py modules and tests/conftest.py)."""
 
 from __future__ import annotations
 
