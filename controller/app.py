@@ -34,6 +34,7 @@ from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
+from httptrigger.embedded import gateway_endpoint
 
 log = structlog.get_logger(__name__)
 
@@ -169,12 +170,14 @@ async def _freeze_heap_when_ready(app: web.Application) -> AsyncIterator[None]:
 
 def controller_service(opts: Settings) -> Service:
     """The controller as a service of a daemon process: its application behind the front door."""
-    if opts.http_enhanced:
-        log.warning("http_enhanced_unavailable", detail="the embedded HTTP trigger is not implemented; flag ignored")
     app = create_app(opts)
     app.cleanup_ctx.append(_freeze_heap_when_ready)
-    door = FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout)
-    return Service("controller", app, [door], shutdown_timeout=opts.drain_timeout, freeze_heap=False)
+    endpoints: list[Any] = [FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout)]
+    if getattr(opts, "gateway_port", 0):
+        endpoints.append(gateway_endpoint(app[INVOKER], host=opts.gateway_host, port=opts.gateway_port,
+                                          stubs_url=opts.repository_endpoint, max_body_size=opts.max_body_size,
+                                          drain_timeout=opts.drain_timeout))
+    return Service("controller", app, endpoints, shutdown_timeout=opts.drain_timeout, freeze_heap=False)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

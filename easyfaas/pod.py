@@ -170,7 +170,7 @@ class Pod:
                     "--state-dir", str(c.controller_state_dir), *c.controller_args]
         if name == "httptrigger":
             return ["-m", "httptrigger", "--host", c.host, "--port", str(c.httptrigger_port),
-                    "--controller-host", c.controller_url, *c.httptrigger_args]
+                    "--controller-host", c.controller_url, "--repository-endpoint", c.stubs_url, *c.httptrigger_args]
         raise ValueError(f"unknown daemon {name!r}; the pod runs {', '.join(c.daemons)}")
 
     def probe(self, name: str) -> Callable[[], bool]:

@@ -1,142 +1,66 @@
-"""The HTTP trigger: `ANY /<uid>/<function>[/<version>]` → an invocation → an HTTP response.
+"""The HTTP trigger as a service of its own (``python -m httptrigger``, or the all-in-one's
+``httptrigger``): the gateway (httptrigger/gateway.py) in front of a controller it reaches over HTTP.
 
-A thin daemon in front of the controller (the full mapping — routes per function, auth — is a later
-issue). It fixes the original's flaws: the event carries the path and an ``isBase64Encoded`` flag,
-function errors come back as 500 with the function's error (not 502 with the controller's body),
-and a function's ``{"statusCode","headers","body","isBase64Encoded"}`` result is honoured,
-including base64 bodies.
+The controller can serve the same gateway itself (``--gateway-port``, httptrigger/embedded.py),
+which saves the second HTTP hop; this service is for deployments that want the gateway apart.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from typing import Any
+from collections.abc import Mapping
+from urllib.parse import quote
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from easyfaas.brn import LATEST, Brn, account_hash, is_version, valid_function_name
 from easyfaas.config import Option, Settings, parse_options, parse_size
-from easyfaas.daemon import Service, TCPEndpoint, run_daemon
-from easyfaas.errors import BadGateway, InvalidParameterValue
-from easyfaas.http import (ACCOUNT_ID, FUNCTION_ERROR, REQUEST_ID, REQUEST_ID_KEY, error_middleware, read_body,
-                           request_id_middleware)
+from easyfaas.daemon import Service, run_daemon
+from easyfaas.http import ACCOUNT_ID, REQUEST_ID
 from easyfaas.logging import setup_logging
+from httptrigger.endpoint import GatewayEndpoint
+from httptrigger.gateway import InvokeCall
 
 log = structlog.get_logger(__name__)
-
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-CONTROLLER = web.AppKey("controller", str)
-MAX_BODY = web.AppKey("max_body", int)
 
 OPTIONS = [
     Option("port", int, 8080, "TCP port"),
     Option("host", str, "127.0.0.1", "address to listen on"),
     Option("controller-host", str, "http://127.0.0.1:8001", "controller base URL (host:port is accepted too)"),
+    Option("repository-endpoint", str, "http://127.0.0.1:8002", "stubs base URL, whose trigger feed gives the routes"),
     Option("max-body-size", parse_size, "6M", "largest request body"),
     Option("shutdown-timeout", float, 60.0, "seconds to let requests finish on SIGTERM/SIGINT"),
 ]
 
-_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
-               "application/x-www-form-urlencoded")
+
+def _base_url(url: str) -> str:
+    return (url if url.startswith(("http://", "https://")) else f"http://{url}").rstrip("/")
 
 
-def build_event(request: web.Request, body: bytes) -> dict[str, Any]:
-    content_type = request.headers.get("Content-Type", "")
-    is_text = not body or content_type.startswith(_TEXT_TYPES) or not content_type
-    text: str | None = None
-    if is_text:
+def controller_call(controller: str, session: aiohttp.ClientSession) -> InvokeCall:
+    """Invocations as ``POST <controller>/v1/functions/<brn>/invocations``."""
+    base = _base_url(controller)
+
+    async def call(brn: str, account_id: str, event: bytes, request_id: str) -> tuple[int, Mapping[str, str], bytes]:
+        url = f"{base}/v1/functions/{quote(brn, safe=':$')}/invocations"
+        headers = {ACCOUNT_ID: account_id, REQUEST_ID: request_id, "Content-Type": "application/json"}
         try:
-            text = body.decode()
-        except UnicodeDecodeError:
-            text = None
-    return {
-        "httpMethod": request.method,
-        "path": request.path,
-        "headers": {k: v for k, v in request.headers.items()},
-        "queryStringParameters": {k: v for k, v in request.query.items()},
-        "body": text if text is not None else base64.b64encode(body).decode(),
-        "isBase64Encoded": text is None,
-    }
+            async with session.post(url, data=event, headers=headers) as resp:
+                body = await resp.read()
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, body
+        except aiohttp.ClientError as exc:
+            return 503, {}, f"controller unreachable: {exc}".encode()
 
-
-def build_response(status: int, headers: dict[str, str], body: bytes) -> web.Response:
-    if status != 200 or headers.get(FUNCTION_ERROR):
-        # Platform errors keep their status (404, 429, ...); a function error is a 500 whose body
-        # is the function's error object.
-        return web.Response(status=status if status != 200 else 500, body=body,
-                            content_type=headers.get("Content-Type", "application/json").split(";")[0])
-    try:
-        result = json.loads(body)
-    except ValueError:
-        result = None
-    if isinstance(result, dict) and isinstance(result.get("statusCode"), int) and 100 <= result["statusCode"] <= 599:
-        out_headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
-        payload = result.get("body", "")
-        if not isinstance(payload, str):
-            payload = json.dumps(payload)
-        raw = payload.encode()
-        if result.get("isBase64Encoded"):
-            try:
-                raw = base64.b64decode(payload, validate=True)
-            except (binascii.Error, ValueError):
-                return web.json_response({"errorMessage": "the function returned an invalid base64 body"}, status=502)
-        return web.Response(status=result["statusCode"], body=raw, headers=out_headers)
-    return web.Response(status=200, body=body, content_type=headers.get("Content-Type", "text/plain").split(";")[0])
-
-
-async def trigger(request: web.Request) -> web.Response:
-    uid = request.match_info["uid"]
-    name = request.match_info["function"]
-    version = request.match_info.get("version", LATEST)
-    if not valid_function_name(name):
-        raise InvalidParameterValue(f"invalid function name {name!r}")
-    if not is_version(version):
-        raise InvalidParameterValue(f"invalid function version {version!r}")
-    body = await read_body(request, max_size=request.app[MAX_BODY])
-    brn = Brn(account=account_hash(uid), name=name, qualifier=version)
-    event = json.dumps(build_event(request, body))
-    url = f"{request.app[CONTROLLER]}/v1/functions/{brn}/invocations"
-    headers = {ACCOUNT_ID: uid, REQUEST_ID: request[REQUEST_ID_KEY], "Content-Type": "application/json"}
-    try:
-        async with request.app[SESSION].post(url, data=event, headers=headers) as resp:
-            out = await resp.read()
-            return build_response(resp.status, dict(resp.headers), out)
-    except aiohttp.ClientError as exc:
-        raise BadGateway(f"controller unreachable: {exc}") from None
-
-
-async def hello(_: web.Request) -> web.Response:
-    return web.Response(text="hello httptrigger")
-
-
-def make_app(controller: str, *, max_body: int = 6 << 20) -> web.Application:
-    if not controller.startswith(("http://", "https://")):
-        controller = f"http://{controller}"
-    app = web.Application(middlewares=[request_id_middleware, error_middleware], client_max_size=max_body + 1)
-    app[CONTROLLER] = controller.rstrip("/")
-    app[MAX_BODY] = max_body
-
-    async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-        app[SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=960))
-        yield
-        await app[SESSION].close()
-
-    app.cleanup_ctx.append(session_ctx)
-    app.router.add_get("/hello", hello)
-    app.router.add_get("/healthz", hello)
-    app.router.add_route("*", "/{uid:[A-Za-z0-9_-]+}/{function}", trigger)
-    app.router.add_route("*", "/{uid:[A-Za-z0-9_-]+}/{function}/{version}", trigger)
-    return app
+    return call
 
 
 def httptrigger_service(opts: Settings) -> Service:
-    """The HTTP trigger as a service of a daemon process."""
-    return Service("httptrigger", make_app(opts.controller_host, max_body=opts.max_body_size),
-                   [TCPEndpoint(opts.host, opts.port)], shutdown_timeout=opts.shutdown_timeout, freeze_heap=False)
+    """The HTTP trigger as a service of a daemon process (its own server answers every request)."""
+    endpoint = GatewayEndpoint(opts.host, opts.port, _base_url(opts.repository_endpoint),
+                               lambda session: controller_call(opts.controller_host, session),
+                               max_body_size=opts.max_body_size, drain_timeout=opts.shutdown_timeout)
+    return Service("httptrigger", web.Application(), [endpoint], shutdown_timeout=opts.shutdown_timeout,
+                   listening={"controller": opts.controller_host}, freeze_heap=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
 """Helpers for the Lambda parity tests (tests/test_lambda_parity*.py): an HTTP session on the
-session pod (the ``http`` fixture, shared through ``pytest_plugins`` in tests/conftest.py), deploying
+session pod (the ``http`` fixture, which the test modules import), deploying
 and calling a function through the public HTTP contract with its log tail (:class:`Reply`), zips of
 a directory tree, ``pip install --target`` for vendored packages, and Lambda's own event shapes."""
 

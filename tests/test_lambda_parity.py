@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 
 from easyfaas.function_code import brn
-from tests.lambda_harness import ISO_MS, call, deploy, http_api_event, log_lines, pip_install_into, zip_of_dir
+from tests.lambda_harness import (ISO_MS, call, deploy, http, http_api_event, log_lines,  # noqa: F401 - http: fixture
+                                  pip_install_into, zip_of_dir)
 
 pytestmark = pytest.mark.e2e
 

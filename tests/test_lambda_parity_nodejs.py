@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from easyfaas.function_code import brn
-from tests.lambda_harness import ISO_MS, call, deploy, log_lines, zip_of_dir
+from tests.lambda_harness import ISO_MS, call, deploy, http, log_lines, zip_of_dir  # noqa: F401 - http: fixture
 
 NPM = shutil.which("npm")
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")]

@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 
 from easyfaas.function_code import brn
-from tests.lambda_harness import ISO_MS, call, deploy, log_lines, pip_install_into, zip_of_dir
+from tests.lambda_harness import (ISO_MS, call, deploy, http, log_lines, pip_install_into,  # noqa: F401 - http: fixture
+                                  zip_of_dir)
 
 pytestmark = pytest.mark.e2e
 
