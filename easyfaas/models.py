@@ -230,6 +230,8 @@ class FunctionConfiguration(WireModel):
     Uid: str = ""  # owner's raw account id
     LogType: str = ""
     PodConcurrentQuota: int = 0
+    # {"Egress": "none" | "all" | ["address:port", ...]}: parsed and checked by easyfaas/egress.py.
+    Network: dict[str, Any] = field(default_factory=lambda: {"Egress": "none"})
 
 
 @dataclass

@@ -9,6 +9,7 @@ from easyfaas.daemon import Service, TCPEndpoint, run_daemon
 from easyfaas.logging import setup_logging
 from easyfaas.runtimes import RuntimeCatalog
 from stubs.app import DEFAULT_ACCOUNT_ID, make_app
+from stubs.metrics import add_stubs_observability
 from stubs.store import FunctionStore
 
 OPTIONS = [
@@ -38,6 +39,7 @@ def stubs_service(opts: Settings) -> Service:
         max_code_size=opts.max_code_size,
         public_url=opts.public_url,
     )
+    add_stubs_observability(app, store)
     return Service("stubs", app, [TCPEndpoint(opts.host, opts.port)], shutdown_timeout=opts.shutdown_timeout,
                    listening={"function_dir": str(store.root)})
 

@@ -93,11 +93,13 @@ class PodClient:
 
     def deploy(self, name: str, runtime: str, files: dict[str, str], *, env: dict[str, str] | None = None,
                memory: int = 128, timeout: int = 10, handler: str = "index.handler",
-               executable: tuple[str, ...] = ()) -> None:
+               executable: tuple[str, ...] = (), network: dict[str, Any] | None = None) -> None:
         body = {"Runtime": runtime, "Handler": handler, "Timeout": timeout, "MemorySize": memory,
                 "PodConcurrentQuota": 2, "Code": b64zip(files, executable)}
         if env:
             body["Environment"] = {"Variables": env}
+        if network is not None:
+            body["Network"] = network
         status, raw = self.stubs("POST", f"/v1/functions/{name}", body)
         assert status == 200, raw
 
