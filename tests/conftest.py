@@ -27,8 +27,9 @@ from tests.pod_harness import E2E_SANDBOXES
 pytest_plugins = ["tests.sandbox_harness", "tests.fakes.stubs_app"]
 
 # The session pod (``pod``, a module may name its own pod fixture so too), the root check that
-# comes with it, and the zygote host that real sandboxes are spawned from.
-E2E_FIXTURES = frozenset({"pod", "root_required", "host"})
+# comes with it, the zygote host that real sandboxes are spawned from, and the egress tests' outside
+# host that network sandboxes reach (tests/egress_harness.py; its probes wait out what is dropped).
+E2E_FIXTURES = frozenset({"pod", "root_required", "host", "outside"})
 
 
 def pytest_configure(config: pytest.Config) -> None:

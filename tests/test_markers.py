@@ -9,8 +9,9 @@ import pytest
 import tests.pod_harness
 
 # What starts real pods or sandboxes: the session pod (and modules' own pod fixtures of that name),
-# the root check that comes with it, and the zygote host of tests/sandbox_harness.py.
-REAL_POD_FIXTURES = {"pod", "root_required", "host"}
+# the root check that comes with it, the zygote host of tests/sandbox_harness.py and the outside host
+# of tests/egress_harness.py.
+REAL_POD_FIXTURES = {"pod", "root_required", "host", "outside"}
 
 
 def test_markers_are_registered(pytestconfig: pytest.Config) -> None:
