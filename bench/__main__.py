@@ -13,7 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench import async_queue, baselines, footprint, gateway, observability, provided, report, scenarios, standby
+from bench import (async_queue, baselines, event_sources, footprint, gateway, observability, provided, report,
+                   scenarios, standby)
 from bench.pod import BenchPod
 from bench.profile import find_py_spy, profile_pid
 from bench.wrk import WrkError, run_wrk, wrk_binary
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fp["control_plane_loaded"] = footprint.control_plane(pod)
             fp["fit_24gib"] = footprint.fit_in(24 << 30, fp["control_plane_idle"]["total_mib"], fp["python"])
             results["footprint"] = fp
+            results["event_sources"] = event_sources.event_sources(pod, *((20, 2) if args.smoke else (500, 20)))
             results["gateway"] = gateway.gateway_vs_direct(pod, plan)  # last: it may restart the controller
         finally:
             _log("stopping the pod")

@@ -3,8 +3,9 @@
 Parts and their order (cleanup runs in reverse): the funclet and registry clients, the code
 prefetcher (builds new functions' code images ahead of their first invocation), the slot pool
 (which finds the funclet's sandboxes in the background and runs the periodic task), the invoke
-pipeline, and the asynchronous invocations' queue and workers (controller/async_api.py: the
-workers stop taking events at shutdown and drain before the pool goes away). The function log
+pipeline, the asynchronous invocations' queue and workers (controller/async_api.py: the
+workers stop taking events at shutdown and drain before the pool goes away), and the event
+sources feeding that queue (eventsources/: schedules, MQTT topics). The function log
 writer (controller/function_logs.py) is started before all of them and closed after them, so that
 what the draining invocations wrote is flushed. ``/metrics``, ``/readyz`` and the logs route are
 added by ``_observability``.
@@ -32,7 +33,7 @@ from controller.invoke import Invoker
 from controller.function_logs import FunctionLogs
 from controller.logs_api import FUNCTION_LOGS, add_log_routes
 from controller.metrics import ControllerMetrics
-from easyfaas.metrics import BEFORE_SCRAPE, add_observability_routes, new_registry
+from easyfaas.metrics import BEFORE_SCRAPE, TriggerMetrics, add_observability_routes, new_registry
 from controller.options import deprecated_options, parse_controller_options
 from controller.pool import Pool
 from controller.registry import Registry
@@ -42,6 +43,7 @@ from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
+from eventsources.service import EVENT_SOURCES_INTAKE, setup_event_sources
 from httptrigger.embedded import gateway_endpoint
 
 log = structlog.get_logger(__name__)
@@ -86,6 +88,8 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     app.cleanup_ctx.append(_pool)
     # After the pool's context: the event workers drain before the pool closes.
     setup_async_invocations(app, opts, app[INVOKER], registry.base)
+    # After the queue's context: schedules and MQTT subscriptions stop before the queue closes.
+    setup_event_sources(app, opts, app[INVOKER], app[EVENT_QUEUE], registry.base)
     app.on_shutdown.append(_begin_drain)
     add_routes(app)
     _observability(app, opts)
@@ -105,6 +109,8 @@ def _observability(app: web.Application, opts: Settings) -> None:
             workers = app[EVENT_WORKERS]
             metrics.watch_queue(app[EVENT_QUEUE].depth, lambda: workers.in_flight)
             app[BEFORE_SCRAPE] = [metrics.refresh]
+        if EVENT_SOURCES_INTAKE in app:
+            app[EVENT_SOURCES_INTAKE].metrics = TriggerMetrics(registry)  # schedule and MQTT firings
     add_observability_routes(app, registry, ready=_ready)
     state_dir = getattr(opts, "state_dir", "/var/faas/controller")
     log_dir = getattr(opts, "function_log_dir", "") or f"{state_dir}/function-logs"

@@ -84,6 +84,8 @@ OPTIONS = [
     Option("event-queue-total", int, 100000, "queued asynchronous invocations in total; more get 429"),
     Option("event-record-ttl", parse_duration, "24h", "how long records of finished invocations are kept"),
     Option("event-max-records", int, 100000, "records of finished invocations kept at most (oldest go first)"),
+    Option("event-sources", parse_bool, True,
+           "run the event sources (cron schedules, MQTT topics) of the triggers stubs serves"),
     Option("event-ack-wait", parse_duration, "30s",
            "NATS: a pod that holds an event this long without news is taken for dead and the event redelivered"),
     Option("metrics", parse_bool, True, "serve Prometheus metrics on GET /metrics and count invocations (on/off)"),

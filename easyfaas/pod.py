@@ -163,7 +163,8 @@ class Pod:
                     "--bridge-ip", c.bridge_ip, "--veth-prefix", c.veth_prefix, *c.funclet_args]
         if name == "stubs":
             return ["-m", "stubs", "--host", c.host, "--port", str(c.stubs_port),
-                    "--function-dir", str(c.function_dir), "--runtime-dir", str(c.runtime_dir), *c.stubs_args]
+                    "--function-dir", str(c.function_dir), "--runtime-dir", str(c.runtime_dir),
+                    "--controller-url", c.controller_url, *c.stubs_args]
         if name == "controller":
             return ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
                     "--funclet-api-sock", str(c.funclet_sock), "--repository-endpoint", c.stubs_url,

@@ -11,6 +11,7 @@ from easyfaas.runtimes import RuntimeCatalog
 from stubs.app import DEFAULT_ACCOUNT_ID, make_app
 from stubs.metrics import add_stubs_observability
 from stubs.store import FunctionStore
+from stubs.triggers import add_trigger_status
 
 OPTIONS = [
     Option("host", str, "127.0.0.1", "listen address"),
@@ -26,6 +27,8 @@ OPTIONS = [
     ),
     Option("public-url", str, "", "base URL for HTTP code locations; empty: filesystem locations"),
     Option("shutdown-timeout", float, 10.0, "seconds to let requests finish on SIGTERM/SIGINT"),
+    Option("controller-url", str, "",
+           "the controller running the event sources: GET of a cron or mqtt trigger adds its live status"),
 ]
 
 
@@ -39,6 +42,8 @@ def stubs_service(opts: Settings) -> Service:
         max_code_size=opts.max_code_size,
         public_url=opts.public_url,
     )
+    if opts.controller_url:
+        add_trigger_status(app, opts.controller_url)
     add_stubs_observability(app, store)
     return Service("stubs", app, [TCPEndpoint(opts.host, opts.port)], shutdown_timeout=opts.shutdown_timeout,
                    listening={"function_dir": str(store.root)})
