@@ -24,14 +24,12 @@ from easyfaas.pod_names import PodNames, free_port
 from tests.pod_harness import E2E_SANDBOXES
 
 # Fixtures more than one test module uses.
-pytest_plugins = ["tests.sandbox_harness", "tests.fakes.stubs_app"]
+pytest_plugins = ["tests.sandbox_harness", "tests.fakes.stubs_app", "tests.fakes.openapi_check"]
 
 # The session pod (``pod``, a module may name its own pod fixture so too), the root check that
 # comes with it, the zygote host that real sandboxes are spawned from, and the egress tests' outside
 # host that network sandboxes reach (tests/egress_harness.py; its probes wait out what is dropped).
 E2E_FIXTURES = frozenset({"pod", "root_required", "host", "outside"})
-
-pytest_plugins = ["tests.fakes.openapi_check"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

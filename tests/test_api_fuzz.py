@@ -2,13 +2,15 @@
 (schemathesis): no client mistake gets a 5xx, and every answer conforms to the document (status,
 content type, body schema).
 
-Real applications on real loopback sockets behind the daemons' own listeners, served from a thread of their own (schemathesis'
-client is synchronous): the stubs with a store in a temporary directory, and the controller whose
-registry is those stubs, invoking a runtime that speaks the frame protocol on a real unix socket
-(tests/test_runtime_channel.py's FrameRuntime). Only the funclet is in memory (tests/test_pool.py's
-FakeFunclet). A function's own error is a 500 by contract (``X-easyfaas-Function-Error``), and so
-is a not-ready ``/readyz``'s 503: ``not_a_server_error`` is waived for those answers only. The budget is bounded (``max_examples``
-per operation, ``EASYFAAS_FUZZ_EXAMPLES``).
+Real applications on real loopback sockets behind the daemons' own listeners, served from a
+thread of their own (schemathesis' client is synchronous): the stubs daemon's application with a
+store in a temporary directory, and the controller (behind its front door) whose registry is those
+stubs, invoking a runtime that speaks the frame protocol on a real unix socket
+(tests/fakes/frame_runtime.py). Only the funclet is in memory (tests/fakes/funclet_api.py).
+
+A function's own error is a 500 by contract (``X-easyfaas-Function-Error``), and so is a not-ready
+``/readyz``'s 503: ``not_a_server_error`` is waived for those answers only. The budget is bounded:
+``max_examples`` per operation (``EASYFAAS_FUZZ_EXAMPLES`` raises it for a longer hunt).
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ from easyfaas.http import FUNCTION_ERROR, JsonErrorAppRunner
 from easyfaas.openapi import load_document
 from easyfaas.config import parse_options
 from stubs.daemon import OPTIONS as STUBS_OPTIONS, stubs_service
-from tests.pod_harness import free_port
-from tests.test_pool import FakeFunclet
-from tests.test_runtime_channel import FrameRuntime
-from tests.test_stubs import CODE_A, write_runtimes
+from easyfaas.pod_names import free_port
+from tests.fakes.funclet_api import FakeFunclet
+from tests.fakes.frame_runtime import FrameRuntime
+from tests.fakes.stubs_app import CODE_A, write_runtimes
 
 pytestmark = pytest.mark.slow
 

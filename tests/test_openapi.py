@@ -22,8 +22,8 @@ from easyfaas.openapi import DOCUMENTS, load_document
 from easyfaas.openapi.check import response_check_middleware
 from easyfaas.config import parse_options
 from stubs.daemon import OPTIONS as STUBS_OPTIONS, stubs_service
-from tests.test_pool import FakeFunclet
-from tests.test_stubs import write_runtimes
+from tests.fakes.funclet_api import FakeFunclet
+from tests.fakes.stubs_app import write_runtimes
 
 _METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 
