@@ -33,7 +33,7 @@ from aiohttp import web
 from controller.pool import FunctionInitError, Lease, Pool
 from controller.registry import Registry, ResolvedFunction
 from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUnavailable
-from easyfaas.brn import LATEST, Brn, BrnError, is_version, resolve_function_ref, valid_account_id
+from easyfaas.brn import LATEST, Brn, BrnError, account_hash, is_version, resolve_function_ref, valid_account_id
 from easyfaas.errors import (FaasError, InvalidInvokeCaller, InvalidParameterValue, InvalidRequestContent,
                              RequestTooLarge, ServiceError)
 from easyfaas.frames import CONTENT_TYPE_JSON, CONTENT_TYPE_TEXT, FunctionError, FunctionErrorType, InvokeRequest
@@ -42,6 +42,7 @@ from easyfaas.http import (ACCOUNT_ID, CONTENT_TYPE, EXEC_TIME, FUNCTION_ERROR, 
                            QUERY_LOG_TO_BODY, QUERY_LOG_TYPE, QUERY_QUALIFIER, REQUEST_ID, REQUEST_ID_KEY, parse_json,
                            request_id_of)
 from easyfaas.models import WarmupRequest
+from easyfaas.secret_store import SecretStore
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +134,7 @@ class Invoker:
         self.pool = pool
         self.max_body_size = max_body_size
         self.simple_auth = simple_auth
+        self.secrets: SecretStore | None = None  # functions' secrets, for their warmups
         self._refs: dict[tuple[str, str | None, str], tuple[str, Brn]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         # Frame ids only have to be unique on one connection: a counter is enough, and a uuid4 per
@@ -291,10 +293,11 @@ class Invoker:
             runtime = await self.registry.get_runtime_configuration(cfg.Runtime, account_id=caller,
                                                                     request_id=request_id)
         record = fn.record
+        secrets = self.secrets.read(account_hash(cfg.Uid), cfg.FunctionName) if self.secrets and cfg.Uid else {}
 
         def make_warmup(slot: Any) -> WarmupRequest:
             return WarmupRequest(ContainerID=slot.id, RequestID=request_id, Code=record.Code, Configuration=cfg,
-                                 RuntimeConfiguration=runtime, Identity=fn.identity)
+                                 RuntimeConfiguration=runtime, Identity=fn.identity, Secrets=secrets)
 
         return await self.pool.acquire(fn.identity, cfg.PodConcurrentQuota, make_warmup, brn=fn.brn,
                                        memory_mb=cfg.MemorySize, record=record, runtime=runtime.Name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
+from easyfaas.outbound import OUTBOUND_OPTIONS
 
 OPTIONS = [
     Option("api-sock", str, "/var/run/faas/.funcletapi.sock", "unix socket of the funclet API"),
@@ -45,6 +46,10 @@ OPTIONS = [
     Option("max-code-images", int, 256,
            "code images kept built and mounted (least recently used idle ones are evicted beyond it)"),
     Option("preflight-only", parse_bool, False, "check the host and exit"),
+    Option("outbound-guard", parse_bool, False,
+           "refuse remote code locations that are loopback, link-local or this host's (easyfaas/outbound.py); "
+           "the pod turns it on when its API keys are required"),
+    *OUTBOUND_OPTIONS,
 ]
 
 

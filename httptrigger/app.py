@@ -18,10 +18,13 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from easyfaas.auth import PRINCIPAL, SECURITY_OPTIONS, Authenticator, auth_middleware, authenticator_of
 from easyfaas.brn import LATEST, Brn, account_hash, is_version, valid_function_name
 from easyfaas.config import Option, Settings, parse_options, parse_size
 from easyfaas.daemon import Service, TCPEndpoint, run_daemon
-from easyfaas.errors import BadGateway, InvalidParameterValue
+from easyfaas.keys import PodCredentials
+from easyfaas.tls import client_context, server_tls
+from easyfaas.errors import BadGateway, Forbidden, InvalidParameterValue
 from easyfaas.http import (ACCOUNT_ID, FUNCTION_ERROR, REQUEST_ID, REQUEST_ID_KEY, error_middleware, read_body,
                            request_id_middleware)
 from easyfaas.logging import setup_logging
@@ -31,6 +34,7 @@ log = structlog.get_logger(__name__)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 CONTROLLER = web.AppKey("controller", str)
 MAX_BODY = web.AppKey("max_body", int)
+CREDENTIALS = web.AppKey("credentials", PodCredentials)
 
 OPTIONS = [
     Option("port", int, 8080, "TCP port"),
@@ -38,6 +42,7 @@ OPTIONS = [
     Option("controller-host", str, "http://127.0.0.1:8001", "controller base URL (host:port is accepted too)"),
     Option("max-body-size", parse_size, "6M", "largest request body"),
     Option("shutdown-timeout", float, 60.0, "seconds to let requests finish on SIGTERM/SIGINT"),
+    *SECURITY_OPTIONS,
 ]
 
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
@@ -90,6 +95,9 @@ def build_response(status: int, headers: dict[str, str], body: bytes) -> web.Res
 
 async def trigger(request: web.Request) -> web.Response:
     uid = request.match_info["uid"]
+    principal = request.get(PRINCIPAL)
+    if principal is not None and not principal.admin and principal.account != uid:
+        raise Forbidden(f"the API key belongs to account {principal.account}, not {uid}")
     name = request.match_info["function"]
     version = request.match_info.get("version", LATEST)
     if not valid_function_name(name):
@@ -101,6 +109,8 @@ async def trigger(request: web.Request) -> web.Response:
     event = json.dumps(build_event(request, body))
     url = f"{request.app[CONTROLLER]}/v1/functions/{brn}/invocations"
     headers = {ACCOUNT_ID: uid, REQUEST_ID: request[REQUEST_ID_KEY], "Content-Type": "application/json"}
+    if CREDENTIALS in request.app:
+        headers.update(request.app[CREDENTIALS].headers())  # the pod's key: the caller's was checked here
     try:
         async with request.app[SESSION].post(url, data=event, headers=headers) as resp:
             out = await resp.read()
@@ -113,15 +123,30 @@ async def hello(_: web.Request) -> web.Response:
     return web.Response(text="hello httptrigger")
 
 
-def make_app(controller: str, *, max_body: int = 6 << 20) -> web.Application:
+def route_auth_type(request: web.Request) -> str:
+    """``AuthType`` of the route a request came in on: ``KEY`` (the caller's key, of the function's
+    account, is required) or ``NONE`` (anyone may call it). The ``/<uid>/<function>`` routes have no
+    configuration of their own: they take ``KEY`` whenever the daemon requires keys."""
+    return "KEY"
+
+
+def make_app(controller: str, *, max_body: int = 6 << 20, authn: Authenticator | None = None,
+             credentials: PodCredentials | None = None, client_ssl: Any = None) -> web.Application:
+    """The HTTP trigger; with ``authn``, routes whose :func:`route_auth_type` is ``KEY`` need a key."""
     if not controller.startswith(("http://", "https://")):
         controller = f"http://{controller}"
-    app = web.Application(middlewares=[request_id_middleware, error_middleware], client_max_size=max_body + 1)
+    middlewares = [request_id_middleware, error_middleware]
+    if authn is not None:
+        middlewares.append(auth_middleware(authn, applies=lambda request: route_auth_type(request) == "KEY"))
+    app = web.Application(middlewares=middlewares, client_max_size=max_body + 1)
+    if credentials is not None:
+        app[CREDENTIALS] = credentials
     app[CONTROLLER] = controller.rstrip("/")
     app[MAX_BODY] = max_body
 
     async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-        app[SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=960))
+        app[SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=960),
+                                             connector=aiohttp.TCPConnector(ssl=client_ssl) if client_ssl else None)
         yield
         await app[SESSION].close()
 
@@ -135,8 +160,11 @@ def make_app(controller: str, *, max_body: int = 6 << 20) -> web.Application:
 
 def httptrigger_service(opts: Settings) -> Service:
     """The HTTP trigger as a service of a daemon process."""
-    return Service("httptrigger", make_app(opts.controller_host, max_body=opts.max_body_size),
-                   [TCPEndpoint(opts.host, opts.port)], shutdown_timeout=opts.shutdown_timeout, freeze_heap=False)
+    authn = authenticator_of(opts, [opts.host], daemon="httptrigger")
+    app = make_app(opts.controller_host, max_body=opts.max_body_size, authn=authn,
+                   credentials=PodCredentials(opts.auth_dir), client_ssl=client_context(opts))
+    return Service("httptrigger", app, [TCPEndpoint(opts.host, opts.port, server_tls(opts))],
+                   shutdown_timeout=opts.shutdown_timeout, freeze_heap=False)
 
 
 def main(argv: list[str] | None = None) -> None:
