@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -52,31 +53,28 @@ class AllowRule:
             (self.port is None or self.port == port)
 
 
+_BRACKETED = re.compile(r"^\[(?P<host>[^\]]+)\](?::(?P<port>\d+))?$")
+_WITH_PORT = re.compile(r"^(?P<host>[^:\[\]]+):(?P<port>\d+)$")
+
+
 def parse_allow(text: str) -> list[AllowRule]:
-    """``--outbound-allow``'s list; ValueError for an entry that is no address or CIDR."""
+    """``--outbound-allow``'s list; ValueError for an entry that is no address or CIDR.
+
+    Entries: ``10.1.2.3``, ``10.0.0.0/8``, ``10.1.2.3:1883``, ``10.0.0.0/8:443``, ``::1``,
+    ``fd00::/8``, ``[::1]:9000``, ``[fd00::/8]:443``.
+    """
     rules = []
     for entry in (e.strip() for e in text.split(",")):
         if not entry:
             continue
-        port: int | None = None
-        if entry.startswith("["):
-            host, _, rest = entry[1:].partition("]")
-            if rest.startswith(":"):
-                port = int(rest[1:])
-            elif rest and not rest.startswith("/"):
-                raise ValueError(f"outbound allow entry {entry!r}: expected [address]:port")
-            if rest.startswith("/"):
-                host += rest.split(":")[0]
-                port = int(rest.split(":")[1]) if ":" in rest else None
-        elif entry.count(":") == 1:
-            host, _, port_text = entry.partition(":")
-            port = int(port_text)
-        else:
-            host = entry
+        m = _BRACKETED.match(entry) or _WITH_PORT.match(entry)
+        host, port_text = (m.group("host"), m.group("port")) if m else (entry, None)
         try:
             network = ipaddress.ip_network(host, strict=False)
         except ValueError:
-            raise ValueError(f"outbound allow entry {entry!r} is not an address or CIDR") from None
+            raise ValueError(f"outbound allow entry {entry!r} is not an address or CIDR (with an optional :port)") \
+                from None
+        port = int(port_text) if port_text else None
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"outbound allow entry {entry!r}: port out of range")
         rules.append(AllowRule(network, port))
