@@ -1,0 +1,129 @@
+"""A whole pod with keys required (``EASYFAAS_AUTH=1 make run``'s form): the README's quick start with
+an account key, and a function's secrets delivered into its sandbox as files on a read-only tmpfs
+of its own uid (and as environment variables when it asks), never in the pod's logs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import aiohttp
+import pytest
+
+import tests.pod_harness as harness
+from easyfaas.brn import account_hash
+from easyfaas.pod import Pod, PodConfig
+from tests.pod_harness import b64zip, free_port, kernel_leaks
+
+UID = "df391b08c64c426a81645468c75163a5"  # the README's
+SECRET = "pod-secret-value-0b9e77d1"
+NODE_HELLO = "exports.handler = (event, context, callback) => callback(null, 'Hello world!');\n"
+PY_SECRETS = (
+    "import hashlib, os, stat\n"
+    "def handler(event, context):\n"
+    "    path = '/var/secrets/TOKEN'\n"
+    "    st = os.stat(path)\n"
+    "    data = open(path, 'rb').read()\n"
+    "    try:\n"
+    "        open('/var/secrets/NEW', 'w')\n"
+    "        writable = True\n"
+    "    except OSError:\n"
+    "        writable = False\n"
+    "    env = os.environ.get('TOKEN')\n"
+    "    return {'sha': hashlib.sha256(data).hexdigest(), 'mode': oct(stat.S_IMODE(st.st_mode)),\n"
+    "            'mine': st.st_uid == os.getuid(), 'dir': oct(stat.S_IMODE(os.stat('/var/secrets').st_mode)),\n"
+    "            'writable': writable, 'names': sorted(os.listdir('/var/secrets')),\n"
+    "            'env_sha': hashlib.sha256(env.encode()).hexdigest() if env is not None else None}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def keyed_pod(root_required: None) -> Iterator[Pod]:
+    names = harness.TestNames.new()
+    base = Path(tempfile.mkdtemp(prefix=f"efkey-{names.tag}-"))
+    config = PodConfig(state_dir=base / "state", run_dir=base / "run", controller_port=free_port(),
+                       stubs_port=free_port(), container_num=2, pod_name=names.pod_name, bridge_name=names.bridge,
+                       bridge_ip=names.bridge_ip, veth_prefix=names.veth_prefix, log_dir=base / "logs",
+                       all_in_one=True, auth=True, funclet_args=["--standby-sandboxes", "0"])
+    pod = Pod(config)
+    pod.start()
+    try:
+        yield pod
+    finally:
+        codes = pod.stop()
+        leaks = kernel_leaks(config.state_dir, names)
+        if not leaks:
+            shutil.rmtree(base, ignore_errors=True)
+        assert not leaks, f"the pod left kernel objects behind: {leaks}"
+        assert all(code == 0 for code in codes.values()), codes
+
+
+@pytest.fixture
+async def http(keyed_pod: Pod) -> Any:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
+
+
+def admin_key(pod: Pod) -> str:
+    return (pod.config.auth_dir / "admin.key").read_text().strip()
+
+
+async def account_key(http: aiohttp.ClientSession, pod: Pod) -> str:
+    async with http.post(f"{pod.config.stubs_url}/v1/keys", json={"Account": UID, "Description": "readme"},
+                         headers={"Authorization": f"Bearer {admin_key(pod)}"}) as resp:
+        assert resp.status == 201, await resp.text()
+        return (await resp.json())["Key"]
+
+
+async def test_readme_quick_start_with_keys(http: aiohttp.ClientSession, keyed_pod: Pod) -> None:
+    pod = keyed_pod
+    key = await account_key(http, pod)
+    auth = {"Authorization": f"Bearer {key}", "X-easyfaas-Account-Id": UID}
+    body = {"Version": "1", "Runtime": "nodejs10", "Timeout": 5, "MemorySize": 128, "Handler": "index.handler",
+            "PodConcurrentQuota": 10, "Code": b64zip({"index.js": NODE_HELLO})}
+    url = f"{pod.config.stubs_url}/v1/functions/testHelloWorld"
+    async with http.post(url, data=json.dumps(body)) as resp:
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+    async with http.post(url, data=json.dumps(body), headers=auth) as resp:
+        assert resp.status == 200, await resp.text()
+    acct = account_hash(UID)
+    for ref in (f"brn:cloud:faas:bj:{acct}:function:testHelloWorld:1/invocations",
+                "testHelloWorld/invocations?Qualifier=$LATEST"):
+        async with http.post(f"{pod.config.controller_url}/v1/functions/{ref}", data=b"{}") as resp:
+            assert resp.status == 401
+        async with http.post(f"{pod.config.controller_url}/v1/functions/{ref}", data=b"{}", headers=auth) as resp:
+            assert (resp.status, await resp.text()) == (200, "Hello world!")
+
+
+async def test_secrets_reach_the_sandbox_as_files_and_environment(http: aiohttp.ClientSession, keyed_pod: Pod
+                                                                  ) -> None:
+    pod = keyed_pod
+    auth = {"Authorization": f"Bearer {await account_key(http, pod)}"}
+    want = hashlib.sha256(SECRET.encode()).hexdigest()
+    for name, as_env in (("secretsEnv", True), ("secretsFiles", False)):
+        body = {"Runtime": "python3", "Handler": "index.handler", "Timeout": 5, "MemorySize": 128,
+                "SecretsAsEnvironment": as_env, "Code": b64zip({"index.py": PY_SECRETS})}
+        async with http.post(f"{pod.config.stubs_url}/v1/functions/{name}", json=body, headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.put(f"{pod.config.stubs_url}/v1/functions/{name}/secrets", json={"TOKEN": SECRET},
+                            headers=auth) as resp:
+            assert (resp.status, await resp.json()) == (200, {"Names": ["TOKEN"]})
+        async with http.post(f"{pod.config.controller_url}/v1/functions/{name}/invocations", data=b"{}",
+                             headers=auth) as resp:
+            text = await resp.text()
+            assert resp.status == 200, text
+        seen = json.loads(text)
+        assert seen["sha"] == want and seen["names"] == ["TOKEN"]
+        assert seen["mode"] == "0o400" and seen["dir"] == "0o500" and seen["mine"] is True
+        assert seen["writable"] is False
+        assert seen["env_sha"] == (want if as_env else None)
+    log = "".join((pod.config.log_dir / f"{n}.log").read_text(errors="replace")  # type: ignore[operator]
+                  for n in pod.config.daemons)
+    assert SECRET not in log
+    for path in pod.config.state_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink() and "slots" not in path.parts:
+            assert SECRET.encode() not in path.read_bytes(), path
