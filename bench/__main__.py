@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench import baselines, footprint, report, scenarios, standby
+from bench import async_queue, baselines, footprint, provided, report, scenarios, standby
 from bench.pod import BenchPod
 from bench.profile import find_py_spy, profile_pid
 from bench.wrk import WrkError, run_wrk, wrk_binary
@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["cold_python_shared"] = scenarios.cold_starts(pod, "python3", plan.cold_python_shared,
                                                                   "bcoldsh", own_code=False)
             results["cold_node"] = scenarios.cold_starts(pod, "nodejs", plan.cold_node, "bcoldjs")
+            results["provided"] = provided.provided_vs_native(pod, plan)
+            results["async_queue"] = async_queue.async_queue(pod, plan.wrk_seconds)
             _log(f"cold-start rate: {plan.rate_functions} functions, {plan.rate_clients} clients")
             results["cold_rate"] = scenarios.cold_start_rate(pod, plan.rate_functions, plan.rate_clients)
             python_warm = sum(1 for s in footprint.warm_sandboxes(pod) if s.language == "python")

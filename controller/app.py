@@ -2,8 +2,9 @@
 
 Parts and their order (cleanup runs in reverse): the funclet and registry clients, the code
 prefetcher (builds new functions' code images ahead of their first invocation), the slot pool
-(which finds the funclet's sandboxes in the background and runs the periodic task), and the invoke
-pipeline (whose asynchronous invocations are drained before the pool goes away).
+(which finds the funclet's sandboxes in the background and runs the periodic task), the invoke
+pipeline, and the asynchronous invocations' queue and workers (controller/async_api.py: the
+workers stop taking events at shutdown and drain before the pool goes away).
 
 Shutdown (SIGTERM, through easyfaas.daemon): the front door stops accepting and lets the
 invocations on its connections finish, the pool stops growing and pre-warming, in-flight and queued
@@ -19,6 +20,7 @@ from typing import Any, AsyncIterator, Sequence
 import structlog
 from aiohttp import web
 
+from controller.async_api import setup_async_invocations
 from controller.code_prefetch import CodePrefetcher
 from controller.funclet_client import FuncletClient
 from controller.handlers import INVOKER, POOL, PREFETCHER, add_routes
@@ -45,8 +47,6 @@ REGISTRY = web.AppKey("registry", Registry)
 
 __all__ = ["FUNCLET", "INVOKER", "OPTIONS", "POOL", "REGISTRY", "FrontDoorEndpoint", "controller_service",
            "create_app", "main"]
-
-DRAIN_TIMEOUT = 30.0
 
 
 def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
@@ -85,7 +85,8 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
         app[PREFETCHER] = CodePrefetcher(registry, funclet)
         app.cleanup_ctx.append(_prefetch)
     app.cleanup_ctx.append(_pool)
-    app.cleanup_ctx.append(_async_invocations)
+    # After the pool's context: the event workers drain before the pool closes.
+    setup_async_invocations(app, opts, app[INVOKER], registry.base)
     app.on_shutdown.append(_begin_drain)
     add_routes(app)
     return app
@@ -120,11 +121,6 @@ async def _begin_drain(app: web.Application) -> None:
     log.info("controller_draining", in_flight=sum(s.in_flight for s in app[POOL].sandboxes.values()),
              queued=app[POOL].resource()["Queue"]["Waiting"])
     app[POOL].begin_drain()
-
-
-async def _async_invocations(app: web.Application) -> AsyncIterator[None]:
-    yield
-    await app[INVOKER].drain(getattr(app[OPTIONS], "drain_timeout", DRAIN_TIMEOUT))
 
 
 @dataclass(frozen=True)

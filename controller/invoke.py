@@ -18,14 +18,13 @@ dict lookup by identity, and the runtime connection is kept open between request
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -36,13 +35,16 @@ from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUna
 from easyfaas.brn import LATEST, Brn, BrnError, account_hash, is_version, resolve_function_ref, valid_account_id
 from easyfaas.errors import (FaasError, InvalidInvokeCaller, InvalidParameterValue, InvalidRequestContent,
                              RequestTooLarge, ServiceError)
-from easyfaas.frames import CONTENT_TYPE_JSON, CONTENT_TYPE_TEXT, FunctionError, FunctionErrorType, InvokeRequest
+from easyfaas.frames import CONTENT_TYPE_JSON, FunctionError, FunctionErrorType, InvokeRequest
 from easyfaas.http import (ACCOUNT_ID, CONTENT_TYPE, EXEC_TIME, FUNCTION_ERROR, FUNCTION_ERROR_UNHANDLED, INVOKE_TYPE,
                            INVOKE_TYPE_EVENT, JSON_CONTENT_TYPE, LOG_RESULT, LOG_TO_BODY, LOG_TYPE, LOG_TYPE_TAIL,
                            QUERY_LOG_TO_BODY, QUERY_LOG_TYPE, QUERY_QUALIFIER, REQUEST_ID, REQUEST_ID_KEY, parse_json,
                            request_id_of)
 from easyfaas.models import WarmupRequest
 from easyfaas.secret_store import SecretStore
+
+if TYPE_CHECKING:
+    from controller.async_api import EventIntake
 
 log = structlog.get_logger(__name__)
 
@@ -136,29 +138,12 @@ class Invoker:
         self.simple_auth = simple_auth
         self.secrets: SecretStore | None = None  # functions' secrets, for their warmups
         self._refs: dict[tuple[str, str | None, str], tuple[str, Brn]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        # The durable enqueue of X-easyfaas-Invoke-Type: event (controller/async_api.py sets it).
+        self.events: EventIntake | None = None
         # Frame ids only have to be unique on one connection: a counter is enough, and a uuid4 per
         # request was 3% of the warm path's time. The prefix tells this controller's ids apart.
         self._frame_prefix = uuid.uuid4().hex[:8] + "-"
         self._frame_ids = itertools.count(1)
-
-    # ---- lifetime ------------------------------------------------------------------------------
-
-    @property
-    def background_tasks(self) -> int:
-        return len(self._background)
-
-    async def drain(self, timeout: float = 30.0) -> None:
-        """Let asynchronous invocations finish (up to ``timeout``), then cancel the rest."""
-        if not self._background:
-            return
-        pending = set(self._background)
-        log.info("draining_async_invocations", count=len(pending))
-        _, still = await asyncio.wait(pending, timeout=timeout)
-        for task in still:
-            task.cancel()
-        if still:
-            await asyncio.gather(*still, return_exceptions=True)
 
     # ---- HTTP entry point ----------------------------------------------------------------------
 
@@ -202,8 +187,10 @@ class Invoker:
             to_body = (headers.get(LOG_TO_BODY) or query.get(QUERY_LOG_TO_BODY) or "").lower() == "true"
 
             if (headers.get(INVOKE_TYPE) or "").lower() == INVOKE_TYPE_EVENT:
-                self._spawn_event(fn, caller, event, request_id)
-                return InvokeReply(202, {REQUEST_ID: request_id, CONTENT_TYPE: CONTENT_TYPE_TEXT}, b"")
+                if self.events is None:
+                    raise ServiceError("asynchronous invocations are not enabled on this controller")
+                status, event_headers = await self.events.enqueue(fn, brn, caller, event, request_id, headers)
+                return InvokeReply(status, event_headers, b"")
 
             result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body)
             reply = self._respond(result, fn, request_id, tail, to_body)
@@ -361,35 +348,6 @@ class Invoker:
             return InvokeReply(200 if result.ok else 500, headers, json.dumps(envelope, ensure_ascii=False).encode())
         headers[CONTENT_TYPE] = result.content_type
         return InvokeReply(200 if result.ok else 500, headers, result.payload.encode())
-
-    # ---- asynchronous invocations --------------------------------------------------------------
-
-    def _spawn_event(self, fn: ResolvedFunction, caller: str, event: str, request_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._run_event(fn, caller, event, request_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _run_event(self, fn: ResolvedFunction, caller: str, event: str, request_id: str) -> None:
-        started = time.perf_counter()
-        try:
-            result, source, slot_id = await self.run(fn, caller, event, request_id, False)
-        except FunctionInitError as exc:
-            log.warning("invoke_async", request_id=request_id, function=fn.brn, status=500, error="init",
-                        error_type=exc.error.get("errorType"))
-            return
-        except FaasError as err:
-            log.warning("invoke_async", request_id=request_id, function=fn.brn, status=err.status, code=err.code,
-                        cause=err.cause)
-            return
-        except asyncio.CancelledError:
-            log.warning("invoke_async_cancelled", request_id=request_id, function=fn.brn)
-            raise
-        except Exception:  # noqa: BLE001 - a background task has nobody else to report to
-            log.exception("invoke_async_failed", request_id=request_id, function=fn.brn)
-            return
-        log.info("invoke_async", request_id=request_id, function=fn.brn, slot=slot_id, source=source,
-                 status=200 if result.ok else 500, duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                 error=None if result.ok else result.payload[:500])
 
 
 def _platform_error(message: str, error_type: str, started: float) -> InvokeResult:

@@ -61,6 +61,21 @@ OPTIONS = [
     Option("prefetch-code", parse_bool, True,
            "build new functions' code images as stubs announces them, before their first invocation"),
     Option("http-enhanced", parse_bool, False, "serve the HTTP trigger routes in the controller (not yet)"),
+    Option("state-dir", str, "/var/faas/controller", "the controller's own durable state (the event queue)"),
+    Option("event-queue", str, "",
+           "where asynchronous invocations wait: empty for SQLite in --state-dir, sqlite:///<dir>, or "
+           "nats://host:4222 (NATS JetStream, shared by every pod pointed at it)"),
+    Option("event-concurrency-share", float, 0.5,
+           "share of a function's concurrency that asynchronous invocations may take (sync calls come first)"),
+    Option("event-workers", int, 64, "asynchronous invocations run at once by this controller, over all functions"),
+    Option("event-retry-base", parse_duration, "60s",
+           "wait before the first retry of a failed asynchronous invocation; doubled for each next one"),
+    Option("event-queue-length", int, 10000, "queued asynchronous invocations per function; more get 429"),
+    Option("event-queue-total", int, 100000, "queued asynchronous invocations in total; more get 429"),
+    Option("event-record-ttl", parse_duration, "24h", "how long records of finished invocations are kept"),
+    Option("event-max-records", int, 100000, "records of finished invocations kept at most (oldest go first)"),
+    Option("event-ack-wait", parse_duration, "30s",
+           "NATS: a pod that holds an event this long without news is taken for dead and the event redelivered"),
 ]
 
 
@@ -81,6 +96,14 @@ def check_controller_options(opts: Settings) -> Settings:
         raise SystemExit("easyfaas-controller: --max-body-size must be positive")
     if opts.queue_length < 0 or opts.min_free_sandboxes < 0:
         raise SystemExit("easyfaas-controller: --queue-length and --min-free-sandboxes must not be negative")
+    if not 0 < opts.event_concurrency_share <= 1:
+        raise SystemExit("easyfaas-controller: --event-concurrency-share must be in (0, 1]")
+    if opts.event_workers < 1 or opts.event_queue_length < 1 or opts.event_queue_total < 1:
+        raise SystemExit("easyfaas-controller: --event-workers, --event-queue-length and --event-queue-total "
+                         "must be positive")
+    if opts.event_queue and not opts.event_queue.startswith(("nats://", "tls://", "sqlite://")):
+        raise SystemExit(f"easyfaas-controller: --event-queue {opts.event_queue!r}: expected nats://host:port "
+                         "or sqlite:///<dir>")
     if opts.max_runner_defunct is not None and opts.max_transition_time == parse_duration(_MAX_TRANSITION_TIME):
         opts.max_transition_time = opts.max_runner_defunct
     opts.scaling = load_function_scaling(opts.function_scaling)

@@ -22,7 +22,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import structlog
+if __name__ == "__main__":  # run as a program (not imported by tests or the CLI)
+    from easyfaas.daemon_imports import keep_terminal_libraries_out
+
+    keep_terminal_libraries_out()
+
+import structlog  # noqa: E402
 
 import httptrigger.app
 import stubs.daemon

@@ -83,6 +83,10 @@ class PodConfig:
         return self.state_dir / "auth"
 
     @property
+    def controller_state_dir(self) -> Path:
+        return self.state_dir / "controller"
+
+    @property
     def funclet_sock(self) -> Path:
         return self.run_dir / ".funcletapi.sock"
 
@@ -175,7 +179,7 @@ class Pod:
         if name == "controller":
             return ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
                     "--funclet-api-sock", str(c.funclet_sock), "--repository-endpoint", c.stubs_url,
-                    *self._auth_dir_arg(name), *c.controller_args]
+                    "--state-dir", str(c.controller_state_dir), *self._auth_dir_arg(name), *c.controller_args]
         if name == "httptrigger":
             return ["-m", "httptrigger", "--host", c.host, "--port", str(c.httptrigger_port),
                     "--controller-host", c.controller_url, *self._auth_dir_arg(name), *c.httptrigger_args]

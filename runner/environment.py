@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
+from runner.runtimes.lambda_environment import lambda_variables
+
 if TYPE_CHECKING:
     from easyfaas.models import FunctionConfiguration, RuntimeConfiguration
 
@@ -40,6 +42,9 @@ def runtime_env(cfg: FunctionConfiguration, runtime: RuntimeConfiguration) -> di
         "BCE_USER_CODE_ROOT": TASK_DIR,
     })
     # Further platform variables (the Lambda names a function may read) are added here, and only here.
+    env.update(lambda_variables(function_name=cfg.FunctionName, function_version=cfg.Version,
+                                memory_size_mb=cfg.MemorySize, handler=cfg.Handler, function_brn=cfg.FunctionArn,
+                                user_variables=cfg.Environment.Variables))
     env.setdefault("EASYFAAS_RUNTIME_MODE", runtime.Env.get("EASYFAAS_RUNTIME_MODE", ""))
     return env
 

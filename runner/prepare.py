@@ -30,6 +30,9 @@ REPO_ROOT = RUNNER_DIR.parent
 PYTHON_BOOTSTRAP = RUNNER_DIR / "runtimes" / "python" / "bootstrap.py"
 NODE_BOOTSTRAP = RUNNER_DIR / "runtimes" / "nodejs" / "bootstrap.js"
 FRAMES_MODULE = REPO_ROOT / "easyfaas" / "frames.py"
+# The packages the Python bootstrap imports, copied next to it for its exec fallback.
+PYTHON_RUNTIME_PACKAGES = ("runner/runtimes/python", "runner/runtimes/provided")
+PROVIDED_ALIASES = ["provided.al2", "provided.al2023"]
 NODE_ALIASES = ["nodejs10", "nodejs12", "nodejs14", "nodejs16", "nodejs18", "nodejs20", "node"]
 SANDBOX_SHELL = "/usr/sbin/nologin"
 
@@ -70,6 +73,15 @@ def find_node(node: str | None = None) -> str | None:
     if node:
         raise PrepareError(f"node binary {node!r} is not an executable file")
     return None
+
+
+def node_major_version(node: str) -> int | None:
+    """The major version of a node binary (for Lambda's ``AWS_EXECUTION_ENV``), None if unknown."""
+    try:
+        out = subprocess.run([node, "--version"], check=True, capture_output=True, text=True, timeout=30).stdout
+        return int(out.strip().lstrip("v").split(".")[0])
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
 
 
 def host_binds(python_prefix: str | None = None, node: str | None = None,
@@ -125,16 +137,23 @@ def runtime_configurations(runtime_dir: Path, python: PythonInfo, node: str | No
     major, minor = python.version
     configs: dict[str, dict[str, Any]] = {
         "python3": {"Name": "python3", "Bin": python.binary, "Path": str(runtime_dir / "python3"),
-                    "Args": py_args, "Launch": "fork-python", "Env": {"EASYFAAS_RUNTIME_MODE": "python"},
+                    "Args": py_args, "Launch": "fork-python",
+                    "Env": {"EASYFAAS_RUNTIME_MODE": "python", "AWS_EXECUTION_ENV": f"AWS_Lambda_python{major}.{minor}"},
                     "Aliases": ["python", f"python{major}.{minor}"]},
         "exec": {"Name": "exec", "Bin": python.binary, "Path": str(runtime_dir / "exec"),
                  "Args": py_args, "Launch": "fork-python", "Env": {"EASYFAAS_RUNTIME_MODE": "exec"},
-                 "Aliases": ["provided", "custom"]},
+                 "Aliases": ["custom"]},
+        # Lambda's custom runtime: the zip's `bootstrap` behind the Runtime API (no AWS_EXECUTION_ENV).
+        "provided": {"Name": "provided", "Bin": python.binary, "Path": str(runtime_dir / "provided"),
+                     "Args": py_args, "Launch": "fork-python", "Env": {"EASYFAAS_RUNTIME_MODE": "provided"},
+                     "Aliases": list(PROVIDED_ALIASES)},
     }
     if node:
+        node_major = node_major_version(node)
+        node_env = {"AWS_EXECUTION_ENV": f"AWS_Lambda_nodejs{node_major}.x"} if node_major else {}
         configs["nodejs"] = {"Name": "nodejs", "Bin": node, "Path": str(runtime_dir / "nodejs"),
-                             "Args": ["/var/runtime/bootstrap.js"], "Launch": "exec", "Env": {}, "Standby": True,
-                             "Aliases": list(NODE_ALIASES)}
+                             "Args": ["/var/runtime/bootstrap.js"], "Launch": "exec", "Env": node_env,
+                             "Standby": True, "Aliases": list(NODE_ALIASES)}
     return configs
 
 
@@ -145,10 +164,15 @@ def write_runtimes(runtime_dir: Path, python: PythonInfo, node: str | None) -> l
         write_atomic(target / "runtime.yaml", yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
         if config["Launch"] == "fork-python":
             # The exec fallback (`python -I -S /var/runtime/bootstrap.py`) has no repository: the
-            # frame codec travels next to the bootstrap, as the same `easyfaas.frames` module.
+            # modules it imports travel next to it, as the same `easyfaas` and `runner` packages.
             write_atomic(target / "bootstrap.py", PYTHON_BOOTSTRAP.read_bytes())
             write_atomic(target / "easyfaas" / "__init__.py", b"")
             write_atomic(target / "easyfaas" / "frames.py", FRAMES_MODULE.read_bytes())
+            for package in ("runner", "runner/runtimes"):
+                write_atomic(target / package / "__init__.py", b"")
+            for package in PYTHON_RUNTIME_PACKAGES:
+                for module in sorted((REPO_ROOT / package).glob("*.py")):
+                    write_atomic(target / package / module.name, module.read_bytes())
         else:
             write_atomic(target / "bootstrap.js", NODE_BOOTSTRAP.read_bytes())
     return list(configs)

@@ -50,6 +50,7 @@ from easyfaas.runtimes import RuntimeCatalog
 from easyfaas.secret_store import SecretStore
 from stubs.secrets import add_secret_routes
 from stubs.store import FunctionStore, code_sha256_hex, version_sort_key
+from stubs.event_invoke_config import add_routes as add_event_invoke_config_routes
 
 log = structlog.get_logger(__name__)
 
@@ -140,7 +141,9 @@ def _parse_environment(value: Any) -> dict[str, str]:
     for key, val in variables.items():
         if not _ENV_KEY_RE.match(key):
             raise ValidationError(f"Environment.Variables: invalid name {key!r} (use [A-Za-z_][A-Za-z0-9_]*)")
-        if key in _RESERVED_ENV_KEYS or key.startswith(_RESERVED_ENV_PREFIXES):
+        # Lambda's advanced logging controls are the function's choice (runner/runtimes/lambda_environment.py).
+        if key not in ("AWS_LAMBDA_LOG_FORMAT", "AWS_LAMBDA_LOG_LEVEL") and (
+                key in _RESERVED_ENV_KEYS or key.startswith(_RESERVED_ENV_PREFIXES)):
             raise ValidationError(f"Environment.Variables: {key!r} is reserved by the platform")
         if not isinstance(val, str):
             raise ValidationError(f"Environment.Variables.{key}: expected a string, got {_type_name(val)}")
@@ -395,6 +398,8 @@ class StubsHandlers:
             )
         _check_handler(cfg.Handler, self._runtime_name(cfg.Runtime))
         code, archive = await self.inspect_code(fields.Code)
+        if self._runtime_name(cfg.Runtime) == "provided" and "bootstrap" not in archive.files:  # Lambda's custom runtime
+            raise ValidationError("Code: the provided runtime runs an executable file named bootstrap at the root of the zip; this zip has none")
         cfg.FunctionName = brn.name
         cfg.Uid = uid
         cfg.CodeSha256 = archive.sha256_b64
@@ -582,6 +587,7 @@ def make_app(
     app.router.add_get("/v1/code/{account}/{name}/{file}", h.get_code_by_digest)
     app.router.add_get("/v1/runtimes", h.list_runtimes)
     app.router.add_get("/v1/code-changes", h.code_changes)
+    add_event_invoke_config_routes(app, h)
     if secrets is not None:
         handlers.secrets = secrets
         add_secret_routes(app, handlers, secrets)

@@ -40,6 +40,7 @@ from easyfaas.models import REPOSITORY_FILESYSTEM, FunctionRecord, ModelError
 log = structlog.get_logger(__name__)
 
 META_FILE = "meta.json"
+EVENT_INVOKE_CONFIG_FILE = "event-invoke-config.json"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 _ACCOUNT_DIR_RE = re.compile(r"^[0-9a-z]{32}$")
@@ -328,6 +329,33 @@ class FunctionStore:
             _remove_tree(path)
         except (FileNotFoundError, NotADirectoryError):
             return False
+        return True
+
+    # ---- event invoke configuration (a file of the function: it goes when the function goes) -----
+
+    async def read_event_invoke_config(self, account: str, name: str) -> bytes | None:
+        return await asyncio.to_thread(self._read_event_invoke_config_sync, account, name)
+
+    def _read_event_invoke_config_sync(self, account: str, name: str) -> bytes | None:
+        try:
+            return (self.function_dir(account, name) / EVENT_INVOKE_CONFIG_FILE).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    async def write_event_invoke_config(self, account: str, name: str, data: bytes) -> None:
+        """Atomically replace the function's event invoke config (the function must exist)."""
+        await asyncio.to_thread(_atomic_write, self.function_dir(account, name) / EVENT_INVOKE_CONFIG_FILE, data)
+
+    async def delete_event_invoke_config(self, account: str, name: str) -> bool:
+        return await asyncio.to_thread(self._delete_event_invoke_config_sync, account, name)
+
+    def _delete_event_invoke_config_sync(self, account: str, name: str) -> bool:
+        path = self.function_dir(account, name) / EVENT_INVOKE_CONFIG_FILE
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        _fsync_dir(path.parent)
         return True
 
     async def delete_version(self, account: str, name: str, version: str) -> bool:

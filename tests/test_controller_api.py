@@ -67,7 +67,8 @@ async def make_env(containers: int = 3, extra_args: tuple[str, ...] = (),
     stubs.add(function_record("slow", timeout=1))
     stubs.add(function_record("wide", quota=4))
     stubs.add(function_record("foreign", uid=OTHER))
-    opts = parse_controller_options(["--task-interval", "3600", "--runtime-alive-timeout", "5", *extra_args])
+    opts = parse_controller_options(["--task-interval", "3600", "--runtime-alive-timeout", "5",
+                                     "--state-dir", os.path.join(sock_dir, "state"), *extra_args])
     app = create_app(opts, funclet=funclet, registry=Registry(endpoint))  # type: ignore[arg-type]
     client = TestClient(TestServer(app, host="127.0.0.1", **(server_kwargs or {})))
     await client.start_server()

@@ -125,7 +125,7 @@ PY_HANDLER = """
             return "plain text \u00fc"
         if event.get("mode") == "fail":
             raise ValueError("it failed")
-        return {"echo": event, "request_id": context.request_id, "frame_id": context.aws_request_id,
+        return {"echo": event, "request_id": context.request_id, "aws_request_id": context.aws_request_id,
                 "remaining": context.get_remaining_time_in_millis()}
 """
 
@@ -134,7 +134,7 @@ NODE_HANDLER = """
       console.log("log line");
       if (event.mode === "string") return "plain text \u00fc";
       if (event.mode === "fail") { const e = new Error("it failed"); e.name = "ValueError"; throw e; }
-      return { echo: event, request_id: context.requestId, frame_id: context.awsRequestId,
+      return { echo: event, request_id: context.requestId, aws_request_id: context.awsRequestId,
                remaining: context.getRemainingTimeInMillis() };
     };
 """
@@ -182,7 +182,8 @@ def test_object_result(runtime: RuntimeProcess) -> None:
     out = json.loads(response.result)
     # The runtime read the request's fields where the model puts them.
     assert out["echo"] == {"x": [1, 2]}
-    assert (out["request_id"], out["frame_id"]) == ("ext-1", "frame-1")
+    # Lambda's aws_request_id / awsRequestId is the invocation's request id, not the frame's id.
+    assert (out["request_id"], out["aws_request_id"]) == ("ext-1", "ext-1")
     assert 0 < out["remaining"] <= 8000
     assert response.logs is not None and "log line" in response.logs
 

@@ -40,14 +40,18 @@ def test_prepare_writes_runtimes_and_rootfs(target: Path) -> None:
     py = yaml.safe_load((target / "runtime" / "python3" / "runtime.yaml").read_text())
     assert py == {"Name": "python3", "Bin": real_python, "Path": str(target / "runtime" / "python3"),
                   "Args": ["-I", "-S", "/var/runtime/bootstrap.py"], "Launch": "fork-python",
-                  "Env": {"EASYFAAS_RUNTIME_MODE": "python"},
+                  "Env": {"EASYFAAS_RUNTIME_MODE": "python",
+                          "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info[0]}.{sys.version_info[1]}"},
                   "Aliases": ["python", f"python{sys.version_info[0]}.{sys.version_info[1]}"]}
     with open(py["Bin"], "rb") as f:
         assert f.read(4) == b"\x7fELF"  # a real interpreter, not a venv link or a shim script
     exec_ = yaml.safe_load((target / "runtime" / "exec" / "runtime.yaml").read_text())
     assert exec_["Launch"] == "fork-python" and exec_["Env"] == {"EASYFAAS_RUNTIME_MODE": "exec"}
-    assert exec_["Aliases"] == ["provided", "custom"]
-    for name in ("python3", "exec"):
+    assert exec_["Aliases"] == ["custom"]
+    provided = yaml.safe_load((target / "runtime" / "provided" / "runtime.yaml").read_text())
+    assert provided["Env"] == {"EASYFAAS_RUNTIME_MODE": "provided"}
+    assert provided["Aliases"] == ["provided.al2", "provided.al2023"]
+    for name in ("python3", "exec", "provided"):
         assert (target / "runtime" / name / "bootstrap.py").read_bytes() == \
             (REPO / "runner" / "runtimes" / "python" / "bootstrap.py").read_bytes()
         assert (target / "runtime" / name / "easyfaas" / "frames.py").read_bytes() == \

@@ -117,7 +117,7 @@ def test_context_fields(start_node: Any) -> None:
     rt.read_status()
     out = json.loads(rt.invoke(id="int-9", request_id="ext-9",
                                deadline_ms=int(time.time() * 1000) + 4000)["result"])
-    assert out["awsRequestId"] == "int-9" and out["requestId"] == "ext-9"
+    assert out["awsRequestId"] == "ext-9" and out["requestId"] == "ext-9"  # Lambda: the request id
     assert out["functionName"] == "fn-test" and out["functionVersion"] == "7"
     assert out["arn"] == "brn:bce:cfc:bj:0123:function:fn-test:7"
     assert out["memory"] == "256"

@@ -341,7 +341,7 @@ def test_context_fields_and_remaining_time(start_python: Any) -> None:
             return {"aws_request_id": context.aws_request_id, "request_id": context.request_id,
                     "function_name": context.function_name, "function_version": context.function_version,
                     "arn": context.invoked_function_arn, "memory": context.memory_limit_in_mb,
-                    "identity": context.identity, "client_context": context.client_context,
+                    "identity": {k: getattr(context.identity, k) for k in ("cognito_identity_id", "cognito_identity_pool_id")}, "client_context": context.client_context,
                     "log_group": context.log_group_name,
                     "remaining": context.get_remaining_time_in_millis(),
                     "cwd": os.getcwd(), "path0": sys.path[0],
@@ -350,13 +350,14 @@ def test_context_fields_and_remaining_time(start_python: Any) -> None:
     rt.read_status()
     deadline = int(time.time() * 1000) + 5000
     out = json.loads(rt.invoke(id="internal-1", request_id="external-1", deadline_ms=deadline)["result"])
-    assert out["aws_request_id"] == "internal-1"
+    assert out["aws_request_id"] == "external-1"  # Lambda: the invocation's request id
     assert out["request_id"] == "external-1"
     assert out["function_name"] == "fn-test" and out["function_version"] == "7"
     assert out["arn"] == "brn:bce:cfc:bj:0123:function:fn-test:7"
     assert out["memory"] == 256
-    assert out["identity"] is None and out["client_context"] is None
-    assert out["log_group"] == "/easyfaas/fn-test"
+    assert out["identity"] == {"cognito_identity_id": None, "cognito_identity_pool_id": None}
+    assert out["client_context"] is None
+    assert out["log_group"] == "/aws/lambda/fn-test"
     assert 3000 < out["remaining"] <= 5000
     assert out["path0"] == out["cwd"] == str(rt_task_root(rt))
     assert out["site"] == []

@@ -54,7 +54,8 @@ class Daemons:
                     "--runtime-dir", str(self.base / "runtime")]
         if name == "controller":
             return ["-m", "controller", *common, "--repository-endpoint", f"http://127.0.0.1:{self.ports['stubs']}",
-                    "--funclet-api-sock", str(self.base / "no-funclet.sock"), "--prefetch-code", "false"]
+                    "--funclet-api-sock", str(self.base / "no-funclet.sock"), "--prefetch-code", "false",
+                    "--state-dir", str(self.base / "controller")]
         return ["-m", "httptrigger", *common, "--controller-host", f"http://127.0.0.1:{self.ports['controller']}"]
 
     def start(self) -> None:
@@ -140,7 +141,7 @@ def _routes(tmp: Path) -> dict[str, list[tuple[str, str]]]:
         "stubs": stubs.daemon.stubs_service(parse_options("stubs", stubs.daemon.OPTIONS, [
             *auth, "--function-dir", str(tmp / "fd"), "--runtime-dir", str(ROOT / "runner" / "runtimes")], {})),
         "controller": controller.app.controller_service(controller.options.check_controller_options(
-            parse_options("controller", controller.options.OPTIONS, auth, {}))),
+            parse_options("controller", controller.options.OPTIONS, [*auth, "--state-dir", str(tmp / "ctl")], {}))),
         "httptrigger": httptrigger.app.httptrigger_service(parse_options("httptrigger", httptrigger.app.OPTIONS,
                                                                          auth, {})),
     }

@@ -115,7 +115,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tls]:
         t.wait(t.stubs_port, stubs, t.logs[-1])
         controller = t.spawn(["-m", "controller", "--port", str(t.controller_port), "--repository-endpoint",
                               f"https://127.0.0.1:{t.stubs_port}", "--tls-ca", str(t.ca[2]), "--funclet-api-sock",
-                              str(t.base / "none.sock"), "--prefetch-code", "false",
+                              str(t.base / "none.sock"), "--prefetch-code", "false", "--state-dir",
+                              str(t.base / "controller"),
                               "--auth-dir", str(t.base / "auth")], "controller")
         t.wait(t.controller_port, controller, t.logs[-1])
         yield t

@@ -4,14 +4,15 @@
 // socket, fd 4 the init-status pipe. The runtime channel's framing mirrors easyfaas/frames.py:
 // a 4-byte big-endian length, then one UTF-8 JSON object.
 //
-// Handler "file.export" (file may have a sub-path, "src/app.handler"), loaded from the task root
-// with require (or import() for ES modules). Callback, async and promise handlers are supported;
-// console output is captured per request with AsyncLocalStorage.
+// Handler "file.export" (file may have a sub-path, "src/app.handler"), loaded from the task root as
+// Lambda's Node.js runtime resolves it: CommonJS with require, ES modules (.mjs, or .js under a
+// package.json with "type": "module", top-level await included) with import(). Callback, async and
+// promise handlers, the context object and the console line format are Lambda's; console output
+// is captured per request with AsyncLocalStorage.
 'use strict';
 
 const fs = require('node:fs');
 const net = require('node:net');
-const os = require('node:os');
 const path = require('node:path');
 const util = require('node:util');
 const { AsyncLocalStorage } = require('node:async_hooks');
@@ -25,15 +26,24 @@ const LOG_TAIL = 4096;
 const TEXT = 'text/plain; charset=utf-8';
 const JSON_TYPE = 'application/json';
 
+// Lambda's console levels, lowest first; AWS_LAMBDA_LOG_LEVEL hides the ones below it.
+const LEVELS = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'];
+
 function readSettings(env) {
+  const functionName = env.AWS_LAMBDA_FUNCTION_NAME || env.EASYFAAS_FUNCTION_NAME || '';
+  const minLevel = LEVELS.indexOf(String(env.AWS_LAMBDA_LOG_LEVEL || '').toUpperCase());
   return {
     handler: env.EASYFAAS_HANDLER || env._HANDLER || 'index.handler',
     taskRoot: env.EASYFAAS_TASK_ROOT || '/var/task',
-    functionName: env.EASYFAAS_FUNCTION_NAME || env.AWS_LAMBDA_FUNCTION_NAME || '',
-    functionVersion: env.EASYFAAS_FUNCTION_VERSION || env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST',
+    functionName,
+    functionVersion: env.AWS_LAMBDA_FUNCTION_VERSION || env.EASYFAAS_FUNCTION_VERSION || '$LATEST',
     functionBrn: env.EASYFAAS_FUNCTION_BRN || '',
-    memoryMb: parseInt(env.EASYFAAS_MEMORY_SIZE || env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || '128', 10) || 128,
+    memoryMb: parseInt(env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE || env.EASYFAAS_MEMORY_SIZE || '128', 10) || 128,
     timeoutS: parseInt(env.EASYFAAS_TIMEOUT || '3', 10) || 3,
+    logGroupName: env.AWS_LAMBDA_LOG_GROUP_NAME || `/aws/lambda/${functionName}`,
+    logStreamName: env.AWS_LAMBDA_LOG_STREAM_NAME || '',
+    jsonLogs: String(env.AWS_LAMBDA_LOG_FORMAT || '').toUpperCase() === 'JSON',
+    minLevel: minLevel < 0 ? 0 : minLevel,
   };
 }
 
@@ -92,15 +102,51 @@ class LogTail {
   text() { return this.parts.join('').slice(-this.limit); }
 }
 
+// Lambda's line: "<ISO time>\t<request id>\t<LEVEL>\t<message>\n", or with
+// AWS_LAMBDA_LOG_FORMAT=JSON one object {timestamp, level, requestId, message} (+ the error fields
+// of an Error argument).
+function formatText(requestId, level, args) {
+  return `${new Date().toISOString()}\t${requestId}\t${level}\t${util.format(...args)}\n`;
+}
+
+function errorFields(err) {
+  return { errorType: err.name, errorMessage: err.message,
+    stackTrace: typeof err.stack === 'string' ? err.stack.split('\n') : [] };
+}
+
+function formatJson(requestId, level, args) {
+  const line = { timestamp: new Date().toISOString(), level, requestId };
+  if (args.length === 1) {
+    const [only] = args;
+    if (only instanceof Error) {
+      Object.assign(line, { message: only.stack || String(only) }, errorFields(only));
+      return JSON.stringify(line) + '\n';
+    }
+    line.message = only;
+    try {
+      return JSON.stringify(line) + '\n';
+    } catch (err) {
+      line.message = util.format(only);
+      return JSON.stringify(line) + '\n';
+    }
+  }
+  line.message = util.format(...args);
+  const err = args.find((arg) => arg instanceof Error);
+  if (err) Object.assign(line, errorFields(err));
+  return JSON.stringify(line) + '\n';
+}
+
 function captureConsole() {
-  for (const name of ['log', 'info', 'debug', 'error', 'warn', 'trace']) {
-    const original = console[name].bind(console);
+  const methods = { log: 'INFO', info: 'INFO', debug: 'DEBUG', warn: 'WARN', error: 'ERROR', trace: 'TRACE',
+    fatal: 'FATAL' };
+  for (const [name, level] of Object.entries(methods)) {
     console[name] = (...args) => {
+      if (LEVELS.indexOf(level) < settings.minLevel) return;
       const store = requestStore.getStore();
-      if (!store) { original(...args); return; }
-      let text = util.format(...args);
-      if (name === 'trace') text = `Trace: ${text}\n${new Error().stack.split('\n').slice(2).join('\n')}`;
-      store.logs.write(text + '\n');
+      const requestId = store ? store.requestId : 'undefined';
+      const line = settings.jsonLogs ? formatJson(requestId, level, args) : formatText(requestId, level, args);
+      if (store) store.logs.write(line);
+      else process.stdout.write(line);
     };
   }
 }
@@ -127,6 +173,10 @@ function errorObject(err, type, message) {
 }
 
 function splitHandler(handler) {
+  if (handler.includes('..')) {
+    throw new InitError({ errorMessage: `'${handler}' is not a valid handler name. Use absolute paths when specifying root directories in handler names.`,
+      errorType: 'Runtime.MalformedHandlerName', stackTrace: [] });
+  }
   const slash = handler.lastIndexOf('/');
   const dir = handler.slice(0, slash + 1);
   const base = handler.slice(slash + 1);
@@ -137,25 +187,48 @@ function splitHandler(handler) {
   return { module: dir + base.slice(0, dot), exportPath: base.slice(dot + 1).split('.') };
 }
 
-function isModuleNotFound(err, file) {
-  return err && err.code === 'MODULE_NOT_FOUND' && typeof err.message === 'string'
-    && err.message.includes(`'${file}'`);
+// The nearest package.json above `dir` says "type": "module" (the search stops at node_modules).
+function isEsmPackage(dir) {
+  for (let current = dir; ; current = path.dirname(current)) {
+    if (path.basename(current) === 'node_modules') return false;
+    try {
+      return JSON.parse(fs.readFileSync(path.join(current, 'package.json'), 'utf8')).type === 'module';
+    } catch (err) {
+      if (err.code !== 'ENOENT' && err.code !== 'ENOTDIR') return false;
+    }
+    if (path.dirname(current) === current) return false;
+  }
 }
 
-async function loadModule(taskRoot, moduleName) {
-  const file = path.resolve(taskRoot, moduleName);
+function importFile(file) { return import(pathToFileURL(file).href); }
+
+function requireOrImport(file) {
   try {
     return require(file);
   } catch (err) {
-    if (err && err.code === 'ERR_REQUIRE_ESM') return import(pathToFileURL(require.resolve(file)).href);
-    if (!isModuleNotFound(err, file)) throw err;
+    if (err && err.code === 'ERR_REQUIRE_ESM') return importFile(require.resolve(file));
+    throw err;
   }
-  for (const ext of ['.mjs', '.cjs']) {
-    if (fs.existsSync(file + ext)) return import(pathToFileURL(file + ext).href);
+}
+
+// Lambda's order: <module> as is, <module>.js (import() under "type": "module"), .mjs, .cjs,
+// then Node's own resolution from the task root.
+async function loadModule(taskRoot, moduleName) {
+  const file = path.resolve(taskRoot, moduleName);
+  const isFile = (candidate) => { try { return fs.statSync(candidate).isFile(); } catch (err) { return false; } };
+  if (isFile(file)) return requireOrImport(file);
+  if (isFile(`${file}.js`)) return isEsmPackage(path.dirname(file)) ? importFile(`${file}.js`) : requireOrImport(`${file}.js`);
+  if (isFile(`${file}.mjs`)) return importFile(`${file}.mjs`);
+  if (isFile(`${file}.cjs`)) return require(`${file}.cjs`);
+  let resolved;
+  try {
+    resolved = require.resolve(moduleName.startsWith('.') ? file : moduleName, { paths: [taskRoot] });
+  } catch (cause) {
+    const err = new Error(`Cannot find module '${moduleName}'`);
+    err.code = 'MODULE_NOT_FOUND';
+    throw err;
   }
-  const err = new Error(`Cannot find module '${moduleName}'`);
-  err.code = 'MODULE_NOT_FOUND';
-  throw err;
+  return requireOrImport(resolved);
 }
 
 async function loadHandler() {
@@ -187,25 +260,44 @@ async function loadHandler() {
 
 // ---- the context object --------------------------------------------------------------------------
 
+function requestIdOf(frame) {
+  return String(frame.request_id || (frame.id === undefined ? '' : frame.id));
+}
+
+// The Client-Context and Cognito identity JSON of an invocation; bad JSON fails it, as in Lambda.
+function parseContextJson(text, what) {
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw Object.assign(new Error(`Unable to parse ${what} JSON: ${err.message}`),
+      { name: 'Runtime.LambdaContextUnmarshalError' });
+  }
+}
+
+// Lambda's context object; awsRequestId is the invocation's request id (the caller's
+// X-easyfaas-Request-Id), requestId the same for handlers written for EasyFaaS.
 function makeContext(frame, settle) {
   const deadline = typeof frame.deadline_ms === 'number' && frame.deadline_ms > 0
     ? frame.deadline_ms : Date.now() + settings.timeoutS * 1000;
-  const id = String(frame.id === undefined ? '' : frame.id);
+  const requestId = requestIdOf(frame);
+  const identity = parseContextJson(frame.identity, 'Cognito Identity');
+  const clientContext = parseContextJson(frame.client_context, 'Client Context');
   return {
-    awsRequestId: id,
-    requestId: String(frame.request_id || id),
+    awsRequestId: requestId,
+    requestId,
     functionName: settings.functionName,
     functionVersion: settings.functionVersion,
-    invokedFunctionArn: settings.functionBrn,
+    invokedFunctionArn: frame.function_arn || settings.functionBrn,
     memoryLimitInMB: String(settings.memoryMb),
-    logGroupName: `/easyfaas/${settings.functionName}`,
-    logStreamName: os.hostname(),
-    identity: undefined,
-    clientContext: undefined,
+    logGroupName: settings.logGroupName,
+    logStreamName: settings.logStreamName,
+    identity: identity && { cognitoIdentityId: identity.cognitoIdentityId, cognitoIdentityPoolId: identity.cognitoIdentityPoolId },
+    clientContext,
     callbackWaitsForEmptyEventLoop: true,
-    getRemainingTimeInMillis: () => Math.max(0, Math.floor(deadline - Date.now())),
+    getRemainingTimeInMillis: () => deadline - Date.now(),
     succeed: (result) => settle(null, result),
-    fail: (err) => settle(err === undefined || err === null ? new Error('handled') : err),
+    fail: (err) => settle(err === undefined || err === null ? 'handled' : err),
     done: (err, result) => settle(err, result),
   };
 }
@@ -221,7 +313,7 @@ const inflight = new Map();
 
 function invoke(handler, frame) {
   return new Promise((resolve) => {
-    const store = { logs: new LogTail(LOG_TAIL) };
+    const store = { logs: new LogTail(LOG_TAIL), requestId: requestIdOf(frame) };
     let settled = false;
     const token = {};
     const finish = (response) => {
@@ -253,8 +345,16 @@ function invoke(handler, frame) {
     } catch (e) {
       event = frame.event;
     }
+    if (frame.trace_id) process.env._X_AMZN_TRACE_ID = frame.trace_id;
+    else delete process.env._X_AMZN_TRACE_ID;
     requestStore.run(store, () => {
-      const context = makeContext(frame, settle);
+      let context;
+      try {
+        context = makeContext(frame, settle);
+      } catch (err) {
+        settle(err);
+        return;
+      }
       const callback = (err, result) => settle(err, result);
       let returned;
       try {

