@@ -406,3 +406,50 @@ def test_environment_turns_keys_on(tmp_path: Path) -> None:
         err = proc.stderr.read().decode()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
     assert "admin_key_written" in err and str(tmp_path / "auth" / "admin.key") in err
+
+
+# ---- callbacks: the outbound guard is on whenever keys are required ------------------------------
+
+def test_callback_urls_aimed_at_the_pod_or_the_host_are_refused(pod: Daemons, function: str) -> None:
+    for url in (f"http://127.0.0.1:{pod.ports['stubs']}/v1/keys", f"http://localhost:{pod.ports['controller']}/",
+                "http://[::1]/hook", "http://169.254.169.254/latest/meta-data", "http://0.0.0.0:8002/"):
+        status, body, _ = pod.call("controller", "POST", f"/v1/functions/{function}/invocations", {}, key=OWNER,
+                                   headers={"X-easyfaas-Invoke-Type": "Event", "X-easyfaas-Callback-Url": url})
+        assert status == 403 and body["Code"] == "OutboundRefusedException", (url, status, body)
+
+
+async def test_a_callback_sender_with_the_guard_never_connects_to_loopback() -> None:
+    from aiohttp import web
+
+    from controller.event_queue.callbacks import CallbackSender
+    from easyfaas.outbound import OutboundGuard
+
+    hits: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    notes: list[dict[str, Any]] = []
+
+    async def record(_: str, outcome: dict[str, Any]) -> None:
+        notes.append(outcome)
+
+    try:
+        for allow, delivered in (("", False), (f"127.0.0.1:{port}", True)):
+            sender = CallbackSender(record, attempts=2, base_delay=0.01,
+                                    guard=OutboundGuard.of(True, allow))
+            await sender.start()
+            sender.send(f"http://127.0.0.1:{port}/hook", "req-1", "Success", b"{}", "application/json", False)
+            await sender.close()
+            assert notes[-1]["Delivered"] is delivered, notes
+        assert hits == ["/hook"]  # only the allowed one reached the server
+        assert "loopback" in notes[0]["Error"] and notes[0]["Attempts"] == 1
+    finally:
+        await runner.cleanup()
