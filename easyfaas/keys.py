@@ -8,7 +8,7 @@ the others at its next request. Writes hold an ``flock`` on ``keys.lock`` and re
 atomically (temporary file, fsync, rename, fsync of the directory).
 
 Checking costs an argon2 verification (milliseconds) once per key and process; after that the key's
-secret is remembered as an HMAC-SHA-256 under a per-process random key and compared in constant
+secret is remembered as the SHA-256 of a per-process random key and the secret, compared in constant
 time, which costs microseconds. A re-read of ``keys.json`` forgets what it no longer holds, so a
 revoked key fails at once.
 
@@ -106,6 +106,7 @@ class KeyStore:
     def __init__(self, auth_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(auth_dir)
         self.path = self.dir / KEYS_FILE
+        self._path = str(self.path)  # os.stat of a str: no pathlib on the per-request check
         self._keys: dict[str, ApiKey] = {}
         self._seen: tuple[int, int, int] | None = None
         self._mac_key = secrets.token_bytes(32)
@@ -116,7 +117,7 @@ class KeyStore:
 
     def _refresh(self) -> None:
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._path)
         except FileNotFoundError:
             if self._seen is not None or self._keys:
                 self._keys, self._verified, self._seen = {}, {}, None
@@ -167,8 +168,11 @@ class KeyStore:
         verified = self._verified.get(key_id)
         if verified is None or verified[0] != key.Hash:
             return None
-        mac = hmac.new(self._mac_key, secret.encode(), hashlib.sha256).digest()
-        return key if hmac.compare_digest(mac, verified[1]) else False
+        return key if hmac.compare_digest(self._digest(secret), verified[1]) else False
+
+    def _digest(self, secret: str) -> bytes:
+        # SHA-256 of a per-process random key and the secret: what a verified secret is remembered as.
+        return hashlib.sha256(self._mac_key + secret.encode()).digest()
 
     def verify(self, token: str) -> ApiKey | None:
         """The key of ``token``, or None; remembers a verified secret (see the module docstring)."""
@@ -183,7 +187,7 @@ class KeyStore:
             _HASHER.verify(key.Hash, secret)
         except (VerificationError, InvalidHashError):
             return None
-        self._verified[key_id] = (key.Hash, hmac.new(self._mac_key, secret.encode(), hashlib.sha256).digest())
+        self._verified[key_id] = (key.Hash, self._digest(secret))
         return key
 
     # ---- writing ---------------------------------------------------------------------------------
