@@ -5,6 +5,8 @@ of its own uid (and as environment variables when it asks), never in the pod's l
 from __future__ import annotations
 
 import hashlib
+import re
+import subprocess
 import json
 import shutil
 import tempfile
@@ -127,3 +129,32 @@ async def test_secrets_reach_the_sandbox_as_files_and_environment(http: aiohttp.
     for path in pod.config.state_dir.rglob("*"):
         if path.is_file() and not path.is_symlink() and "slots" not in path.parts:
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def _readme_blocks() -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return re.findall(r"```sh\n(.*?)```", text, re.S)
+
+
+def test_readme_shell_quick_start_with_keys(keyed_pod: Pod, tmp_path: Path) -> None:
+    """The README's own commands, run by bash against this pod: the keys block's key, then the quick
+    start's curl commands each with that key (as the README says), then the keys block's invocation."""
+    pod = keyed_pod
+    quick = next(b for b in _readme_blocks() if "testHelloWorld" in b and "/v1/keys" not in b)
+    keys = next(b for b in _readme_blocks() if "/v1/keys" in b)
+    # In the README's order the quick start's uid= is set when the keys block runs: set it first.
+    script = quick.split("\n", 1)[0] + "\n" + keys.split("# then")[0] + quick.replace("curl ", 'curl -s -H "Authorization: Bearer $key" ') + \
+        "\n" + keys.split("# then")[1].split("\n", 1)[1]
+    script = (script.replace("127.0.0.1:8002", f"127.0.0.1:{pod.config.stubs_port}")
+              .replace("127.0.0.1:8001", f"127.0.0.1:{pod.config.controller_port}")
+              .replace("/var/faas/auth/admin.key", str(pod.config.auth_dir / "admin.key"))
+              .replace("sudo cat", "cat").replace("/tmp/hello", str(tmp_path / "hello"))
+              .replace("testHelloWorld", "readmeHello"))
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert proc.stdout.count("Hello world!") == 3, proc.stdout
+    assert "UnauthenticatedException" not in proc.stdout
+    # Without the key the same commands are refused.
+    bare = script.replace('-H "Authorization: Bearer $key" ', "").replace("readmeHello", "readmeHelloBare")
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", bare], capture_output=True, text=True, timeout=120)
+    assert "Hello world!" not in proc.stdout and "UnauthenticatedException" in proc.stdout, proc.stdout
