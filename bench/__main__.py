@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench import async_queue, baselines, footprint, provided, report, scenarios, standby
+from bench import async_queue, baselines, footprint, gateway, provided, report, scenarios, standby
 from bench.pod import BenchPod
 from bench.profile import find_py_spy, profile_pid
 from bench.wrk import WrkError, run_wrk, wrk_binary
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fp["control_plane_loaded"] = footprint.control_plane(pod)
             fp["fit_24gib"] = footprint.fit_in(24 << 30, fp["control_plane_idle"]["total_mib"], fp["python"])
             results["footprint"] = fp
+            results["gateway"] = gateway.gateway_vs_direct(pod, plan)  # last: it may restart the controller
         finally:
             _log("stopping the pod")
             results["leaks"] = pod.stop()

@@ -38,6 +38,8 @@ from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
+from httptrigger.embedded import gateway_endpoint
+from httptrigger.endpoint import gateway_security
 
 log = structlog.get_logger(__name__)
 
@@ -188,13 +190,17 @@ def _admin_only(method: str, path: str) -> bool:
 
 def controller_service(opts: Settings) -> Service:
     """The controller as a service of a daemon process: its application behind the front door."""
-    if opts.http_enhanced:
-        log.warning("http_enhanced_unavailable", detail="the embedded HTTP trigger is not implemented; flag ignored")
     authn = authenticator_of(opts, [opts.bind_address], daemon="controller", admin_only=_admin_only)
     app = create_app(opts, authn=authn)
     app.cleanup_ctx.append(_freeze_heap_when_ready)
-    door = FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout, tls=server_tls(opts))
-    return Service("controller", app, [door], shutdown_timeout=opts.drain_timeout, freeze_heap=False)
+    tls = server_tls(opts)
+    endpoints: list[Any] = [FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout, tls=tls)]
+    if getattr(opts, "gateway_port", 0):
+        endpoints.append(gateway_endpoint(app[INVOKER], host=opts.gateway_host, port=opts.gateway_port,
+                                          stubs_url=opts.repository_endpoint, max_body_size=opts.max_body_size,
+                                          drain_timeout=opts.drain_timeout,
+                                          **gateway_security(opts, opts.gateway_host, authn, tls)))
+    return Service("controller", app, endpoints, shutdown_timeout=opts.drain_timeout, freeze_heap=False)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

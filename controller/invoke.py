@@ -160,8 +160,11 @@ class Invoker:
         return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
 
     async def invoke(self, ref: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes,
-                     request_id: str) -> InvokeReply:
+                     request_id: str, *, body_is_json: bool = False) -> InvokeReply:
         """The whole pipeline for one request; ``headers`` must look names up case-insensitively.
+
+        ``body_is_json``: the caller built the body as JSON itself (the embedded HTTP gateway), so
+        it is not parsed again.
 
         Never raises for anything the caller or the function did: every failure is a reply.
         """
@@ -172,7 +175,7 @@ class Invoker:
             if caller and not valid_account_id(caller):
                 raise InvalidParameterValue(f"{ACCOUNT_ID}: invalid account id (expected 1-64 characters [A-Za-z0-9_-])")
             brn_text, brn = self._resolve_ref(ref, query.get(QUERY_QUALIFIER), caller)
-            event = self._event_of(body)
+            event = body.decode("utf-8") if body_is_json else self._event_of(body)
             if self.simple_auth and not caller:
                 raise InvalidInvokeCaller(f"missing {ACCOUNT_ID} header")
             fn = self.registry.cached_function(brn_text)

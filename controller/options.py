@@ -9,6 +9,13 @@ from easyfaas.auth import SECURITY_OPTIONS
 from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
 
 _MAX_TRANSITION_TIME = "90s"
+DEFAULT_GATEWAY_PORT = 8080
+
+
+def parse_port_or_off(value: Any) -> int:
+    """A TCP port; empty means 0 (off)."""
+    return int(value) if str(value).strip() else 0
+
 
 OPTIONS = [
     Option("port", int, 8080, "TCP port of the controller API"),
@@ -60,7 +67,11 @@ OPTIONS = [
            "uvloop, asyncio, or auto (uvloop when it is installed): the loop the controller runs on"),
     Option("prefetch-code", parse_bool, True,
            "build new functions' code images as stubs announces them, before their first invocation"),
-    Option("http-enhanced", parse_bool, False, "serve the HTTP trigger routes in the controller (not yet)"),
+    Option("http-enhanced", parse_bool, False,
+           "serve the HTTP trigger (routes and function URLs) in the controller; on --gateway-port, else 8080"),
+    Option("gateway-port", parse_port_or_off, 0,
+           "TCP port of the HTTP gateway served in the controller (routes, function URLs); 0 or empty: none"),
+    Option("gateway-host", str, "127.0.0.1", "address the HTTP gateway listens on"),
     Option("state-dir", str, "/var/faas/controller", "the controller's own durable state (the event queue)"),
     Option("event-queue", str, "",
            "where asynchronous invocations wait: empty for SQLite in --state-dir, sqlite:///<dir>, or "
@@ -106,6 +117,10 @@ def check_controller_options(opts: Settings) -> Settings:
                          "or sqlite:///<dir>")
     if opts.max_runner_defunct is not None and opts.max_transition_time == parse_duration(_MAX_TRANSITION_TIME):
         opts.max_transition_time = opts.max_runner_defunct
+    if opts.http_enhanced and not opts.gateway_port:
+        opts.gateway_port = DEFAULT_GATEWAY_PORT
+    if not 0 <= opts.gateway_port < 65536 or (opts.gateway_port and opts.gateway_port == opts.port):
+        raise SystemExit(f"easyfaas-controller: --gateway-port {opts.gateway_port} is not a free TCP port")
     opts.scaling = load_function_scaling(opts.function_scaling)
     return opts
 

@@ -73,13 +73,15 @@ PARTS = [
     Part("controller", CONTROLLER_OPTIONS, controller_service, check_controller_options,
          defaults={"port": 8001, "repository-endpoint": ""}),
     Part("httptrigger", httptrigger.app.OPTIONS, httptrigger.app.httptrigger_service,
-         defaults={"controller-host": ""}),
+         defaults={"controller-host": "", "repository-endpoint": ""}),
 ]
 _DERIVED_HELP = {
     ("controller", "repository-endpoint"): "function registry (stubs) base URL (default: the stubs service of this "
                                            "process, else http://127.0.0.1:8002)",
     ("httptrigger", "controller-host"): "controller base URL (default: the controller service of this process, "
                                         "else http://127.0.0.1:8001)",
+    ("httptrigger", "repository-endpoint"): "stubs base URL, whose trigger feed gives the routes (default: the "
+                                            "stubs service of this process, else http://127.0.0.1:8002)",
 }
 
 
@@ -123,6 +125,9 @@ def part_options(opts: Settings, part: Part) -> Settings:
     if part.name == "controller" and not settings.repository_endpoint:
         settings.repository_endpoint = (_url(opts.stubs_host, opts.stubs_port, bool(opts.tls_cert))
                                         if "stubs" in opts.services
+                                        else "http://127.0.0.1:8002")
+    if part.name == "httptrigger" and not settings.repository_endpoint:
+        settings.repository_endpoint = (_url(opts.stubs_host, opts.stubs_port) if "stubs" in opts.services
                                         else "http://127.0.0.1:8002")
     if part.name == "httptrigger" and not settings.controller_host:
         settings.controller_host = (_url(opts.controller_bind_address, opts.controller_port, bool(opts.tls_cert))

@@ -182,7 +182,8 @@ class Pod:
                     "--state-dir", str(c.controller_state_dir), *self._auth_dir_arg(name), *c.controller_args]
         if name == "httptrigger":
             return ["-m", "httptrigger", "--host", c.host, "--port", str(c.httptrigger_port),
-                    "--controller-host", c.controller_url, *self._auth_dir_arg(name), *c.httptrigger_args]
+                    "--controller-host", c.controller_url, "--repository-endpoint", c.stubs_url,
+                    *self._auth_dir_arg(name), *c.httptrigger_args]
         raise ValueError(f"unknown daemon {name!r}; the pod runs {', '.join(c.daemons)}")
 
     def _auth_dir_arg(self, name: str) -> list[str]:

@@ -19,7 +19,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from urllib.parse import quote
 
 import structlog
@@ -286,6 +286,8 @@ class StubsHandlers:
         self.secrets: SecretStore | None = None
         # New code, announced so that pods build its image before the first invocation waits for it.
         self.code_feed: NumberedFeed[CodeChange] = NumberedFeed(CODE_FEED_SIZE)
+        # Told (account hash, name, version or None for all) under the function's lock when it goes.
+        self.deletion_listeners: list[Callable[[str, str, str | None], Awaitable[Any]]] = []
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -493,6 +495,9 @@ class StubsHandlers:
             else:
                 version = self.read_version(brn)
                 deleted = bool(version) and await self.store.delete_version(brn.account, brn.name, version)
+            if deleted:
+                for listener in self.deletion_listeners:
+                    await listener(brn.account, brn.name, None if brn.qualifier is None else version)
         if not deleted:
             raise ResourceNotFound(f"function not found: {brn}")
         if brn.qualifier is None and self.secrets is not None:
@@ -588,6 +593,9 @@ def make_app(
     app.router.add_get("/v1/runtimes", h.list_runtimes)
     app.router.add_get("/v1/code-changes", h.code_changes)
     add_event_invoke_config_routes(app, h)
+    from stubs.triggers import add_trigger_routes  # it builds on these handlers
+
+    add_trigger_routes(app, h)
     if secrets is not None:
         handlers.secrets = secrets
         add_secret_routes(app, handlers, secrets)

@@ -238,9 +238,9 @@ async def test_http_trigger_in_the_same_process(aio: Pod, http: aiohttp.ClientSe
     name = unique("web")
     await create(http, aio, name, {"Runtime": "python3", "Handler": "index.handler", "Timeout": 5,
                                    "Code": b64zip({"index.py": "def handler(e, c):\n"
-                                                   "    return {'statusCode': 201, 'body': e['path']}\n"})})
-    async with http.get(f"{aio.config.httptrigger_url}/{ACCOUNT}/{name}") as resp:
-        assert (resp.status, await resp.text()) == (201, f"/{ACCOUNT}/{name}")
+                                                   "    return {'statusCode': 201, 'body': e['rawPath']}\n"})})
+    async with http.get(f"{aio.config.httptrigger_url}/{ACCOUNT}/{name}/hello") as resp:  # its function URL
+        assert (resp.status, await resp.text()) == (201, "/hello")
 
 
 async def _in_flight(http: aiohttp.ClientSession, pod: Pod) -> int:
