@@ -56,7 +56,8 @@ class Daemons:
             return ["-m", "controller", *common, "--repository-endpoint", f"http://127.0.0.1:{self.ports['stubs']}",
                     "--funclet-api-sock", str(self.base / "no-funclet.sock"), "--prefetch-code", "false",
                     "--state-dir", str(self.base / "controller")]
-        return ["-m", "httptrigger", *common, "--controller-host", f"http://127.0.0.1:{self.ports['controller']}"]
+        return ["-m", "httptrigger", *common, "--controller-host", f"http://127.0.0.1:{self.ports['controller']}",
+                "--repository-endpoint", f"http://127.0.0.1:{self.ports['stubs']}"]
 
     def start(self) -> None:
         write_runtimes(self.base / "runtime")
@@ -453,3 +454,45 @@ async def test_a_callback_sender_with_the_guard_never_connects_to_loopback() -> 
         assert "loopback" in notes[0]["Error"] and notes[0]["Attempts"] == 1
     finally:
         await runner.cleanup()
+
+
+# ---- the gateway: AuthType KEY routes, function URLs ----------------------------------------------
+
+def _wait_for_route(pod: Daemons, path: str) -> None:
+    deadline = time.monotonic() + 30
+    while request(pod.ports["httptrigger"], "GET", path)[0] == 404:
+        assert time.monotonic() < deadline, f"the gateway never served {path}"
+        time.sleep(0.1)
+
+
+def test_gateway_routes_of_auth_type_key_need_a_key_of_their_account(pod: Daemons, function: str) -> None:
+    # One segment: no function URL has that form, so the gateway answers 404 until it has the routes.
+    for path, auth in (("/keyed", "KEY"), ("/open", "NONE")):
+        status, body, _ = pod.call("stubs", "POST", f"/v1/functions/{function}/triggers",
+                                   {"Type": "http", "Config": {"Methods": ["GET"], "Path": path, "AuthType": auth}},
+                                   key=OWNER)
+        assert status in (200, 201), body
+    status, body, _ = pod.call("stubs", "POST", f"/v1/functions/{function}/triggers",
+                               {"Type": "http", "Config": {"Methods": ["GET"], "Path": "/x", "AuthType": "IAM"}},
+                               key=OWNER)
+    assert status == 400, body
+    _wait_for_route(pod, "/keyed")
+    _wait_for_route(pod, "/open")
+    port = pod.ports["httptrigger"]
+    status, body, headers = request(port, "GET", "/keyed")
+    assert (status, body) == (401, {"message": "Unauthorized"}) and headers["www-authenticate"].startswith("Bearer")
+    assert request(port, "GET", "/keyed", headers={"Authorization": "Bearer efk_nope.x"})[0] == 401
+    assert request(port, "GET", "/keyed", headers={"Authorization": f"Bearer {pod.keys[OTHER]}"})[0] == 403
+    # The owner's key and an admin key get through to the invocation (no funclet here: not 401/403).
+    for key in (OWNER, ADMIN):
+        status, _, _ = request(port, "GET", "/keyed", headers={"Authorization": f"Bearer {pod.keys[key]}"})
+        assert status not in (401, 403, 404), (key, status)
+    assert request(port, "GET", "/open")[0] not in (401, 403, 404)  # AuthType NONE: anyone
+
+
+def test_function_urls_need_a_key_when_keys_are_required(pod: Daemons, function: str) -> None:
+    port = pod.ports["httptrigger"]
+    assert request(port, "POST", f"/{OWNER}/{function}", {})[0] == 401
+    assert request(port, "POST", f"/{OWNER}/{function}", {}, {"Authorization": f"Bearer {pod.keys[OTHER]}"})[0] == 403
+    status, _, _ = request(port, "POST", f"/{OWNER}/{function}", {}, {"Authorization": f"Bearer {pod.keys[OWNER]}"})
+    assert status not in (401, 403, 404)
