@@ -4,6 +4,7 @@ of its own uid (and as environment variables when it asks), never in the pod's l
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import subprocess
@@ -50,7 +51,8 @@ def keyed_pod(root_required: None) -> Iterator[Pod]:
     config = PodConfig(state_dir=base / "state", run_dir=base / "run", controller_port=free_port(),
                        stubs_port=free_port(), container_num=2, pod_name=names.pod_name, bridge_name=names.bridge,
                        bridge_ip=names.bridge_ip, veth_prefix=names.veth_prefix, log_dir=base / "logs",
-                       all_in_one=True, auth=True, funclet_args=["--standby-sandboxes", "0"])
+                       all_in_one=True, auth=True, funclet_args=["--standby-sandboxes", "0"],
+                       all_in_one_args=["--controller-gateway-port", str(free_port())])
     pod = Pod(config)
     pod.start()
     try:
@@ -158,3 +160,35 @@ def test_readme_shell_quick_start_with_keys(keyed_pod: Pod, tmp_path: Path) -> N
     bare = script.replace('-H "Authorization: Bearer $key" ', "").replace("readmeHello", "readmeHelloBare")
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", bare], capture_output=True, text=True, timeout=120)
     assert "Hello world!" not in proc.stdout and "UnauthenticatedException" in proc.stdout, proc.stdout
+
+
+PY_HEADERS = "def handler(event, context):\n    return {'statusCode': 200, 'body': ','.join(sorted(event['headers']))}\n"
+
+
+async def test_a_key_route_of_the_gateway_checks_the_key_and_hides_it_from_the_function(
+        http: aiohttp.ClientSession, keyed_pod: Pod) -> None:
+    pod = keyed_pod
+    key = await account_key(http, pod)
+    auth = {"Authorization": f"Bearer {key}"}
+    gateway = "http://127.0.0.1:" + pod.config.all_in_one_args[-1]
+    body = {"Runtime": "python3", "Handler": "index.handler", "Code": b64zip({"index.py": PY_HEADERS})}
+    async with http.post(f"{pod.config.stubs_url}/v1/functions/headers", json=body, headers=auth) as resp:
+        assert resp.status == 200, await resp.text()
+    trigger = {"Type": "http", "Config": {"Methods": ["GET"], "Path": "/whoami", "AuthType": "KEY"}}
+    async with http.post(f"{pod.config.stubs_url}/v1/functions/headers/triggers", json=trigger, headers=auth) as resp:
+        assert resp.status == 201, await resp.text()
+    for _ in range(300):
+        async with http.get(f"{gateway}/whoami") as resp:
+            status, answer = resp.status, await resp.read()
+        if status != 404:
+            break
+        await asyncio.sleep(0.1)
+    assert (status, json.loads(answer)) == (401, {"message": "Unauthorized"})
+    async with http.get(f"{gateway}/whoami", headers={**auth, "X-Probe": "1"}) as resp:
+        text = await resp.text()
+        assert resp.status == 200, text
+    assert "x-probe" in text.split(",") and "authorization" not in text.split(","), text
+    async with http.get(f"{gateway}/{UID}/headers", headers=auth) as resp:  # the function URL: KEY too
+        assert resp.status == 200, await resp.text()
+    async with http.get(f"{gateway}/{UID}/headers") as resp:
+        assert resp.status == 401
