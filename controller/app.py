@@ -148,7 +148,7 @@ class _FrontDoorSite(web.BaseSite):
         super().__init__(runner)
         assert runner.server is not None
         self._endpoint = endpoint
-        self._door = FrontDoor(runner.app[INVOKER], runner.server, auth=runner.app.get(AUTHENTICATOR),  # type: ignore[arg-type]
+        self._door = FrontDoor(runner.app[INVOKER], runner.server, auth=runner.app.get(AUTHENTICATOR),
                                ssl_context=endpoint.tls.context if endpoint.tls else None)
 
     @property

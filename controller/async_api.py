@@ -215,8 +215,8 @@ def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invok
     callbacks = CallbackSender(queue.note_callback, base_delay=min(1.0, getattr(opts, "event_retry_base", 60.0)),
                                guard=guard)
     auth_dir = getattr(opts, "auth_dir", "")
-    settings = EventInvokeConfigSource(registry_base, credentials=PodCredentials(auth_dir).headers if auth_dir else None,
-                                       ssl=client_context(opts))
+    settings = EventInvokeConfigSource(registry_base, ssl=client_context(opts),
+                                       credentials=PodCredentials(auth_dir).headers if auth_dir else None)
     workers = EventWorkers(queue, invoker, settings, callbacks,
                            workers=getattr(opts, "event_workers", 64),
                            share=getattr(opts, "event_concurrency_share", 0.5),

@@ -56,7 +56,6 @@ AUTH_OPTIONS: list[Option] = [
 
 #: every TCP daemon's control-plane options: keys, TLS, the outbound guard
 SECURITY_OPTIONS = [*AUTH_OPTIONS, *TLS_OPTIONS, *OUTBOUND_OPTIONS]
-AUTHENTICATOR = web.AppKey("authenticator", object)
 
 
 @dataclass(frozen=True)
@@ -137,6 +136,10 @@ class Authenticator:
         if not key.Admin and self.admin_only(method, path):
             raise Forbidden(f"{method} {path} needs an admin key")
         return principal
+
+
+#: where an application keeps its Authenticator (the controller's front door finds it there)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 
 
 def auth_middleware(authn: Authenticator, *, applies: Callable[[web.Request], bool] | None = None) -> Any:

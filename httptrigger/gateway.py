@@ -141,7 +141,8 @@ class Gateway:
             else:
                 if principal.admin or principal.key.Account == account_id:
                     return None
-                return error_answer(Failure.FORBIDDEN, product, f"the key belongs to account {principal.key.Account}, not {account_id}")
+                return error_answer(Failure.FORBIDDEN, product,
+                                    f"the key belongs to account {principal.key.Account}, not {account_id}")
         answer.headers.append(("WWW-Authenticate", 'Bearer realm="easyfaas"'))
         return answer
 

@@ -145,8 +145,9 @@ def test_readme_shell_quick_start_with_keys(keyed_pod: Pod, tmp_path: Path) -> N
     quick = next(b for b in _readme_blocks() if "testHelloWorld" in b and "/v1/keys" not in b)
     keys = next(b for b in _readme_blocks() if "/v1/keys" in b)
     # In the README's order the quick start's uid= is set when the keys block runs: set it first.
-    script = quick.split("\n", 1)[0] + "\n" + keys.split("# then")[0] + quick.replace("curl ", 'curl -s -H "Authorization: Bearer $key" ') + \
-        "\n" + keys.split("# then")[1].split("\n", 1)[1]
+    keyed = quick.replace("curl ", 'curl -s -H "Authorization: Bearer $key" ')
+    script = quick.split("\n", 1)[0] + "\n" + keys.split("# then")[0] + keyed + "\n" + \
+        keys.split("# then")[1].split("\n", 1)[1]
     script = (script.replace("127.0.0.1:8002", f"127.0.0.1:{pod.config.stubs_port}")
               .replace("127.0.0.1:8001", f"127.0.0.1:{pod.config.controller_port}")
               .replace("/var/faas/auth/admin.key", str(pod.config.auth_dir / "admin.key"))
@@ -162,7 +163,8 @@ def test_readme_shell_quick_start_with_keys(keyed_pod: Pod, tmp_path: Path) -> N
     assert "Hello world!" not in proc.stdout and "UnauthenticatedException" in proc.stdout, proc.stdout
 
 
-PY_HEADERS = "def handler(event, context):\n    return {'statusCode': 200, 'body': ','.join(sorted(event['headers']))}\n"
+PY_HEADERS = ("def handler(event, context):\n"
+              "    return {'statusCode': 200, 'body': ','.join(sorted(event['headers']))}\n")
 
 
 async def test_a_key_route_of_the_gateway_checks_the_key_and_hides_it_from_the_function(
