@@ -422,7 +422,8 @@ def _spare_ready(box: Any) -> None:
     while True:  # and then sets itself up
         with open(f"/proc/{others[0]}/status") as f:
             status = f.read()
-        if f"Uid:\t{UID}\t{UID}\t{UID}" in status or time.monotonic() > deadline:
+        # it drops to its uid, then sets no_new_privs, then installs its seccomp filter
+        if (f"Uid:\t{UID}\t{UID}\t{UID}" in status and "Seccomp:\t2" in status) or time.monotonic() > deadline:
             break
         time.sleep(0.01)
     assert f"Uid:\t{UID}\t{UID}\t{UID}" in status and "NoNewPrivs:\t1" in status

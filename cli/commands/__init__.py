@@ -1,0 +1,1 @@
+"""The command groups; each module registers its commands on the root application."""
