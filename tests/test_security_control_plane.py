@@ -496,3 +496,27 @@ def test_function_urls_need_a_key_when_keys_are_required(pod: Daemons, function:
     assert request(port, "POST", f"/{OWNER}/{function}", {}, {"Authorization": f"Bearer {pod.keys[OTHER]}"})[0] == 403
     status, _, _ = request(port, "POST", f"/{OWNER}/{function}", {}, {"Authorization": f"Bearer {pod.keys[OWNER]}"})
     assert status not in (401, 403, 404)
+
+
+def test_the_command_line_makes_lists_and_revokes_keys(pod: Daemons, function: str) -> None:
+    def easyfaas(*args: str, key: str = ADMIN) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "EASYFAAS_REGISTRY_URL": f"http://127.0.0.1:{pod.ports['stubs']}",
+               "EASYFAAS_URL": f"http://127.0.0.1:{pod.ports['controller']}", "EASYFAAS_KEY": pod.keys.get(key, key),
+               "EASYFAAS_CONFIG": "/nonexistent/easyfaas.yaml"}
+        return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    made = easyfaas("keys", "create", "--for", OWNER, "--description", "from the cli")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert parse_token(token) is not None
+    assert pod.call("stubs", "GET", f"/v1/functions/{function}", key=token)[0] == 200
+    listed = easyfaas("--output", "json", "keys", "ls")
+    assert listed.returncode == 0, listed.stderr
+    mine = [k for k in json.loads(listed.stdout)["Keys"] if k["Description"] == "from the cli"]
+    assert len(mine) == 1 and mine[0]["Account"] == OWNER and token not in listed.stdout
+    refused = easyfaas("keys", "ls", key=OWNER)  # an account key may not
+    assert refused.returncode != 0 and "needs an admin key" in refused.stderr, refused.stderr
+    revoked = easyfaas("keys", "rm", mine[0]["Id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert pod.call("stubs", "GET", f"/v1/functions/{function}", key=token)[0] == 401
