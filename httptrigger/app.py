@@ -8,7 +8,6 @@ which saves the second HTTP hop; this service is for deployments that want the g
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -21,7 +20,7 @@ from easyfaas.daemon import Service, run_daemon
 from easyfaas.http import ACCOUNT_ID, REQUEST_ID
 from easyfaas.keys import PodCredentials
 from easyfaas.logging import setup_logging
-from easyfaas.tls import client_context, server_tls
+from easyfaas.tls import server_tls
 from httptrigger.endpoint import GatewayEndpoint, gateway_security
 from httptrigger.gateway import InvokeCall
 
@@ -43,18 +42,17 @@ def _base_url(url: str) -> str:
 
 
 def controller_call(controller: str, session: aiohttp.ClientSession, *,
-                    credentials: PodCredentials | None = None, ssl: Any = None) -> InvokeCall:
+                    credentials: PodCredentials | None = None) -> InvokeCall:
     """Invocations as ``POST <controller>/v1/functions/<brn>/invocations``, with the pod's key (the
-    caller's, when its route needs one, was checked here) and ``ssl`` for a controller on TLS."""
+    caller's, when its route needs one, was checked here); ``session`` trusts ``--tls-ca``."""
     base = _base_url(controller)
-    extra: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
 
     async def call(brn: str, account_id: str, event: bytes, request_id: str) -> tuple[int, Mapping[str, str], bytes]:
         url = f"{base}/v1/functions/{quote(brn, safe=':$')}/invocations"
         headers = {ACCOUNT_ID: account_id, REQUEST_ID: request_id, "Content-Type": "application/json",
                    **(credentials.headers() if credentials is not None else {})}
         try:
-            async with session.post(url, data=event, headers=headers, **extra) as resp:
+            async with session.post(url, data=event, headers=headers) as resp:
                 body = await resp.read()
                 return resp.status, {k.lower(): v for k, v in resp.headers.items()}, body
         except aiohttp.ClientError as exc:
@@ -67,10 +65,8 @@ def httptrigger_service(opts: Settings) -> Service:
     """The HTTP trigger as a service of a daemon process (its own server answers every request)."""
     authn = authenticator_of(opts, [opts.host], daemon="httptrigger")
     credentials = PodCredentials(opts.auth_dir)
-    client_ssl = client_context(opts)
     endpoint = GatewayEndpoint(opts.host, opts.port, _base_url(opts.repository_endpoint),
-                               lambda session: controller_call(opts.controller_host, session, credentials=credentials,
-                                                               ssl=client_ssl),
+                               lambda session: controller_call(opts.controller_host, session, credentials=credentials),
                                max_body_size=opts.max_body_size, drain_timeout=opts.shutdown_timeout,
                                **gateway_security(opts, opts.host, authn, server_tls(opts)))
     return Service("httptrigger", web.Application(), [endpoint], shutdown_timeout=opts.shutdown_timeout,

@@ -26,7 +26,7 @@ from aiohttp import web
 from easyfaas.auth import Authenticator, auth_required
 from easyfaas.config import Settings
 from easyfaas.keys import KeyStore, PodCredentials
-from easyfaas.tls import ServerTLS
+from easyfaas.tls import ServerTLS, client_context
 from httptrigger.follower import TriggerFollower
 from httptrigger.gateway import Gateway, InvokeCall
 from httptrigger.server import HttpServer
@@ -48,6 +48,7 @@ class GatewayEndpoint:
     function_url_auth: str = "NONE"
     credentials: Callable[[], dict[str, str]] | None = None
     tls: ServerTLS | None = None
+    client_ssl: Any = None  # the CA the session trusts for stubs and the controller on TLS (--tls-ca)
 
     def site(self, runner: web.AppRunner) -> web.BaseSite:
         return _GatewaySite(runner, self)
@@ -71,8 +72,9 @@ class _GatewaySite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         e = self._endpoint
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=960),
-                                              headers=e.credentials() if e.credentials is not None else None)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=960), headers=e.credentials() if e.credentials is not None else None,
+            connector=aiohttp.TCPConnector(ssl=e.client_ssl) if e.client_ssl is not None else None)
         gateway = Gateway(e.invoke(self._session), max_body_size=e.max_body_size, auth=e.auth,
                           function_url_auth=e.function_url_auth)
         self._follower = TriggerFollower(e.stubs_url, gateway, self._session)
@@ -102,4 +104,5 @@ def gateway_security(opts: Settings, host: str, authn: Authenticator | None, tls
     auth = authn if authn is not None else (Authenticator(KeyStore(auth_dir)) if auth_dir else None)
     url_auth = "KEY" if auth_required(getattr(opts, "auth", "auto"), [host]) else "NONE"
     return {"auth": auth, "function_url_auth": url_auth,
-            "credentials": PodCredentials(auth_dir).headers if auth_dir else None, "tls": tls}
+            "credentials": PodCredentials(auth_dir).headers if auth_dir else None, "tls": tls,
+            "client_ssl": client_context(opts)}
