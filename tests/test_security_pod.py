@@ -10,6 +10,7 @@ import re
 import subprocess
 import json
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -194,3 +195,13 @@ async def test_a_key_route_of_the_gateway_checks_the_key_and_hides_it_from_the_f
         assert resp.status == 200, await resp.text()
     async with http.get(f"{gateway}/{UID}/headers") as resp:
         assert resp.status == 401
+
+
+def test_the_state_directory_keeps_code_keys_and_events_root_only(keyed_pod: Pod) -> None:
+    state = keyed_pod.config.state_dir
+    for path in (state / "funcData", state / "auth", state / "images", keyed_pod.config.run_dir / "slots"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    dbs = list((state / "controller").rglob("*.sqlite3"))
+    assert dbs, "no event queue database"
+    for db in dbs:
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600, db
