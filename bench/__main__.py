@@ -13,7 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench import async_queue, baselines, footprint, gateway, provided, report, scenarios, standby
+from bench import (async_queue, baselines, event_sources, footprint, gateway, observability, provided, report,
+                   scenarios, standby)
 from bench.pod import BenchPod
 from bench.profile import find_py_spy, profile_pid
 from bench.wrk import WrkError, run_wrk, wrk_binary
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _log(f"warm path: {plan.reps} × (echo, echo on uvloop and controller at c=1 and c=64, "
                  f"{plan.many_functions} functions c=64), {plan.wrk_seconds:g} s each")
             results["warm"] = scenarios.warm_path(pod, echo_url, echo_uvloop_url, plan)
+            results["observability"] = observability.observability(pod, plan)
             if args.profile:
                 results["profile"] = _profile(pod, args, plan)
             _log(f"cold starts: {plan.cold_python} Python, {plan.cold_python_shared} Python sharing one code "
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fp["control_plane_loaded"] = footprint.control_plane(pod)
             fp["fit_24gib"] = footprint.fit_in(24 << 30, fp["control_plane_idle"]["total_mib"], fp["python"])
             results["footprint"] = fp
+            results["event_sources"] = event_sources.event_sources(pod, *((20, 2) if args.smoke else (500, 20)))
             results["gateway"] = gateway.gateway_vs_direct(pod, plan)  # last: it may restart the controller
         finally:
             _log("stopping the pod")

@@ -3,8 +3,12 @@
 Parts and their order (cleanup runs in reverse): the funclet and registry clients, the code
 prefetcher (builds new functions' code images ahead of their first invocation), the slot pool
 (which finds the funclet's sandboxes in the background and runs the periodic task), the invoke
-pipeline, and the asynchronous invocations' queue and workers (controller/async_api.py: the
-workers stop taking events at shutdown and drain before the pool goes away).
+pipeline, the asynchronous invocations' queue and workers (controller/async_api.py: the
+workers stop taking events at shutdown and drain before the pool goes away), and the event
+sources feeding that queue (eventsources/: schedules, MQTT topics). The function log
+writer (controller/function_logs.py) is started before all of them and closed after them, so that
+what the draining invocations wrote is flushed. ``/metrics``, ``/readyz`` and the logs route are
+added by ``_observability``.
 
 Shutdown (SIGTERM, through easyfaas.daemon): the front door stops accepting and lets the
 invocations on its connections finish, the pool stops growing and pre-warming, in-flight and queued
@@ -17,14 +21,19 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
+import aiohttp
 import structlog
 from aiohttp import web
 
-from controller.async_api import setup_async_invocations
+from controller.async_api import EVENT_QUEUE, EVENT_WORKERS, setup_async_invocations
 from controller.code_prefetch import CodePrefetcher
 from controller.funclet_client import FuncletClient
 from controller.handlers import INVOKER, POOL, PREFETCHER, add_routes
 from controller.invoke import Invoker
+from controller.function_logs import FunctionLogs
+from controller.logs_api import FUNCTION_LOGS, add_log_routes
+from controller.metrics import ControllerMetrics
+from easyfaas.metrics import BEFORE_SCRAPE, TriggerMetrics, add_observability_routes, new_registry
 from controller.options import deprecated_options, parse_controller_options
 from controller.pool import Pool
 from controller.registry import Registry
@@ -38,6 +47,7 @@ from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
+from eventsources.service import EVENT_SOURCES_INTAKE, setup_event_sources
 from httptrigger.embedded import gateway_endpoint
 from httptrigger.endpoint import gateway_security
 
@@ -49,6 +59,8 @@ REGISTRY = web.AppKey("registry", Registry)
 
 __all__ = ["FUNCLET", "INVOKER", "OPTIONS", "POOL", "REGISTRY", "FrontDoorEndpoint", "controller_service",
            "create_app", "main"]
+
+READY_TIMEOUT = 2.0
 
 
 def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
@@ -89,9 +101,66 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     app.cleanup_ctx.append(_pool)
     # After the pool's context: the event workers drain before the pool closes.
     setup_async_invocations(app, opts, app[INVOKER], registry.base)
+    # After the queue's context: schedules and MQTT subscriptions stop before the queue closes.
+    setup_event_sources(app, opts, app[INVOKER], app[EVENT_QUEUE], registry.base)
     app.on_shutdown.append(_begin_drain)
     add_routes(app)
+    _observability(app, opts)
     return app
+
+
+def _observability(app: web.Application, opts: Settings) -> None:
+    """/metrics, /readyz and the kept function logs (their routes, and the writer's lifetime)."""
+    invoker = app[INVOKER]
+    registry = new_registry()
+    if getattr(opts, "metrics", True):
+        metrics = ControllerMetrics()
+        metrics.watch_pool(app[POOL], app.get(PREFETCHER))
+        metrics.register(registry)
+        invoker.metrics = metrics
+        if EVENT_QUEUE in app:
+            workers = app[EVENT_WORKERS]
+            metrics.watch_queue(app[EVENT_QUEUE].depth, lambda: workers.in_flight)
+            app[BEFORE_SCRAPE] = [metrics.refresh]
+        if EVENT_SOURCES_INTAKE in app:
+            app[EVENT_SOURCES_INTAKE].metrics = TriggerMetrics(registry)  # schedule and MQTT firings
+    add_observability_routes(app, registry, ready=_ready)
+    state_dir = getattr(opts, "state_dir", "/var/faas/controller")
+    log_dir = getattr(opts, "function_log_dir", "") or f"{state_dir}/function-logs"
+    logs = FunctionLogs(log_dir, max_bytes=getattr(opts, "function_log_max_bytes", 16 << 20))
+    add_log_routes(app, logs)
+    if getattr(opts, "function_logs", True):
+        invoker.function_logs = logs
+    app.cleanup_ctx.insert(0, _function_logs)  # closed last: after the invocations have drained
+    app.on_shutdown.append(_end_log_follows)
+
+
+async def _function_logs(app: web.Application) -> AsyncIterator[None]:
+    await app[FUNCTION_LOGS].start()
+    try:
+        yield
+    finally:
+        await app[FUNCTION_LOGS].close()
+
+
+async def _end_log_follows(app: web.Application) -> None:
+    app[FUNCTION_LOGS].end_follows()
+
+
+async def _ready(app: web.Application) -> tuple[bool, dict[str, Any]]:
+    """Ready when the pool knows the funclet's sandboxes and the registry answers."""
+    pool_ready = app[POOL].ready.is_set()
+    registry_ok = await _registry_reachable(app[OPTIONS].repository_endpoint)
+    return pool_ready and registry_ok, {"pool": pool_ready, "registry": registry_ok}
+
+
+async def _registry_reachable(endpoint: str) -> bool:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT)) as session:
+            async with session.get(f"{endpoint.rstrip('/')}/healthz") as resp:
+                return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
 
 
 async def _clients(app: web.Application) -> AsyncIterator[None]:

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from controller.function_logs import FunctionLogs
+from controller.metrics import RESULT_ERROR, RESULT_SUCCESS, RESULT_TIMEOUT, ControllerMetrics
 from controller.pool import FunctionInitError, Lease, Pool
 from controller.registry import Registry, ResolvedFunction
 from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUnavailable
@@ -40,8 +42,10 @@ from easyfaas.http import (ACCOUNT_ID, CONTENT_TYPE, EXEC_TIME, FUNCTION_ERROR, 
                            INVOKE_TYPE_EVENT, JSON_CONTENT_TYPE, LOG_RESULT, LOG_TO_BODY, LOG_TYPE, LOG_TYPE_TAIL,
                            QUERY_LOG_TO_BODY, QUERY_LOG_TYPE, QUERY_QUALIFIER, REQUEST_ID, REQUEST_ID_KEY, parse_json,
                            request_id_of)
+from easyfaas.metrics import TRIGGER_HEADER, trigger_of
 from easyfaas.models import WarmupRequest
 from easyfaas.secret_store import SecretStore
+from easyfaas.trace import TRACEPARENT, TraceContext, continue_trace
 
 if TYPE_CHECKING:
     from controller.async_api import EventIntake
@@ -103,14 +107,18 @@ def _tail_bytes(text: str) -> bytes:
 class InvokeResult:
     """What the runtime answered (or what stands in for it on timeout / crash)."""
 
-    __slots__ = ("ok", "payload", "content_type", "logs", "duration_ms")
+    __slots__ = ("ok", "payload", "content_type", "logs", "duration_ms", "timed_out", "init_ms", "memory_peak_mb")
 
-    def __init__(self, ok: bool, payload: str, content_type: str, logs: str, duration_ms: float) -> None:
+    def __init__(self, ok: bool, payload: str, content_type: str, logs: str, duration_ms: float,
+                 timed_out: bool = False) -> None:
         self.ok = ok
         self.payload = payload
         self.content_type = content_type
         self.logs = logs
         self.duration_ms = duration_ms
+        self.timed_out = timed_out
+        self.init_ms: float | None = None  # the cold start this invocation waited for
+        self.memory_peak_mb = 0
 
 
 class InvokeReply:
@@ -144,6 +152,9 @@ class Invoker:
         # request was 3% of the warm path's time. The prefix tells this controller's ids apart.
         self._frame_prefix = uuid.uuid4().hex[:8] + "-"
         self._frame_ids = itertools.count(1)
+        # Set by the application when metrics and kept function logs are on (controller/app.py).
+        self.metrics: ControllerMetrics | None = None
+        self.function_logs: FunctionLogs | None = None
 
     # ---- HTTP entry point ----------------------------------------------------------------------
 
@@ -170,6 +181,8 @@ class Invoker:
         """
         started = time.perf_counter()
         brn_text = ""
+        fn: ResolvedFunction | None = None
+        trace = continue_trace(headers.get(TRACEPARENT))
         try:
             caller = headers.get(ACCOUNT_ID, "")
             if caller and not valid_account_id(caller):
@@ -189,14 +202,17 @@ class Invoker:
             tail = log_type.lower() == _LOG_TYPE_TAIL
             to_body = (headers.get(LOG_TO_BODY) or query.get(QUERY_LOG_TO_BODY) or "").lower() == "true"
 
+            trigger = trigger_of(headers.get(TRIGGER_HEADER))
             if (headers.get(INVOKE_TYPE) or "").lower() == INVOKE_TYPE_EVENT:
                 if self.events is None:
                     raise ServiceError("asynchronous invocations are not enabled on this controller")
                 status, event_headers = await self.events.enqueue(fn, brn, caller, event, request_id, headers)
                 return InvokeReply(status, event_headers, b"")
 
-            result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body)
+            result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body, trace=trace,
+                                                     trigger=trigger)
             reply = self._respond(result, fn, request_id, tail, to_body)
+            reply.headers[TRACEPARENT] = trace.traceparent()
             log.info("invoke", request_id=request_id, function=fn.brn, slot=slot_id, source=source,
                      status=reply.status, duration_ms=round((time.perf_counter() - started) * 1000, 3))
             return reply
@@ -204,12 +220,15 @@ class Invoker:
             log.info("invoke", request_id=request_id, function=brn_text, source="cold", status=500,
                      error="init", duration_ms=round((time.perf_counter() - started) * 1000, 3))
             return InvokeReply(500, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED,
-                                     CONTENT_TYPE: CONTENT_TYPE_JSON},
+                                     CONTENT_TYPE: CONTENT_TYPE_JSON, TRACEPARENT: trace.traceparent()},
                                json.dumps(exc.error, ensure_ascii=False).encode())
         except FaasError as err:
             log.info("invoke", request_id=request_id, function=brn_text, status=err.status, code=err.code,
                      cause=err.cause, duration_ms=round((time.perf_counter() - started) * 1000, 3))
-            return InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED})
+            if self.metrics is not None:
+                self._count_refusal(err, fn)
+            return InvokeReply.of_error(err, {REQUEST_ID: request_id, FUNCTION_ERROR: FUNCTION_ERROR_UNHANDLED,
+                                              TRACEPARENT: trace.traceparent()})
         except Exception:  # noqa: BLE001 - a bug must not become a dropped connection
             log.exception("invoke_failed", request_id=request_id, function=brn_text)
             return InvokeReply.of_error(ServiceError(f"internal error while handling request {request_id}"),
@@ -257,15 +276,40 @@ class Invoker:
 
     # ---- the invocation ------------------------------------------------------------------------
 
-    async def run(self, fn: ResolvedFunction, caller: str, event: str, request_id: str,
-                  want_log: bool) -> tuple[InvokeResult, str, str]:
-        """Invoke ``fn`` once; returns (result, "warm"|"cold", slot id). Raises FaasError/FunctionInitError."""
+    async def run(self, fn: ResolvedFunction, caller: str, event: str, request_id: str, want_log: bool, *,
+                  trace: TraceContext | None = None, trigger: str = "other") -> tuple[InvokeResult, str, str]:
+        """Invoke ``fn`` once; returns (result, "warm"|"cold", slot id). Raises FaasError/FunctionInitError.
+
+        The invocation is counted and its log lines kept here, whoever runs it (the sync pipeline,
+        the asynchronous event workers); ``trace`` is its span (a new trace when not given).
+        """
+        if trace is None:
+            trace = continue_trace(None)
+        started = time.perf_counter()
+        try:
+            outcome = await self._run(fn, caller, event, request_id, want_log or self.function_logs is not None, trace)
+        except FunctionInitError as exc:
+            self._observe_init_error(fn, exc, started, trigger, request_id, trace)
+            raise
+        self._observe(fn, outcome[0], trigger, request_id, trace)
+        return outcome
+
+    async def _run(self, fn: ResolvedFunction, caller: str, event: str, request_id: str, want_log: bool,
+                   trace: TraceContext) -> tuple[InvokeResult, str, str]:
         for attempt in (1, 2):
             lease = self.pool.take_warm(fn.identity)
+            acquired = 0.0
             if lease is None:
+                acquiring = time.perf_counter()
                 lease = await self._acquire_cold(fn, caller, request_id)
+                acquired = time.perf_counter() - acquiring
             try:
-                result = await self._call(fn, lease, event, request_id, want_log)
+                result = await self._call(fn, lease, event, request_id, want_log, trace)
+                if lease.cold:
+                    result.init_ms = acquired * 1000
+                stats = lease.sandbox.container.ResourceStats
+                if stats is not None:
+                    result.memory_peak_mb = stats.MemoryPeak >> 20
                 return result, ("cold" if lease.cold else "warm"), lease.sandbox.id
             except ChannelUnavailable as exc:
                 # Nothing reached the runtime (its socket is gone): recycle the slot, try once more.
@@ -293,7 +337,7 @@ class Invoker:
                                        memory_mb=cfg.MemorySize, record=record, runtime=runtime.Name)
 
     async def _call(self, fn: ResolvedFunction, lease: Lease, event: str, request_id: str,
-                    want_log: bool) -> InvokeResult:
+                    want_log: bool, trace: TraceContext | None = None) -> InvokeResult:
         cfg = fn.record.Configuration
         timeout = cfg.Timeout if cfg.Timeout > 0 else DEFAULT_TIMEOUT
         slot = lease.sandbox
@@ -301,14 +345,17 @@ class Invoker:
         if channel is None:
             raise ChannelUnavailable(f"slot {slot.id} has no runtime channel")
         request = InvokeRequest(f"{self._frame_prefix}{next(self._frame_ids)}", event,
-                                int((time.time() + timeout) * 1000), want_log, request_id)
+                                int((time.time() + timeout) * 1000), want_log, request_id,
+                                trace_id=trace.xray() if trace is not None else "")
         started = time.perf_counter()
         try:
             response = await channel.call(request, timeout)
         except ChannelTimeout:
             self.pool.recycle(slot, lease.generation, "function timeout")
-            return _platform_error(f"{request_id} Task timed out after {timeout:.2f} seconds",
-                                   FunctionErrorType.TIMEOUT, started)
+            result = _platform_error(f"{request_id} Task timed out after {timeout:.2f} seconds",
+                                     FunctionErrorType.TIMEOUT, started)
+            result.timed_out = True
+            return result
         except ChannelUnavailable:
             raise
         except ChannelClosed as exc:
@@ -351,6 +398,51 @@ class Invoker:
             return InvokeReply(200 if result.ok else 500, headers, json.dumps(envelope, ensure_ascii=False).encode())
         headers[CONTENT_TYPE] = result.content_type
         return InvokeReply(200 if result.ok else 500, headers, result.payload.encode())
+
+    # ---- what is kept of an invocation ----------------------------------------------------------
+
+    def _observe(self, fn: ResolvedFunction, result: InvokeResult, trigger: str, request_id: str,
+                 trace: TraceContext | None) -> None:
+        """Count the invocation and keep its log lines (both: a few appends; the rest at scrape and flush)."""
+        cfg = fn.record.Configuration
+        if self.metrics is not None:
+            outcome = RESULT_SUCCESS if result.ok else RESULT_TIMEOUT if result.timed_out else RESULT_ERROR
+            init_ms = result.init_ms
+            self.metrics.invoked(cfg.FunctionName, cfg.Version, trigger, outcome, result.duration_ms / 1000,
+                                 None if init_ms is None else init_ms / 1000)
+        if self.function_logs is not None:
+            account, name = _log_key(fn.brn)
+            self.function_logs.record(account, name, cfg.Version, request_id, result.logs, result.duration_ms,
+                                      cfg.MemorySize, result.memory_peak_mb, result.init_ms, trace)
+
+    def _observe_init_error(self, fn: ResolvedFunction, exc: FunctionInitError, started: float, trigger: str,
+                            request_id: str, trace: TraceContext | None) -> None:
+        """A function that could not be loaded: an error, and its cold start, with the error as its output."""
+        if self.metrics is None and self.function_logs is None:
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        error = exc.error
+        result = InvokeResult(False, "", CONTENT_TYPE_JSON,
+                              f"{error.get('errorType', '')}: {error.get('errorMessage', '')}", 0.0)
+        result.init_ms = elapsed_ms
+        self._observe(fn, result, trigger, request_id, trace)
+
+    def _count_refusal(self, err: FaasError, fn: ResolvedFunction | None) -> None:
+        assert self.metrics is not None
+        if err.status == 429 and fn is not None:
+            cfg = fn.record.Configuration
+            self.metrics.throttled(cfg.FunctionName, cfg.Version)
+        else:
+            self.metrics.reject(err.code)
+
+
+def _log_key(brn: str) -> tuple[str, str]:
+    """(account hash, function name) of a function's BRN text: where its logs are kept (the logs
+    route finds them from the BRN it resolves, controller/logs_api.py)."""
+    parts = brn.split(":")
+    if len(parts) >= 7:
+        return parts[4], parts[6]
+    return "_", brn
 
 
 def _platform_error(message: str, error_type: str, started: float) -> InvokeResult:

@@ -25,8 +25,9 @@ OPTIONS = [
     Option("repository-endpoint", str, "http://127.0.0.1:8002", "function registry (stubs) base URL"),
     Option("repository-version", str, "v1", "URL prefix of the registry API"),
     Option("repository-auth-type", str, "noauth", "registry authentication; only noauth is supported"),
-    Option("runtime-alive-timeout", parse_duration, "10s",
-           "how long a cold start (funclet warmup) may take before the request fails"),
+    Option("runtime-alive-timeout", parse_duration, "15s",
+           "how long a cold start (funclet warmup) may take before the request fails; above a"
+           " function's own init limit (10 s, Lambda's) so that its init error is the one reported"),
     Option("task-interval", parse_duration, "5s", "period of the background task (cooldown, reborn, sync)"),
     Option("max-runtime-idle", parse_duration, "60s", "idle time after which a warm sandbox is cooled down"),
     Option("max-transition-time", parse_duration, _MAX_TRANSITION_TIME,
@@ -85,8 +86,15 @@ OPTIONS = [
     Option("event-queue-total", int, 100000, "queued asynchronous invocations in total; more get 429"),
     Option("event-record-ttl", parse_duration, "24h", "how long records of finished invocations are kept"),
     Option("event-max-records", int, 100000, "records of finished invocations kept at most (oldest go first)"),
+    Option("event-sources", parse_bool, True,
+           "run the event sources (cron schedules, MQTT topics) of the triggers stubs serves"),
     Option("event-ack-wait", parse_duration, "30s",
            "NATS: a pod that holds an event this long without news is taken for dead and the event redelivered"),
+    Option("metrics", parse_bool, True, "serve Prometheus metrics on GET /metrics and count invocations (on/off)"),
+    Option("function-logs", parse_bool, True,
+           "keep every invocation's output and START/END/REPORT lines per function (on/off)"),
+    Option("function-log-dir", str, "", "where function logs are kept (default: <state-dir>/function-logs)"),
+    Option("function-log-max-bytes", parse_size, "16M", "size cap of one function's kept logs (oldest rotated out)"),
 ]
 
 

@@ -129,6 +129,8 @@ def part_options(opts: Settings, part: Part) -> Settings:
     if part.name == "httptrigger" and not settings.repository_endpoint:
         settings.repository_endpoint = (_url(opts.stubs_host, opts.stubs_port) if "stubs" in opts.services
                                         else "http://127.0.0.1:8002")
+    if part.name == "stubs" and not settings.controller_url and "controller" in opts.services:
+        settings.controller_url = _url(opts.controller_bind_address, opts.controller_port)
     if part.name == "httptrigger" and not settings.controller_host:
         settings.controller_host = (_url(opts.controller_bind_address, opts.controller_port, bool(opts.tls_cert))
                                     if "controller" in opts.services else "http://127.0.0.1:8001")

@@ -43,8 +43,8 @@ __all__ = ["AUTH_OPTIONS", "AUTHORIZATION", "OPEN_PATHS", "PRINCIPAL", "Authenti
 
 AUTHORIZATION = "Authorization"
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="easyfaas"'}
-#: paths answered without a key: health checks, which the pod's supervisor and probes call
-OPEN_PATHS = frozenset({"/healthz", "/hello"})
+#: paths answered without a key: health and readiness checks, which the supervisor and probes call
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/hello"})
 AUTH_MODES = ("auto", "required", "off")
 
 AUTH_OPTIONS: list[Option] = [

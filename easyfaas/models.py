@@ -231,6 +231,8 @@ class FunctionConfiguration(WireModel):
     LogType: str = ""
     PodConcurrentQuota: int = 0
     SecretsAsEnvironment: bool = False  # the secrets also as environment variables (always as /var/secrets files)
+    # {"Egress": "none" | "all" | ["address:port", ...]}: parsed and checked by easyfaas/egress.py.
+    Network: dict[str, Any] = field(default_factory=lambda: {"Egress": "none"})
 
 
 @dataclass

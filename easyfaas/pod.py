@@ -175,7 +175,7 @@ class Pod:
         if name == "stubs":
             return ["-m", "stubs", "--host", c.host, "--port", str(c.stubs_port),
                     "--function-dir", str(c.function_dir), "--runtime-dir", str(c.runtime_dir),
-                    *self._auth_dir_arg(name), *c.stubs_args]
+                    "--controller-url", c.controller_url, *self._auth_dir_arg(name), *c.stubs_args]
         if name == "controller":
             return ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
                     "--funclet-api-sock", str(c.funclet_sock), "--repository-endpoint", c.stubs_url,

@@ -18,11 +18,13 @@ import structlog
 from aiohttp import web
 
 from easyfaas.config import Settings, parse_size
-from easyfaas.daemon import Service, UnixEndpoint, run_daemon
+from easyfaas.daemon import Service, TCPEndpoint, UnixEndpoint, run_daemon
+from easyfaas.metrics import METRICS_REGISTRY, add_observability_routes, new_registry
 from easyfaas.http import error_middleware, feed_query, read_json, request_id_middleware
 from easyfaas.logging import setup_logging
 from easyfaas.models import CodePrepareRequest, GrowRequest, ModelError, ResetRequest, ShrinkRequest, WarmupRequest
 from easyfaas.errors import InvalidParameterValue, ValidationError
+from funclet.metrics import FUNCLET_METRICS, FuncletMetrics, funclet_ready, metrics_app
 from funclet.options import parse_funclet_options
 from funclet.preflight import check_host
 from funclet.runner_link import Zygote
@@ -91,12 +93,14 @@ async def prepare_code(request: web.Request) -> web.Response:
 
 async def cooldown(request: web.Request) -> web.Response:
     req = _model(ResetRequest, await read_json(request, max_size=MAX_API_BODY))
+    request.app[FUNCLET_METRICS].released(req.ContainerID)
     info = await request.app[POOL].cooldown(req.ContainerID)
     return _json({"Container": info.to_dict(), "ScaleDownResult": None})
 
 
 async def reborn(request: web.Request) -> web.Response:
     req = _model(ResetRequest, await read_json(request, max_size=MAX_API_BODY))
+    request.app[FUNCLET_METRICS].released(req.ContainerID)
     info = await request.app[POOL].reborn(req.ContainerID)
     return _json({"Container": info.to_dict(), "ScaleDownResult": None})
 
@@ -133,6 +137,10 @@ def make_app(pool: SandboxPool) -> web.Application:
     app.router.add_post("/v1/funclet/grow", grow)
     app.router.add_post("/v1/funclet/shrink", shrink)
     app.router.add_post("/v1/funclet/code", prepare_code)
+    metrics = app[FUNCLET_METRICS] = FuncletMetrics(pool)
+    registry = new_registry()
+    registry.register(metrics)
+    add_observability_routes(app, registry, ready=funclet_ready)
     return app
 
 
@@ -203,6 +211,17 @@ def funclet_service(opts: Settings) -> Service:
                    listening={"sandboxes": opts.container_num})
 
 
+def funclet_services(opts: Settings) -> list[Service]:
+    """The funclet, and with ``--metrics-port`` its metrics on loopback TCP (a service of its own)."""
+    service = funclet_service(opts)
+    if not opts.metrics_port:
+        return [service]
+    app = service.app
+    scrape = Service("funclet_metrics", metrics_app(app[METRICS_REGISTRY], app[FUNCLET_METRICS]),
+                     [TCPEndpoint("127.0.0.1", opts.metrics_port)], shutdown_timeout=1, freeze_heap=False)
+    return [service, scrape]
+
+
 def main(argv: list[str] | None = None) -> None:
     opts = parse_funclet_options(argv)
     setup_logging(opts, daemon="funclet")
@@ -217,4 +236,4 @@ def main(argv: list[str] | None = None) -> None:
         print("host check passed", file=sys.stderr)
         return
     # asyncio's own loop: pyroute2's async API needs it.
-    run_daemon([funclet_service(opts)], event_loop="asyncio")
+    run_daemon(funclet_services(opts), event_loop="asyncio")

@@ -45,6 +45,8 @@ OPTIONS = [
            "idle sandboxes each standby runtime is kept pre-started in (at most half the pool; 0: none)"),
     Option("max-code-images", int, 256,
            "code images kept built and mounted (least recently used idle ones are evicted beyond it)"),
+    Option("metrics-port", int, 0,
+           "also serve GET /metrics, /healthz and /readyz on this TCP port of 127.0.0.1 (0: the API socket only)"),
     Option("preflight-only", parse_bool, False, "check the host and exit"),
     Option("outbound-guard", parse_bool, False,
            "refuse remote code locations that are loopback, link-local or this host's (easyfaas/outbound.py); "

@@ -1,10 +1,10 @@
 """Building a sandbox, inside the zygote's child, between its fork and ``ready``.
 
-The child is PID 1 of a fresh pid namespace. It joins the slot's cgroups, unshares the
-mount/uts/ipc/net namespaces, builds a read-only tmpfs root out of read-only binds (the host's
-``/usr`` and friends, the slot's code and runtime directories), a small ``/dev``, ``/proc`` and a
-size-capped ``/tmp``, and pivots into it. Each step that fails raises :class:`SandboxBuildError`
-naming the step, which the runner reports as ``failed``.
+The child is PID 1 of a fresh pid namespace. It makes itself the OOM killer's last choice, joins
+the slot's cgroups, unshares the mount/uts/ipc/net namespaces, builds a read-only tmpfs root out of
+read-only binds (the host's ``/usr`` and friends, the slot's code and runtime directories), a small
+``/dev``, ``/proc`` and a size-capped ``/tmp``, and pivots into it. Each step that fails raises
+:class:`SandboxBuildError` naming the step, which the runner reports as ``failed``.
 
 Stdlib only (imported before the zygote forks).
 """
@@ -18,6 +18,7 @@ import struct
 from typing import Any
 
 from easyfaas import syscalls as sc
+from runner import privileges
 from runner.control import SandboxSpec
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -36,6 +37,8 @@ class SandboxBuildError(Exception):
 
 def build_sandbox(spec: SandboxSpec) -> None:
     """Everything between fork and ``ready``; raises SandboxBuildError naming the failed step."""
+    # Before anything can allocate in the sandbox's memory cgroup: its OOM killer must never pick PID 1.
+    _step("protect the runner from the OOM killer", privileges.protect_runner_from_oom)
     _step("join cgroups", join_cgroups, spec.cgroup_procs)
     _step("unshare namespaces", sc.unshare, sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET)
     _step("set hostname", sc.sethostname, spec.hostname)

@@ -1,4 +1,5 @@
-"""Dropping root for user code: rlimits, bounding set, groups, uid/gid, capabilities, no_new_privs.
+"""Dropping root for user code: rlimits, OOM bias, bounding set, groups, uid/gid, capabilities,
+no_new_privs (and the runner's own OOM bias).
 
 Runs in the runtime child of the sandbox init, between fork and running user code. The order
 matters: the bounding set can only be dropped while we still hold CAP_SETPCAP (before setresuid);
@@ -38,6 +39,38 @@ def clear_capabilities() -> None:
     if _libc.capset(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"capset: {os.strerror(err)}")
+
+
+# The OOM killer's bias (-1000 never, 1000 first): the runner must outlive whatever its runtime
+# does, so a memory or fork bomb loses its own processes and the sandbox is reset, not rebuilt.
+OOM_SCORE_ADJ_RUNNER = -1000
+OOM_SCORE_ADJ_RUNTIME = 1000
+
+
+def set_oom_score_adj(value: int) -> bool:
+    """Bias the OOM killer for the calling process and the children it forks from now on.
+
+    With CAP_SYS_RESOURCE the value also becomes the process's floor: an unprivileged process is
+    refused anything lower, so user code cannot make itself safer than its runner. Without it
+    (a container host that withholds the capability) raising still works and lowering below the
+    inherited floor does not; False says the value was refused.
+    """
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except PermissionError:
+        return False
+    return True
+
+
+def protect_runner_from_oom() -> None:
+    """The runner's own bias, as low as the kernel lets it go.
+
+    Not fatal when refused: the runtime's +1000 alone already adds the whole memory limit to the
+    badness of every function process, so within the sandbox's cgroup the OOM killer still takes
+    them first while any is left.
+    """
+    set_oom_score_adj(OOM_SCORE_ADJ_RUNNER)
 
 
 def set_rlimits(nofile: int) -> None:

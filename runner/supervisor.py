@@ -2,9 +2,10 @@
 
 It serves the funclet's commands on the control socket (``start``, ``reset``, ``ping``,
 ``prestart``; see ``runner/control.py``), relays a starting runtime's init status as ``started``,
-keeps the last output of the runtime, reports its exit (``exited``), and keeps a standby runtime
-(``runner/standby.py``) in the sandbox while it is idle. It is PID 1 of the sandbox's pid namespace,
-so it also reaps every orphan; when it exits, the kernel kills everything left inside.
+keeps the last output of the runtime, reports its exit (``exited``, after killing what is left of
+the runtime's process group), and keeps a standby runtime (``runner/standby.py``) in the sandbox
+while it is idle. It is PID 1 of the sandbox's pid namespace, so it also reaps every orphan; when
+it exits, the kernel kills everything left inside.
 
 Stdlib only (imported before the zygote forks: inside the sandbox the repository is not visible).
 """
@@ -302,9 +303,14 @@ class Supervisor:
             os.closerange(STANDBY_FD + 1 if standby_r >= 0 else 4 + 1, 1 << 20)
             os.chdir(TASK_DIR)
             privileges.set_rlimits(self.spec.nofile)
+            # While still root (see set_oom_score_adj): the runtime and its children go first.
+            if not privileges.set_oom_score_adj(privileges.OOM_SCORE_ADJ_RUNTIME):
+                raise PermissionError("oom_score_adj: raising it was refused")
+            # Assembled first, so that the filter follows the uid change within microseconds.
+            program = seccomp.build_filter(seccomp.current_arch())
             privileges.drop_to(self.spec.uid, self.spec.gid)
             # Last: everything above needed system calls the filter refuses (unshare, setns, ...).
-            seccomp.install_filter()
+            seccomp.install_filter(program)
         except BaseException as exc:  # noqa: BLE001
             _write_status(status_fd, {"ok": False, "error": {
                 "errorMessage": f"runtime setup failed: {describe(exc)}", "errorType": "Runtime.SandboxError"}})
@@ -428,6 +434,13 @@ class Supervisor:
                 return False
 
     def runtime_exited(self, pid: int, status: int) -> None:
+        # What the runtime left in its process group (the runtime is its leader, see setsid in
+        # _become_runtime) dies with it: after an OOM kill, a bomb's survivors would otherwise keep
+        # the cgroup at its limit and slow this report until the reset. Escapees are the reset's.
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.starting:
             self.read_status()
             if self.starting:

@@ -33,6 +33,7 @@ from easyfaas.errors import (
     ResourceNotFound,
     ValidationError,
 )
+from easyfaas.egress import EgressPolicy, EgressPolicyError
 from easyfaas.feed import NumberedFeed
 from easyfaas.http import ACCOUNT_ID, error_middleware, feed_query, read_json, request_id_middleware
 from easyfaas.models import (
@@ -188,10 +189,11 @@ class FunctionFields:
     has_reserved_concurrency: bool = False
     ReservedConcurrentExecutions: int | None = None
     Tags: dict[str, str] | None = None  # labels, e.g. the OpenFaaS scaling knobs com.openfaas.scale.*
+    Network: dict[str, Any] | None = None  # the egress policy, normalized (easyfaas/egress.py)
     SecretsAsEnvironment: bool | None = None  # the function's secrets also as environment variables
 
     def apply(self, cfg: FunctionConfiguration, concurrency: Concurrency) -> None:
-        for key in ("Description", "Runtime", "Timeout", "MemorySize", "Handler", "PodConcurrentQuota",
+        for key in ("Description", "Runtime", "Timeout", "MemorySize", "Handler", "PodConcurrentQuota", "Network",
                     "SecretsAsEnvironment"):
             value = getattr(self, key)
             if value is not None:
@@ -227,6 +229,11 @@ def parse_function_fields(body: Any, runtimes: RuntimeCatalog) -> FunctionFields
         )
     if body.get("Tags") is not None:
         fields.Tags = _parse_tags(body["Tags"])
+    if body.get("Network") is not None:
+        try:
+            fields.Network = EgressPolicy.from_wire(body["Network"]).to_wire()
+        except EgressPolicyError as exc:
+            raise ValidationError(str(exc)) from None
     if fields.Runtime is not None and runtimes.get(fields.Runtime) is None:
         known = ", ".join(runtimes.names()) or "none"
         raise InvalidParameterValue(f"Runtime: unknown runtime {fields.Runtime!r}; known runtimes: {known}")

@@ -11,11 +11,14 @@ from easyfaas.config import Option, Settings, parse_options, parse_size
 from easyfaas.daemon import Service, TCPEndpoint, run_daemon
 from easyfaas.logging import setup_logging
 from easyfaas.runtimes import RuntimeCatalog
+from easyfaas.keys import PodCredentials
 from easyfaas.secret_store import SecretStore
 from easyfaas.tls import server_tls
 from stubs.app import DEFAULT_ACCOUNT_ID, make_app
 from stubs.keys import add_key_routes, admin_only, needs_key
+from stubs.metrics import add_stubs_observability
 from stubs.store import FunctionStore
+from stubs.triggers import add_trigger_status
 
 OPTIONS = [
     Option("host", str, "127.0.0.1", "listen address"),
@@ -32,6 +35,8 @@ OPTIONS = [
     Option("public-url", str, "", "base URL for HTTP code locations; empty: filesystem locations"),
     Option("shutdown-timeout", float, 10.0, "seconds to let requests finish on SIGTERM/SIGINT"),
     *SECURITY_OPTIONS,
+    Option("controller-url", str, "",
+           "the controller running the event sources: GET of a cron or mqtt trigger adds its live status"),
 ]
 
 
@@ -50,6 +55,9 @@ def stubs_service(opts: Settings) -> Service:
     )
     if authn is not None:
         add_key_routes(app, authn.store)
+    if opts.controller_url:
+        add_trigger_status(app, opts.controller_url, credentials=PodCredentials(opts.auth_dir).headers)
+    add_stubs_observability(app, store)
     return Service("stubs", app, [TCPEndpoint(opts.host, opts.port, server_tls(opts))],
                    shutdown_timeout=opts.shutdown_timeout,
                    listening={"function_dir": str(store.root), "auth": authn is not None})

@@ -23,6 +23,10 @@ from easyfaas.brn import LATEST, Brn
 from easyfaas.errors import InvalidParameterValue, ResourceConflict, ResourceNotFound, ValidationError
 from easyfaas.http import feed_query, read_json
 from easyfaas.triggers import Trigger, TriggerChanges, TriggerList
+from eventsources.mqtt_config import MQTT_TRIGGER_TYPE, validate_mqtt_config
+from eventsources.schedule import CRON_TRIGGER_TYPE, validate_cron_config
+from eventsources.source import ConfigError
+from eventsources.status_client import EventSourceStatus
 from httptrigger.config import HTTP_TRIGGER_TYPE, parse_http_config, route_table, routes_of
 from httptrigger.routes import RouteError
 from stubs.trigger_store import TriggerStore
@@ -37,6 +41,8 @@ MAX_BODY = 64 * 1024
 _FIELDS = frozenset({"Type", "Qualifier", "Config"})
 
 TRIGGER_STORE = web.AppKey("trigger_store", TriggerStore)
+# Set by the daemon when it knows the controller running the event sources (--controller-url).
+TRIGGER_STATUS = web.AppKey("trigger_status", EventSourceStatus)
 
 
 class TriggerConfigError(ValueError):
@@ -69,8 +75,20 @@ def _http_conflicts(trigger: Trigger, others: list[Trigger]) -> None:
             raise ResourceConflict(f"Config: route {route.route_key} is taken by {whose} ({existing.route_key})")
 
 
+def _event_source_validator(validate: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    """An event source's Config check (eventsources/), its ConfigError as this registry's."""
+    def checked(config: Any) -> dict[str, Any]:
+        try:
+            return validate(config)
+        except ConfigError as exc:
+            raise TriggerConfigError(exc.field, str(exc).partition(": ")[2]) from None
+    return checked
+
+
 def default_trigger_types() -> dict[str, TriggerType]:
-    return {HTTP_TRIGGER_TYPE: TriggerType(_validate_http, _http_conflicts)}
+    return {HTTP_TRIGGER_TYPE: TriggerType(_validate_http, _http_conflicts),
+            CRON_TRIGGER_TYPE: TriggerType(_event_source_validator(validate_cron_config)),
+            MQTT_TRIGGER_TYPE: TriggerType(_event_source_validator(validate_mqtt_config))}
 
 
 def _now() -> str:
@@ -155,7 +173,14 @@ class TriggerHandlers:
         return web.json_response(TriggerList(Triggers=self.store.of_function(brn.account, brn.name)).to_dict())
 
     async def get(self, request: web.Request) -> web.Response:
-        return web.json_response(self._existing(request)[2].to_dict())
+        trigger = self._existing(request)[2]
+        body = trigger.to_dict()
+        live = request.app.get(TRIGGER_STATUS)
+        if live is not None:
+            # The event source's live status (State, LastFiredAt/NextFireAt, Connected, ...).
+            extra = await live.status(trigger)
+            body.update({k: v for k, v in (extra or {}).items() if k not in body})
+        return web.json_response(body)
 
     async def update(self, request: web.Request) -> web.Response:
         kind, qualifier, config = self._check_body(await read_json(request, max_size=MAX_BODY), creating=False)
@@ -213,3 +238,17 @@ def add_trigger_routes(app: web.Application, functions: StubsHandlers,
     app.router.add_delete("/v1/functions/{ref}/triggers/{id}", h.delete)
     app.router.add_get("/v1/trigger-changes", h.changes)
     return store
+
+
+def add_trigger_status(app: web.Application, controller_url: str,
+                       credentials: Callable[[], dict[str, str]] | None = None) -> None:
+    """Merge the event sources' live status (from the controller at ``controller_url``, asked with
+    the pod's key ``credentials``) into GETs."""
+    status = EventSourceStatus(controller_url, credentials=credentials)
+    app[TRIGGER_STATUS] = status
+
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        await status.close()
+
+    app.cleanup_ctx.append(lifetime)

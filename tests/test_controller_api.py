@@ -142,7 +142,8 @@ async def test_success_body_and_headers(env: Env) -> None:
     assert "X-easyfaas-Function-Error" not in resp.headers
     frame = env.requests_seen()[0]
     assert frame["request_id"] == "my-req-1" and frame["id"] != "my-req-1"
-    assert json.loads(frame["event"]) == {"k": "v"} and frame["log"] is False
+    # Function logs are kept (--function-logs on): the runtime is always asked for the output.
+    assert json.loads(frame["event"]) == {"k": "v"} and frame["log"] is True
     assert frame["deadline_ms"] > 0
 
 

@@ -274,6 +274,30 @@ async def test_reborn_rebuilds_with_new_kernel_objects(make_pool) -> None:
     assert len(h.network.attached) == 1
 
 
+async def test_the_egress_policy_lives_from_warmup_to_reset(make_pool) -> None:
+    h = await make_pool(1)
+    python = h.runtime("python3")
+    await h.pool.warmup(warmup_request("pod-c0", python))
+    assert h.network.egress == {}  # "none", the default, writes nothing
+    await h.pool.cooldown("pod-c0")
+    req = warmup_request("pod-c0", python)
+    req.Configuration.Network = {"Egress": ["10.1.2.3:1883", "[2001:db8::1]:53"]}
+    await h.pool.warmup(req)
+    assert [str(rule) for rule in h.network.egress["efv0"].rules] == ["10.1.2.3:1883", "[2001:db8::1]:53"]
+    await h.pool.cooldown("pod-c0")
+    assert h.network.egress == {}  # the reset took it away
+    req.Configuration.Network = {"Egress": "all"}
+    await h.pool.warmup(req)
+    assert h.network.egress["efv0"].allow_all
+    await h.pool.reborn("pod-c0")
+    assert h.network.egress == {}  # a destroyed sandbox's rules go with its port
+    bad = warmup_request("pod-c0", python)
+    bad.Configuration.Network = {"Egress": ["10.1.2.3"]}
+    with pytest.raises(InvalidParameterValue, match=r"Configuration\.Network\.Egress\[0\]"):
+        await h.pool.warmup(bad)
+    assert h.state("pod-c0") is SandboxState.COLD and h.network.egress == {}
+
+
 # ---- what the runner reports ------------------------------------------------------------------------
 
 async def test_runtime_exit_stops_a_warm_sandbox_with_its_oom_flag(make_pool) -> None:

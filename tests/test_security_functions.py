@@ -43,6 +43,7 @@ from easyfaas.pod import Pod
 from funclet.sandbox.firewall import BridgeFirewall, list_tables
 from runner import seccomp
 from tests.pod_harness import ACCOUNT, b64zip, brn
+from tests.test_egress import outside  # noqa: F401 - fixture
 from tests.test_sandbox_runner import code_dirs, host, spawn, wait_until  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(platform.machine() != "x86_64",
@@ -343,6 +344,19 @@ def p_forks(a):
     return {"started": len(children), "error": error}
 
 
+def _live_processes():
+    """Processes that are not zombies (an exited task no longer counts against pids.max)."""
+    live = 0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    live += f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                pass
+    return live
+
+
 def p_forkbomb(a):
     open("/tmp/bomb", "w").close()
     bomb = subprocess.Popen(["/bin/sh", "-c", "f() { [ -e /tmp/bomb ] && { f | f & }; }; f"],
@@ -350,11 +364,37 @@ def p_forkbomb(a):
     peak = 0
     deadline = time.monotonic() + a["seconds"]
     while time.monotonic() < deadline:
-        peak = max(peak, sum(1 for p in os.listdir("/proc") if p.isdigit()))
+        peak = max(peak, _live_processes())
         time.sleep(0.05)
     os.unlink("/tmp/bomb")
     bomb.wait()
     return {"peak processes": peak}
+
+
+def p_membomb(a):
+    """Many small shells holding a few MiB each: once the (bigger) runtime is gone, the largest
+    process left in the cgroup, and so the OOM killer's next choice, would be the runner."""
+    script = f"x=$(head -c {a['mb'] << 20} /dev/zero | tr '\\0' a); sleep 60"
+    children = [subprocess.Popen(["/bin/sh", "-c", script], stderr=subprocess.DEVNULL)
+                for _ in range(a["children"])]
+    time.sleep(a["seconds"])
+    for child in children:
+        child.kill()
+        child.wait()
+    return "survived"
+
+
+def p_oom_score(a):
+    out = {"adj": int(read("/proc/self/oom_score_adj"))}
+    for value in ("0", "-1000"):
+        out[value] = attempt(write_value, "/proc/self/oom_score_adj", value)
+    write_value("/proc/self/oom_score_adj", str(out["adj"]))  # raising back is always allowed
+    return out
+
+
+def write_value(path, value):
+    with open(path, "w") as f:
+        f.write(value)
 
 
 def p_fds(a):
@@ -566,6 +606,30 @@ if /usr/bin/unshare -U -r true 2>/dev/null; then echo "unshare:ok"; else echo "u
 """
 
 QUICK_PY = "def handler(event, context):\n    return 'quick'\n"
+EGRESS_PY = """
+import errno, socket
+
+def handler(event, context):
+    out = {}
+    for address, port in event["tcp"]:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.5)
+            try:
+                sock.connect((address, port))
+                out[f"tcp {address}:{port}"] = "ok"
+            except OSError as exc:
+                out[f"tcp {address}:{port}"] = errno.errorcode.get(exc.errno, "timeout")
+    for address, port, token in event["udp"]:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.sendto(token.encode(), (address, port))
+                out[f"udp {address}:{port}"] = "sent"
+            except OSError as exc:
+                out[f"udp {address}:{port}"] = errno.errorcode.get(exc.errno, str(exc.errno))
+    return out
+"""
 SECRET_PY = "import os\ndef handler(event, context):\n    return os.environ.get('EF_SECRET', '')[:4]\n"
 
 # What "stopped" looks like for a read, write or system call.
@@ -625,11 +689,13 @@ class PodClient:
 
     def deploy(self, name: str, runtime: str, files: dict[str, str], *, env: dict[str, str] | None = None,
                memory: int = 128, timeout: int = 10, handler: str = "index.handler",
-               executable: tuple[str, ...] = ()) -> None:
+               executable: tuple[str, ...] = (), network: dict[str, Any] | None = None) -> None:
         body = {"Runtime": runtime, "Handler": handler, "Timeout": timeout, "MemorySize": memory,
                 "PodConcurrentQuota": 2, "Code": b64zip(files, executable)}
         if env:
             body["Environment"] = {"Variables": env}
+        if network is not None:
+            body["Network"] = network
         status, raw = self.stubs("POST", f"/v1/functions/{name}", body)
         assert status == 200, raw
 
@@ -861,16 +927,76 @@ def test_forks_stop_at_the_pids_limit(hostile: Function, client: PodClient, quic
     assert out["error"] == "EAGAIN" and out["started"] < limit, out
 
 
+def sandbox_info(client: PodClient, slot_id: str) -> dict[str, Any]:
+    status, info = client.funclet("GET", f"/v1/funclet/container/{slot_id}")
+    assert status == 200, info
+    return info
+
+
+def assert_runner_survived(hostile: Function, client: PodClient, slot_id: str, before: dict[str, Any], *,
+                           reset: bool) -> None:
+    """The sandbox kept its runner (PID 1) and, if its runtime died, was reset, not rebuilt; it serves again."""
+    if reset:  # the controller cools a sandbox whose runtime exited down: a reset gives it a new epoch
+        wait_until(lambda: sandbox_info(client, slot_id)["Epoch"] > before["Epoch"], timeout=30,
+                   what="the sandbox's reset")
+    after = sandbox_info(client, slot_id)
+    assert after["HostPid"] == before["HostPid"], f"the runner was replaced: {before} -> {after}"
+    assert psutil.pid_exists(before["HostPid"])
+    assert after["State"] != "dead"
+    assert hostile.probe("whoami")["uid"] >= 1000
+    assert sandbox_info(client, slot_id)["HostPid"] == before["HostPid"]
+
+
+def _have_cap_sys_resource() -> bool:
+    caps = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapEff:"))
+    return bool(int(caps.split()[1], 16) & (1 << 24))
+
+
+def test_runner_is_the_oom_killers_last_choice(hostile: Function, client: PodClient) -> None:
+    slot, seen = hostile.confined()
+    privileged = _have_cap_sys_resource()  # lowering below 0, and a floor for the runtime, need it
+    runner_adj = int(Path(f"/proc/{seen['runner']}/oom_score_adj").read_text())
+    assert runner_adj == (-1000 if privileged else int(Path("/proc/self/oom_score_adj").read_text())), runner_adj
+    out = hostile.probe("oom_score")
+    # The runtime (and all it forks) goes first; it can never get below the runner.
+    assert out["adj"] == 1000 and out["-1000"] == "EACCES", out
+    assert out["0"] == ("EACCES" if privileged else "ok"), out
+    for pid in hostile.confined()[1]["runtimes"]:
+        assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "1000"
+
+
 def test_fork_bomb_is_contained(hostile: Function, client: PodClient, quick: str) -> None:
-    _, seen = hostile.confined()
+    slot, seen = hostile.confined()
     limit = int(seen["limits"]["pids"])
-    host_before = len(psutil.pids())
+    before = sandbox_info(client, slot["RuntimeID"])
     began = time.monotonic()
-    out = hostile.probe("forkbomb", seconds=2)
-    assert out["peak processes"] <= limit
+    status, _, body = hostile.raw("forkbomb", seconds=2)
+    if status == 200:
+        assert json.loads(body)["peak processes"] <= limit
+    else:  # the shells filled the memory limit and the OOM killer took the runtime among them
+        assert status == 500 and json.loads(body)["errorType"] == "Runtime.OutOfMemory", body
     assert time.monotonic() - began < 9
     assert client.invoke(quick)[:3:2] == (200, b"quick")
-    assert len(psutil.pids()) < host_before + limit
+    # Whatever is left of the bomb is inside the sandbox's pid namespace and within its limit (a
+    # host-wide count would also count what the rest of the machine starts meanwhile).
+    assert sum(1 for pid in psutil.pids() if _pidns(pid) == seen["pidns"]) <= limit
+    assert_runner_survived(hostile, client, slot["RuntimeID"], before, reset=status != 200)
+
+
+def test_memory_bomb_kills_the_function_not_its_runner(hostile: Function, client: PodClient, quick: str) -> None:
+    slot, seen = hostile.confined()
+    before = sandbox_info(client, slot["RuntimeID"])
+    # 40 processes of 6 MiB in 128 MiB: each smaller than the runner, together far over the limit.
+    status, headers, body = hostile.raw("membomb", children=40, mb=6, seconds=4)
+    after = sandbox_info(client, slot["RuntimeID"])
+    assert after["OOMKills"] > before["OOMKills"], after
+    if status == 500:
+        assert json.loads(body)["errorType"] == "Runtime.OutOfMemory", body
+        assert headers.get("X-easyfaas-Function-Error") == "Unhandled"
+    else:  # only children were killed: the function itself answered
+        assert (status, body) == (200, b"survived"), body
+    assert client.invoke(quick)[:3:2] == (200, b"quick")
+    assert_runner_survived(hostile, client, slot["RuntimeID"], before, reset=status != 200)
 
 
 def test_file_descriptors_are_capped(hostile: Function) -> None:
@@ -1221,6 +1347,38 @@ def test_filter_tables_are_consistent() -> None:
     assert seccomp.X86_64.numbers["keyctl"] == 250 and seccomp.AARCH64.numbers["keyctl"] == 219
 
 
+def _libseccomp() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("seccomp")
+    if name is None:
+        pytest.skip("libseccomp is not installed (Debian: libseccomp2)")
+    lib = ctypes.CDLL(name)
+    lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    lib.seccomp_syscall_resolve_name_arch.restype = ctypes.c_int
+    return lib
+
+
+def test_filter_tables_agree_with_libseccomp() -> None:
+    """Every number of both tables (aarch64 included, which no machine here runs) is libseccomp's,
+    and no call the filter refuses exists on an architecture whose table lacks it."""
+    lib = _libseccomp()
+    names = (*seccomp.DENIED, *seccomp.UNSUPPORTED, "clone", "unshare", "socket")
+    for arch in seccomp.ARCHES.values():  # libseccomp's architecture tokens are the AUDIT_ARCH values
+        newer = []
+        for name in names:
+            theirs = lib.seccomp_syscall_resolve_name_arch(arch.audit_arch, name.encode())
+            ours = arch.numbers.get(name)
+            if theirs >= 0:
+                assert ours == theirs, (hex(arch.audit_arch), name, ours, theirs)
+            elif theirs == -1 and ours is not None:
+                newer.append(name)  # newer than this libseccomp (its table lags the kernel's)
+            else:  # a pseudo-number: libseccomp knows the call does not exist on this architecture
+                assert ours is None, (hex(arch.audit_arch), name, ours)
+        assert set(newer) <= set(seccomp._COMMON_NEW), newer
+
+
 # ---- the bridge firewall on its own --------------------------------------------------------------
 
 def test_firewall_table_lives_exactly_as_long_as_its_owner() -> None:
@@ -1270,3 +1428,90 @@ def test_bridge_firewall_drops_sandbox_to_host_traffic() -> None:
         net.teardown()
         net.close()
     assert f"easyfaas_t{tag}fw" not in list_tables()
+
+
+# ---- egress policies through the pod -------------------------------------------------------------
+
+def test_egress_policies_are_validated_naming_the_field(client: PodClient) -> None:
+    name = unique("egressbad")
+    body = {"Runtime": "python3", "Code": b64zip({"index.py": QUICK_PY}),
+            "Network": {"Egress": ["10.1.2.3:1883", "10.1.2.3"]}}
+    status, raw = client.stubs("POST", f"/v1/functions/{name}", body)
+    error = json.loads(raw)
+    assert status == 400 and error["Cause"].startswith("Network.Egress[1]: "), raw
+    assert set(error) == {"Code", "Cause", "Message", "Status", "Type"}
+    assert client.stubs("GET", f"/v1/functions/{name}")[0] == 404  # nothing was created
+    # The default is "none", and it is said so.
+    client.deploy(name, "python3", {"index.py": QUICK_PY})
+    status, raw = client.stubs("GET", f"/v1/functions/{name}")
+    assert status == 200 and json.loads(raw)["Configuration"]["Network"] == {"Egress": "none"}, raw
+    status, raw = client.stubs("PUT", f"/v1/functions/{name}", {"Network": {"Egress": "everything"}})
+    assert status == 400 and json.loads(raw)["Cause"].startswith("Network.Egress: "), raw
+
+
+def _egress_rules(client: PodClient, veth: str) -> int:
+    from funclet.sandbox.nftables import NFPROTO_INET, NftSocket, list_rules
+
+    nft = NftSocket()
+    try:
+        return sum(1 for rule in list_rules(nft, NFPROTO_INET, f"easyfaas_{client.names.bridge}")
+                   if rule.chain == "egress" and rule.tag == veth)
+    finally:
+        nft.close()
+
+
+def test_a_function_reaches_what_its_policy_allows_and_nothing_else(client: PodClient, outside: Any) -> None:
+    p1, p2 = outside.ports
+    name = unique("egress")
+    client.deploy(name, "python3", {"index.py": EGRESS_PY},
+                  network={"Egress": [f"{outside.address}:{p1}", f"[{outside.address6}]:{p1}"]})
+    targets = [[outside.address, p1], [outside.address, p2], [outside.other_address, p1],
+               [outside.address6, p1], [client.gateway, client.config.controller_port],
+               [outside.host_address, client.config.stubs_port]]
+    tokens = {f"{a}:{p}": secrets.token_hex(4) for a, p in targets}
+
+    def run() -> dict[str, str]:
+        event = {"tcp": targets, "udp": [[a, p, tokens[f"{a}:{p}"]] for a, p in targets]}
+        status, _, body = client.invoke(name, event)
+        assert status == 200, body
+        return json.loads(body)
+
+    def received(address: str, port: int) -> bool:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        receiver = outside.udp.get((family, port))
+        if receiver is None:
+            return False
+        receiver.settimeout(0.5)
+        try:
+            while True:
+                data, peer = receiver.recvfrom(64)
+                if data == tokens[f"{address}:{port}"].encode():
+                    assert peer[0] == outside.host_address  # masqueraded
+                    return True
+        except socket.timeout:
+            return False
+
+    out = run()
+    assert out[f"tcp {outside.address}:{p1}"] == "ok", out
+    outside.tcp[(socket.AF_INET, p1)].settimeout(5)
+    outside.tcp[(socket.AF_INET, p1)].accept()[0].close()
+    for refused in (f"{outside.address}:{p2}", f"{outside.other_address}:{p1}", f"{outside.address6}:{p1}",
+                    f"{client.gateway}:{client.config.controller_port}",
+                    f"{outside.host_address}:{client.config.stubs_port}"):
+        assert out[f"tcp {refused}"] != "ok", (refused, out)
+    # IPv6 is refused at the source: the sandbox has no IPv6 address or route at all.
+    assert out[f"tcp {outside.address6}:{p1}"] in ("ENETUNREACH", "EADDRNOTAVAIL"), out
+    assert received(outside.address, p1)
+    assert not any(received(a, p) for a, p in targets[1:4])
+    slot = client.slot_of(name)
+    assert slot is not None
+    veth = client.veth(slot["RuntimeID"])
+    assert _egress_rules(client, veth) == 2  # TCP and UDP to the one IPv4 entry
+    # The policy goes with the function: once its sandbox is taken back, its rules are gone.
+    client.invalidate(slot["RuntimeID"])
+    wait_until(lambda: _egress_rules(client, veth) == 0, timeout=30, what="the sandbox's egress rules to go")
+    status, raw = client.stubs("PUT", f"/v1/functions/{name}", {"Network": {"Egress": "none"}})
+    assert status == 200, raw
+    out = run()
+    assert out[f"tcp {outside.address}:{p1}"] != "ok", out
+    assert not received(outside.address, p1)

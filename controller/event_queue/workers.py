@@ -260,6 +260,8 @@ class EventWorkers:
             log.warning("invoke_async_dead_lettered", request_id=ev.request_id, function=ev.function_arn,
                         status=outcome.status.value, attempts=d.attempts,
                         error_type=(outcome.error or {}).get("errorType"))
+            if self.invoker.metrics is not None:
+                self.invoker.metrics.dead_lettered(ev.function)
         destination = config.OnSuccess if succeeded else config.OnFailure
         if destination:
             await self._send_to_destination(destination, d, outcome, result, fn)

@@ -24,7 +24,7 @@ import structlog
 from controller.funclet_client import FuncletClient
 from controller.pool.elastic import Elastic
 from controller.pool.machine import Machine
-from controller.pool.reconcile import Reconciler
+from controller.pool.reconcile import FAILURE_WAIT, Reconciler
 from controller.pool.records import MiB, FunctionInitError, Lease, Phase, RuntimeFailure, Sandbox, WarmupFactory
 from controller.runtime_channel import RuntimeChannel
 from easyfaas.models import NodeResource
@@ -41,14 +41,14 @@ class Pool:
     (no extra call on the warm path): ``take_warm``, ``acquire``, ``release``, ``recycle``, ...
     """
 
-    def __init__(self, funclet: FuncletClient, *, runtime_alive_timeout: float = 10.0, task_interval: float = 5.0,
+    def __init__(self, funclet: FuncletClient, *, runtime_alive_timeout: float = 15.0, task_interval: float = 5.0,
                  max_runtime_idle: float = 60.0, max_transition_time: float = 90.0, concurrent_mode: bool = True,
                  startup_retry_interval: float = 1.0,
                  channel_factory: Callable[[str, int], RuntimeChannel] = RuntimeChannel,
                  queue_length: int = 100, queue_timeout: float = 0.0, min_free_sandboxes: int = 1,
                  max_sandbox_idle: float = 60.0, scale_min_ttl: float = 3600.0,
                  scaling: dict[str, dict[str, Any]] | None = None, use_events: bool = True,
-                 failure_wait: float = 0.5) -> None:
+                 failure_wait: float = FAILURE_WAIT) -> None:
         self.funclet = funclet
         self.task_interval = task_interval
         machine = self.machine = Machine(

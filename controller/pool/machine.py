@@ -80,7 +80,7 @@ def _no_demand() -> None:
 class Machine:
     """The sandboxes, the function groups and their queues; every phase change goes through here."""
 
-    def __init__(self, funclet: FuncletClient, *, runtime_alive_timeout: float = 10.0,
+    def __init__(self, funclet: FuncletClient, *, runtime_alive_timeout: float = 15.0,
                  max_runtime_idle: float = 60.0, concurrent_mode: bool = True,
                  channel_factory: Callable[[str, int], RuntimeChannel] = RuntimeChannel,
                  queue_length: int = 100, queue_timeout: float = 0.0, min_free_sandboxes: int = 1,

@@ -23,6 +23,11 @@ from easyfaas.models import ContainerInfo, FuncletEvent, FuncletEventType, Runti
 
 log = structlog.get_logger(__name__)
 
+# How long a request whose runtime went away waits for the funclet to say why. An OOM kill is only
+# reported once the sandbox's runner has reaped the runtime, and a runner in a cgroup that is still
+# at its memory limit (a memory bomb's survivors) can take a second or more to get there.
+FAILURE_WAIT = 2.0
+
 EVENTS_WAIT = 10.0
 
 # The funclet's states as the pool reads them.
@@ -35,7 +40,7 @@ class Reconciler:
     """Keeps the machine's sandboxes in line with the funclet's."""
 
     def __init__(self, machine: Machine, funclet: FuncletClient, *, use_events: bool = True,
-                 startup_retry_interval: float = 1.0, failure_wait: float = 0.5) -> None:
+                 startup_retry_interval: float = 1.0, failure_wait: float = FAILURE_WAIT) -> None:
         self.machine = machine
         self.funclet = funclet
         self.use_events = use_events

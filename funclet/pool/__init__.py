@@ -61,6 +61,15 @@ class SandboxPool:
         self._operations = Operations(self._registry, self._lifecycle)
         self._warmups = Warmups(self._registry, slots, self._lifecycle, self._standby, images)
         self._closed = False
+        self.counters = self._registry.counters
+
+    @property
+    def code_images(self) -> int:
+        """Code images built and mounted now."""
+        return len(self._images.images())
+
+    def sandboxes(self) -> list[Sandbox]:
+        return list(self._registry)
 
     # ---- lifetime ------------------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """Building and destroying sandboxes: kernel objects, the runner, reset, rebuild, and the runner's reports.
 
 A sandbox is built off the request path: a cgroup, a zygote fork into fresh namespaces (the runner,
-PID 1 inside), its invoke socket, a veth. Reset kills every process of the sandbox but its runner,
-refreshes ``/tmp`` and unbinds the code, so a sandbox serves many functions over its life without
-rebuilding its network; a sandbox whose reset fails is rebuilt. A runner whose control socket
-closes gets its sandbox rebuilt in the background (``defunct``); a runtime's exit (with the
-cgroup's OOM count) is recorded and emitted as ``exited``.
+PID 1 inside), its invoke socket, a veth. Reset takes the function's egress away, kills every
+process of the sandbox but its runner, refreshes ``/tmp`` and unbinds the code, so a sandbox
+serves many functions over its life without rebuilding its network; a sandbox whose reset fails
+is rebuilt. A runner whose control socket closes gets its sandbox rebuilt in the background
+(``defunct``); a runtime's exit (with the cgroup's OOM count) is recorded and emitted as ``exited``.
 
 Every ``*_locked`` method expects the caller to hold the sandbox's lock.
 """
@@ -134,7 +134,8 @@ class Lifecycle:
         self._slots.unbind(sb)
         if sb.nic is not None and self.network is not None:
             nic, sb.nic = sb.nic, None
-            await self.net(self.network.detach, nic)
+            await self.net(self.network.detach, nic)  # its firewall rules, egress included, go too
+        sb.egress = False
         sb.invoke_socket.unlink(missing_ok=True)
         sb.pid = 0
         sb.standby = ""
@@ -171,6 +172,10 @@ class Lifecycle:
         sb.current_event = "event_reset"
         reg.set_state(sb, SandboxState.RESETTING)
         try:
+            if sb.egress and sb.nic is not None and self.network is not None:
+                # First: whatever of the function is still running loses its way out now.
+                await self.net(self.network.clear_egress, sb.nic)
+                sb.egress = False
             sb.standby = ""
             await sb.link.request({"op": Op.RESET}, {Op.RESET_DONE}, self._settings.runner_timeout)
             self._slots.unbind(sb)
@@ -240,6 +245,8 @@ class Lifecycle:
             try:
                 kills = sb.cgroup.oom_kills()
                 oom = kills > sb.oom_base
+                if oom:
+                    self._registry.counters["oom_kill"] += 1
                 sb.oom_seen = max(sb.oom_seen, kills)
             except OSError:
                 pass

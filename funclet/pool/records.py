@@ -38,6 +38,7 @@ class Sandbox:
     oom_base: int = 0
     oom_seen: int = 0
     runtime_pid: int = 0
+    egress: bool = False             # its firewall lets it out (a function's policy is in force)
     epoch: int = 0
     last_exit: RuntimeExit | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)

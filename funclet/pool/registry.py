@@ -25,6 +25,8 @@ class Registry:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._epoch = 0
         self.closing = False
+        # Plain counts the funclet's /metrics reads (funclet/metrics.py).
+        self.counters: dict[str, int] = {"oom_kill": 0, "code_image_built": 0}
 
     # -- the sandboxes --
 

@@ -1,8 +1,9 @@
 """Warmup — the only step a request waits for — and building code images ahead of it.
 
 A warmup binds the code image (built once per code hash) and the runtime into a cold sandbox,
-sets the function's memory limit on its cgroup, and has the runner start the runtime (or hand the
-function to the standby runtime waiting there). A warmup that fails resets the sandbox.
+sets the function's memory limit on its cgroup and its egress policy on the bridge's firewall, and
+has the runner start the runtime (or hand the function to the standby runtime waiting there). A
+warmup that fails resets the sandbox.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import structlog
 
 from easyfaas.codezip import CodeArchiveError
+from easyfaas.egress import EgressPolicy, EgressPolicyError
 from easyfaas.errors import FaasError, InvalidParameterValue, ResourceConflict, ServiceError
 from easyfaas.models import CodePrepareRequest, CodePrepareResponse, SandboxState, WarmupRequest, WarmupResponse
 from funclet.code_source import load_code
@@ -55,6 +57,14 @@ class Warmups:
         runtime_dir = self._slots.runtime_dir(runtime)
         if not (1 <= cfg.MemorySize <= MAX_MEMORY_MB):
             raise InvalidParameterValue(f"MemorySize {cfg.MemorySize} MB is out of range")
+        try:
+            egress = EgressPolicy.from_wire(cfg.Network, "Configuration.Network")
+        except EgressPolicyError as exc:
+            raise InvalidParameterValue(str(exc)) from None
+        network = self._lifecycle.network
+        if network is None and not egress.is_none:
+            raise InvalidParameterValue("Configuration.Network: this funclet's sandboxes have no network "
+                                        "(--network none), so no egress can be allowed")
         async with sb.lock:
             if sb.state is not SandboxState.COLD:
                 raise ResourceConflict(f"container {sb.id} is {sb.state.value}, not cold")
@@ -65,10 +75,13 @@ class Warmups:
             sb.current_event = "event_warmup"
             reg.set_state(sb, SandboxState.WARMUP)
             started = time.monotonic()
+            new_image = not self.images.is_built(code_hash)
             try:
                 image = await asyncio.wait_for(
                     self.images.ensure(code_hash, lambda: load_code(req.Code, max_size=s.max_code_size, guard=s.outbound_guard)),
                     s.warmup_timeout)
+                if new_image:
+                    reg.counters["code_image_built"] += 1
                 self._slots.bind_code(sb, image.mountpoint, code_hash)
                 self._slots.bind_runtime(sb, runtime_dir)
                 env = runtime_env(cfg, runtime)
@@ -82,6 +95,10 @@ class Warmups:
                 sb.memory_limit = cfg.MemorySize * MiB
                 sb.cgroup.set_memory_limit(sb.memory_limit)
                 sb.oom_base = sb.oom_seen = sb.cgroup.oom_kills()
+                if network is not None and sb.nic is not None and not egress.is_none:
+                    # Before the function's code runs; the reset takes it away again.
+                    sb.egress = True
+                    await self._lifecycle.net(network.set_egress, sb.nic, egress)
                 # The runner hands a matching standby runtime the function, or replaces it.
                 used_standby, sb.standby = sb.standby == runtime.Name, ""
                 reply = await sb.link.request(
@@ -126,6 +143,8 @@ class Warmups:
             raise ServiceError(str(exc)) from None
         except CodeArchiveError as exc:
             raise InvalidParameterValue(f"code {code_hash[:12]}: {exc}") from None
+        if built:
+            self._registry.counters["code_image_built"] += 1
         await self.trim_images()
         return CodePrepareResponse(CodeSha256=req.CodeSha256, ImageSize=image.size, Built=built)
 

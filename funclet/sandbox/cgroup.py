@@ -401,6 +401,11 @@ class V2SandboxCgroup(SandboxCgroup):
         swap = self.path / "memory.swap.max"
         if swap.exists():
             _write(swap, 0)
+        # 0 (the kernel's default, written in case a parent's delegation changed it): the OOM killer
+        # takes the one offending process, never the whole group with the sandbox's runner in it.
+        group = self.path / "memory.oom.group"
+        if group.exists():
+            _write(group, 0)
 
     def set_cpu_limit(self, millicpus: int, period_us: int = 100_000) -> None:
         self._need("cpu")

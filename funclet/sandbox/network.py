@@ -3,8 +3,16 @@
 Each sandbox (a process that unshared its own network namespace) gets ``eth0`` with an address
 from the bridge subnet and a default route via the bridge; the host end ``<prefix><slot>`` is an
 ISOLATED bridge port, so sandboxes never talk to each other at layer 2. The bridge's firewall
-(``firewall.py``, set up with the bridge) drops what sandboxes send to the host itself and, unless
-egress is allowed, what they send anywhere else; the bridge has no IPv6 address at all.
+(``firewall.py``, set up with the bridge) drops what sandboxes send to the host itself, what a port
+sends from any address but its sandbox's, and what they send anywhere else unless their function's
+egress policy allows it (``set_egress`` at warmup, ``clear_egress`` at reset); the bridge has no
+IPv6 address at all.
+
+Allowed egress is routed: the bridge forwards (``net.ipv4.conf.<bridge>.forwarding``, set here),
+and the replies must be forwarded from the outgoing interface too, which is the operator's choice
+(``net.ipv4.conf.<interface>.forwarding=1``, or ``net.ipv4.ip_forward=1``): this module does not
+open forwarding between the host's other networks. ``set_egress`` logs a warning when the default
+route's interface does not forward.
 
 No process is spawned and pyroute2's forking netns helpers are not used: to configure the inside
 of a sandbox, the calling thread setns()es into the sandbox netns just long enough to open a
@@ -32,6 +40,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from easyfaas import syscalls
+from easyfaas.egress import EgressPolicy
 from funclet.sandbox.firewall import BridgeFirewall
 
 log = structlog.get_logger(__name__)
@@ -130,13 +139,15 @@ class BridgeNetwork:
             raise ValueError(f"bridge name {bridge!r} must be 1-15 characters")
         self.bridge = bridge
         self.interface = ipaddress.IPv4Interface(cidr)
-        self.firewall = BridgeFirewall(bridge, cidr, allow_egress=allow_egress) if firewall else None
+        self.firewall = (BridgeFirewall(bridge, cidr, port_prefix=veth_prefix, allow_egress=allow_egress)
+                         if firewall else None)
         self.gateway = str(self.interface.ip)
         self.prefixlen = self.interface.network.prefixlen
         self.veth_prefix = veth_prefix
         self._pool = AddressPool(self.interface)
         self._ipr: IPRoute | None = None
         self._bridge_index: int | None = None
+        self._forwarding_checked = False
 
     @property
     def ipr(self) -> IPRoute:
@@ -169,6 +180,9 @@ class BridgeNetwork:
                     raise NetworkError(f"cannot create bridge {self.bridge}: {e}") from e
             index = self._lookup(self.bridge)
         _disable_ipv6(self.bridge)
+        if self.firewall is not None:
+            # Only with the firewall in front: it decides what of the sandboxes' traffic is routed.
+            _write_sysctl(f"/proc/sys/net/ipv4/conf/{self.bridge}/forwarding", "1")
         addresses = {a.get("IFA_ADDRESS") for a in self.ipr.get_addr(index=index, family=2)}
         if self.gateway not in addresses:
             self.ipr.addr("add", index=index, address=self.gateway, prefixlen=self.prefixlen)
@@ -183,6 +197,9 @@ class BridgeNetwork:
         host = self.host_ifname(slot_index)
         address = self._pool.allocate()
         try:
+            if self.firewall is not None:
+                # Before the port exists: its first frame already has to carry this address.
+                self.firewall.bind_port(host, address)
             self._add_veth(host, pid)
             index = self._lookup(host)
             # Isolated: the port may only talk to non-isolated ports (the bridge itself).
@@ -198,6 +215,8 @@ class BridgeNetwork:
             self._pool.release(address)
             try:
                 self._delete_link(host)
+                if self.firewall is not None:
+                    self.firewall.release_port(host)
             except Exception as e:  # keep the original error
                 log.warning("veth_cleanup_failed", ifname=host, error=str(e))
             raise
@@ -229,10 +248,45 @@ class BridgeNetwork:
             return False
 
     def detach(self, nic: SandboxNic, *, delete_link: bool = False) -> None:
-        """Release the address; delete the host veth only if asked (slow, see module doc)."""
+        """Release the address and the port's firewall rules; delete the host veth only if asked
+        (slow, see module doc)."""
+        if self.firewall is not None:
+            try:
+                self.firewall.release_port(nic.host_ifname)
+            except OSError as exc:
+                # Keep the address: a rule left for it must not let the next sandbox given it out.
+                log.error("firewall_release_failed", ifname=nic.host_ifname, address=nic.address, error=str(exc))
+                return
         self._pool.release(nic.address)
         if delete_link:
             self._delete_link(nic.host_ifname)
+
+    def set_egress(self, nic: SandboxNic, policy: EgressPolicy) -> None:
+        """Let the sandbox of ``nic`` reach what ``policy`` allows (and nothing else) until cleared."""
+        if self.firewall is None:
+            if not policy.is_none:
+                raise NetworkError(f"the bridge {self.bridge} has no firewall: egress policies need it")
+            return
+        if not self.firewall.allow_egress:
+            self.firewall.set_egress(nic.host_ifname, nic.address, policy)
+        if not policy.is_none:
+            self._warn_if_replies_are_not_forwarded()
+
+    def clear_egress(self, nic: SandboxNic) -> None:
+        if self.firewall is not None:
+            self.firewall.clear_egress(nic.host_ifname)
+
+    def _warn_if_replies_are_not_forwarded(self) -> None:
+        if self._forwarding_checked:
+            return
+        self._forwarding_checked = True
+        for route in self.ipr.get_default_routes(family=2):
+            index = route.get("RTA_OIF")
+            links = self.ipr.get_links(index) if index else []
+            name = links[0].get("IFLA_IFNAME") if links else None
+            if name and _read_sysctl(f"/proc/sys/net/ipv4/conf/{name}/forwarding") == "0":
+                log.warning("egress_replies_not_forwarded", interface=name,
+                            hint=f"sysctl -w net.ipv4.conf.{name}.forwarding=1")
 
     def addresses_in_use(self) -> list[str]:
         return self._pool.in_use()
@@ -266,6 +320,19 @@ class BridgeNetwork:
             self._ipr = None
         if self.firewall is not None:
             self.firewall.teardown()
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read_sysctl(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _disable_ipv6(ifname: str) -> None:

@@ -276,6 +276,7 @@ class FakeNic:
 class FakeNetwork:
     def __init__(self) -> None:
         self.attached: dict[str, FakeNic] = {}
+        self.egress: dict[str, Any] = {}  # host ifname -> the EgressPolicy in force
         self.set_up = False
 
     def setup(self) -> None:
@@ -291,6 +292,13 @@ class FakeNetwork:
 
     def detach(self, nic: FakeNic) -> None:
         del self.attached[nic.host_ifname]
+        self.egress.pop(nic.host_ifname, None)
+
+    def set_egress(self, nic: FakeNic, policy: Any) -> None:
+        self.egress[nic.host_ifname] = policy
+
+    def clear_egress(self, nic: FakeNic) -> None:
+        self.egress.pop(nic.host_ifname, None)
 
     def teardown(self) -> None:
         self.set_up = False

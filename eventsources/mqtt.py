@@ -1,0 +1,349 @@
+"""The ``mqtt`` event source: each message on a trigger's topic filter becomes an asynchronous
+invocation with ``{"topic", "payload", "isBase64Encoded", "qos", "retain", "messageId",
+"receivedAt"}`` (UTF-8 text as is, anything else base64).
+
+The client is paho-mqtt 2.x with manual acknowledgement: a QoS 1 message is acknowledged (PUBACK)
+only once its event is durable, and in the order messages arrived (MQTT-4.6.0-2), so a controller
+that dies loses nothing: the session is persistent (``clean_session=False``, a stable client id),
+and the broker sends what was never acknowledged again when the next controller connects. A
+refused enqueue that may succeed later (queue full, store down) is tried again, the message held
+unacknowledged meanwhile; one that never will (over the size limit, no such function) is counted
+as rejected and acknowledged, and the connection goes on.
+
+paho runs its network loop in a thread of its own (``loop_start``), which reconnects with
+exponential back-off; messages cross to the event loop with ``call_soon_threadsafe``.
+
+``ReplyTopic``: once an event's invocation has finished (its record, polled with back-off: the
+queue has no completion hook and a poll keeps this source the queue's client only), the result is
+published there with the trigger's QoS. Replies pending at a controller's exit are not sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import dataclasses
+import json
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+
+from easyfaas.errors import OutboundRefused
+from easyfaas.outbound import OutboundGuard
+from eventsources.mqtt_config import MQTT_TRIGGER_TYPE, MqttConfig, parse_mqtt_config, reply_topic_for
+from eventsources.source import ConfigError, Intake, Refused, SourceTrigger, Submitted, TriggerChange
+
+log = structlog.get_logger(__name__)
+
+KEEPALIVE = 30
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 30.0
+RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+REPLY_POLL = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+REPLY_GIVE_UP = 3600.0
+
+
+def _iso_ms(moment: float) -> str:
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def message_event(topic: str, payload: bytes, qos: int, retain: bool, mid: int, received_at: float) -> dict[str, Any]:
+    try:
+        text, encoded = payload.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, encoded = base64.b64encode(payload).decode(), True
+    return {"topic": topic, "payload": text, "isBase64Encoded": encoded, "qos": qos, "retain": retain,
+            "messageId": mid, "receivedAt": _iso_ms(received_at)}
+
+
+def default_client_id(trigger_id: str) -> str:
+    """A stable client id within the 23 characters every broker must accept."""
+    return "ef" + trigger_id.replace("-", "")[:21]
+
+
+@dataclass
+class _Pending:
+    task: asyncio.Task[bool]  # True: acknowledge (durable, or rejected for good)
+    mid: int
+    qos: int
+    generation: int  # the connection it came on: a PUBACK only makes sense on that one
+
+
+class MqttSubscription:
+    """One trigger's connection to its broker."""
+
+    def __init__(self, trigger: SourceTrigger, config: MqttConfig, intake: Intake) -> None:
+        self.trigger = trigger
+        self.config = config
+        self.intake = intake
+        self.state = "connecting"
+        self.connected = False
+        self.last_message_at: float | None = None
+        self.last_error = ""
+        self.received = 0
+        self.rejected = 0
+        self.replied = 0
+        self._generation = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: paho.Client | None = None
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._acker: asyncio.Task[None] | None = None
+        self._replies: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._subscribed = False  # by this object: a session left by an older config may lack it
+
+    # ---- lifetime ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id or default_client_id(
+            self.trigger.trigger_id), clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password or None)
+        if cfg.tls:
+            client.tls_set_context(ssl.create_default_context())
+        client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+        self._acker = self._loop.create_task(self._acknowledge())
+        client.connect_async(cfg.host, cfg.port, keepalive=KEEPALIVE)
+        client.loop_start()  # connects, and reconnects with back-off, in paho's thread
+        log.info("mqtt_starting", trigger=self.trigger.trigger_id, broker=cfg.broker, topic=cfg.topic)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in [*(p.task for p in self._pending), *self._replies, *([self._acker] if self._acker else [])]:
+            task.cancel()
+        await asyncio.gather(*(p.task for p in self._pending), *self._replies,
+                             *([self._acker] if self._acker else []), return_exceptions=True)
+        self._pending.clear()
+        client, self._client = self._client, None
+        if client is not None:
+            # The session stays on the broker (clean_session=False): unacknowledged messages come
+            # again to the next connection with this client id.
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+        self.state, self.connected = "stopped", False
+
+    async def unsubscribe_and_stop(self) -> None:
+        """The trigger is gone: drop the subscription from the broker's session, then stop."""
+        client = self._client
+        if client is not None and self.connected:
+            client.unsubscribe(self.config.topic)
+        await self.stop()
+
+    def status(self) -> dict[str, Any]:
+        return {"State": self.state, "Connected": self.connected,
+                "LastMessageAt": _iso_ms(self.last_message_at) if self.last_message_at else None,
+                "LastError": self.last_error or None, "Received": self.received, "Rejected": self.rejected,
+                "Replied": self.replied}
+
+    # ---- paho's thread -------------------------------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            self._call(self._note, "error", False, f"the broker refused the connection: {reason}")
+            return
+        self._generation += 1
+        session_present = bool(getattr(flags, "session_present", False))
+        if not (session_present and self._subscribed):
+            # Only when the broker does not hold the subscription already: a subscribe sends the
+            # topic's retained messages again, and each reconnect would invoke them once more.
+            client.subscribe(self.config.topic, qos=self.config.qos)
+            self._subscribed = True
+        self._call(self._note, "connected", True, "")
+        self._call(lambda: log.info("mqtt_connected", trigger=self.trigger.trigger_id, broker=self.config.broker,
+                                    session_present=session_present))
+
+    def _on_subscribe(self, _client: paho.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any) -> None:
+        refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            self._subscribed = False
+            self._call(self._note, "error", True, f"the broker refused the subscription to {self.config.topic}: "
+                                                  f"{', '.join(refused)}")
+
+    def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
+        self._call(self._note, "error", False, f"cannot connect to {self.config.broker}")
+
+    def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if self._stopping:
+            return
+        detail = f"disconnected from {self.config.broker}: {reason}"
+        self._call(self._note, "error" if self.state == "error" else "reconnecting", False,
+                   self.last_error if self.state == "error" else detail)
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._call(self._received, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
+                   self._generation, time.time())
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                loop.call_soon_threadsafe(fn, *args)
+
+    # ---- the event loop ------------------------------------------------------------------------
+
+    def _note(self, state: str, connected: bool, error: str) -> None:
+        if self._stopping:
+            return
+        if error and error != self.last_error:
+            log.warning("mqtt_connection_problem", trigger=self.trigger.trigger_id, broker=self.config.broker,
+                        error=error)
+        self.state, self.connected = state, connected
+        if error or connected:
+            self.last_error = error
+
+    def _received(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, generation: int,
+                  received_at: float) -> None:
+        if self._stopping or self._loop is None:
+            return
+        self.received += 1
+        self.last_message_at = received_at
+        event = message_event(topic, payload, qos, retain, mid, received_at)
+        task = self._loop.create_task(self._enqueue(topic, event))
+        self._pending.append(_Pending(task, mid, qos, generation))
+        self._arrived.set()
+
+    async def _enqueue(self, topic: str, event: dict[str, Any]) -> bool:
+        request_id = str(uuid.uuid4())
+        text = json.dumps(event, ensure_ascii=False)
+        for attempt in range(1 << 30):
+            try:
+                result = await self.intake.submit(self.trigger, text, request_id)
+            except Refused as exc:
+                if not exc.retryable:
+                    self.rejected += 1
+                    self.last_error = f"message on {topic} rejected: {exc}"
+                    log.warning("mqtt_message_rejected", trigger=self.trigger.trigger_id, topic=topic,
+                                request_id=request_id, status=exc.status, code=exc.code, error=exc.message)
+                    return True
+                self.last_error = f"enqueue refused, retrying: {exc}"
+                await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+                continue
+            log.info("mqtt_message_enqueued", trigger=self.trigger.trigger_id, topic=topic, request_id=request_id,
+                     qos=event["qos"], result=result.value)
+            if self.config.reply_topic and result is Submitted.ACCEPTED:
+                reply_to = reply_topic_for(self.config.reply_topic, topic)
+                if reply_to is not None and self._loop is not None:
+                    task = self._loop.create_task(self._reply(request_id, reply_to))
+                    self._replies.add(task)
+                    task.add_done_callback(self._replies.discard)
+            return True
+        return False
+
+    async def _acknowledge(self) -> None:
+        """PUBACK each QoS 1 message once its enqueue is done, strictly in arrival order."""
+        while True:
+            while not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            head = self._pending[0]
+            try:
+                ack = await head.task
+            except Exception as exc:  # noqa: BLE001 - held back: the broker sends it again on reconnect
+                log.error("mqtt_enqueue_crashed", trigger=self.trigger.trigger_id, error=repr(exc))
+                ack = False
+            self._pending.popleft()
+            client = self._client
+            if ack and head.qos == 1 and client is not None and head.generation == self._generation:
+                client.ack(head.mid, head.qos)
+
+    async def _reply(self, request_id: str, topic: str) -> None:
+        started = time.monotonic()
+        attempt = 0
+        while time.monotonic() - started < REPLY_GIVE_UP:
+            record = await self.intake.outcome(request_id)
+            if record is not None:
+                break
+            await asyncio.sleep(REPLY_POLL[min(attempt, len(REPLY_POLL) - 1)])
+            attempt += 1
+        else:
+            return
+        if record.get("Status") == "succeeded":
+            result = record.get("Result")
+            payload = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+        else:
+            payload = json.dumps({"requestId": request_id, "status": record.get("Status"),
+                                  "error": record.get("Error")}, ensure_ascii=False)
+        client = self._client
+        if client is not None:
+            client.publish(topic, payload.encode(), qos=self.config.qos)
+            self.replied += 1
+
+
+class MqttSource:
+    """Every ``mqtt`` trigger's :class:`MqttSubscription`."""
+
+    type = MQTT_TRIGGER_TYPE
+
+    def __init__(self, intake: Intake, *, guard: OutboundGuard | None = None) -> None:
+        self.intake = intake
+        self.guard = guard if guard is not None and guard.enabled else None  # easyfaas/outbound.py
+        self._subs: dict[str, MqttSubscription] = {}
+        self._invalid: dict[str, str] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        subs, self._subs = self._subs, {}
+        await asyncio.gather(*(s.stop() for s in subs.values()))
+
+    async def apply(self, change: TriggerChange, trigger: SourceTrigger) -> None:
+        old = self._subs.pop(trigger.trigger_id, None)
+        self._invalid.pop(trigger.trigger_id, None)
+        if change is not TriggerChange.REMOVED and old is not None and old.trigger == trigger:
+            self._subs[trigger.trigger_id] = old
+            return
+        if old is not None:
+            if change is TriggerChange.REMOVED or old.config.topic != trigger.config.get("Topic"):
+                await old.unsubscribe_and_stop()
+            else:
+                await old.stop()
+        if change is TriggerChange.REMOVED:
+            log.info("mqtt_removed", trigger=trigger.trigger_id)
+            return
+        try:
+            config = parse_mqtt_config(trigger.config)
+        except ConfigError as exc:
+            self._invalid[trigger.trigger_id] = str(exc)
+            log.warning("mqtt_invalid", trigger=trigger.trigger_id, error=str(exc))
+            return
+        if self.guard is not None:
+            try:
+                addresses = await self.guard.resolve(config.host, config.port, "MQTT broker")
+            except OutboundRefused as exc:
+                self._invalid[trigger.trigger_id] = exc.cause
+                log.warning("mqtt_refused", trigger=trigger.trigger_id, broker=config.broker, error=exc.cause)
+                return
+            if not config.tls:
+                # Connect to the address that was checked (a name could resolve elsewhere next time);
+                # over TLS the certificate is checked against the broker's name instead.
+                config = dataclasses.replace(config, host=addresses[0])
+        sub = MqttSubscription(trigger, config, self.intake)
+        self._subs[trigger.trigger_id] = sub
+        await sub.start()
+
+    def status(self, trigger_id: str) -> dict[str, Any] | None:
+        sub = self._subs.get(trigger_id)
+        if sub is not None:
+            return sub.status()
+        if trigger_id in self._invalid:
+            return {"State": "error", "Connected": False, "LastError": self._invalid[trigger_id]}
+        return None
