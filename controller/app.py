@@ -254,7 +254,7 @@ async def _freeze_heap_when_ready(app: web.Application) -> AsyncIterator[None]:
 
 def _admin_only(method: str, path: str) -> bool:
     """The controller's routes about the pool as a whole (not one account's functions): admin keys only."""
-    return path == "/v1/resource" or path.startswith("/v1/runtimes")
+    return path in ("/v1/resource", "/metrics") or path.startswith("/v1/runtimes")
 
 
 def controller_service(opts: Settings) -> Service:

@@ -21,6 +21,7 @@ from easyfaas.errors import InvalidInvokeCaller, ResourceNotFound
 from easyfaas.http import ACCOUNT_ID
 from easyfaas.keys import PodCredentials
 from easyfaas.outbound import OutboundGuard
+from easyfaas.tls import client_context
 from eventsources.fire_log import FireLog
 from eventsources.intake import ControllerIntake
 from eventsources.mqtt import MqttSource
@@ -59,7 +60,8 @@ def setup_event_sources(app: web.Application, opts: Settings, invoker: Invoker, 
     auth_dir = getattr(opts, "auth_dir", "")
     supervisor = EventSourceSupervisor(f"{registry_base.rstrip('/')}/trigger-changes",
                                        sources_of(intake, state_dir, guard),
-                                       credentials=PodCredentials(auth_dir).headers if auth_dir else None)
+                                       credentials=PodCredentials(auth_dir).headers if auth_dir else None,
+                                       ssl=client_context(opts))
     app[EVENT_SOURCES] = supervisor
     app[EVENT_SOURCES_INTAKE] = intake
 

@@ -23,7 +23,8 @@ TIMEOUT = 1.0
 
 class EventSourceStatus:
     def __init__(self, controller_url: str, *, timeout: float = TIMEOUT,
-                 credentials: Callable[[], dict[str, str]] | None = None) -> None:
+                 credentials: Callable[[], dict[str, str]] | None = None, ssl: Any = None) -> None:
+        self._ssl = ssl  # the CA of a controller on TLS (--tls-ca)
         self.controller_url = controller_url.rstrip("/")
         self.credentials = credentials  # the pod's key, when the controller requires keys
         self.timeout = timeout
@@ -39,7 +40,9 @@ class EventSourceStatus:
         if trigger.Type not in EVENT_SOURCE_TYPES:
             return None
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None)
         url = f"{self.controller_url}/v1/event-sources/{trigger.TriggerId}"
         try:
             headers = {ACCOUNT_ID: trigger.Uid, **(self.credentials() if self.credentials is not None else {})}

@@ -28,7 +28,9 @@ RETRY_DELAY = 1.0
 
 class EventSourceSupervisor:
     def __init__(self, feed_url: str, sources: Mapping[str, EventSource], *, poll_wait: float = POLL_WAIT,
-                 retry_delay: float = RETRY_DELAY, credentials: Callable[[], dict[str, str]] | None = None) -> None:
+                 retry_delay: float = RETRY_DELAY, credentials: Callable[[], dict[str, str]] | None = None,
+                 ssl: Any = None) -> None:
+        self._ssl = ssl  # the CA of a stubs on TLS (--tls-ca)
         self.feed_url = feed_url
         self.credentials = credentials  # the pod's key, for stubs' trigger feed when keys are required
         self.sources = dict(sources)
@@ -42,7 +44,9 @@ class EventSourceSupervisor:
     async def start(self) -> None:
         for source in self.sources.values():
             await source.start()
-        self._session = aiohttp.ClientSession(headers=self.credentials() if self.credentials is not None else None)
+        self._session = aiohttp.ClientSession(
+            headers=self.credentials() if self.credentials is not None else None,
+            connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None)
         self._task = asyncio.get_running_loop().create_task(self._follow())
 
     async def close(self) -> None:

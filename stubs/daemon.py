@@ -13,7 +13,7 @@ from easyfaas.logging import setup_logging
 from easyfaas.runtimes import RuntimeCatalog
 from easyfaas.keys import PodCredentials
 from easyfaas.secret_store import SecretStore
-from easyfaas.tls import server_tls
+from easyfaas.tls import client_context, server_tls
 from stubs.app import DEFAULT_ACCOUNT_ID, make_app
 from stubs.keys import add_key_routes, admin_only, needs_key
 from stubs.metrics import add_stubs_observability
@@ -56,7 +56,8 @@ def stubs_service(opts: Settings) -> Service:
     if authn is not None:
         add_key_routes(app, authn.store)
     if opts.controller_url:
-        add_trigger_status(app, opts.controller_url, credentials=PodCredentials(opts.auth_dir).headers)
+        add_trigger_status(app, opts.controller_url, credentials=PodCredentials(opts.auth_dir).headers,
+                           ssl=client_context(opts))
     add_stubs_observability(app, store)
     return Service("stubs", app, [TCPEndpoint(opts.host, opts.port, server_tls(opts))],
                    shutdown_timeout=opts.shutdown_timeout,

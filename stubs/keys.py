@@ -61,9 +61,10 @@ def add_key_routes(app: web.Application, store: KeyStore) -> None:
 
 
 def admin_only(method: str, path: str) -> bool:
-    """Stubs' routes that only admin keys may use: the keys, the pod's code and trigger feeds, and the
-    original's internal registry path."""
-    return path.startswith(("/v1/keys", "/v1/code-changes", "/v1/trigger-changes", "/inside-v1/"))
+    """Stubs' routes that only admin keys may use: the keys, the pod's code and trigger feeds, the
+    metrics (every account's), and the original's internal registry path."""
+    return path == "/metrics" or path.startswith(("/v1/keys", "/v1/code-changes", "/v1/trigger-changes",
+                                                  "/inside-v1/"))
 
 
 def needs_key(request: web.Request) -> bool:

@@ -42,7 +42,9 @@ class Daemons:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.auth_dir = base / "auth"
-        self.ports = {"stubs": free_port(), "controller": free_port(), "httptrigger": free_port()}
+        # httptrigger-metrics: the trigger's aiohttp application (/metrics, health), beside its gateway
+        self.ports = {"stubs": free_port(), "controller": free_port(), "httptrigger": free_port(),
+                      "httptrigger-metrics": free_port()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         self.keys: dict[str, str] = {}
@@ -57,7 +59,8 @@ class Daemons:
                     "--funclet-api-sock", str(self.base / "no-funclet.sock"), "--prefetch-code", "false",
                     "--state-dir", str(self.base / "controller")]
         return ["-m", "httptrigger", *common, "--controller-host", f"http://127.0.0.1:{self.ports['controller']}",
-                "--repository-endpoint", f"http://127.0.0.1:{self.ports['stubs']}"]
+                "--repository-endpoint", f"http://127.0.0.1:{self.ports['stubs']}",
+                "--metrics-port", str(self.ports["httptrigger-metrics"])]
 
     def start(self) -> None:
         write_runtimes(self.base / "runtime")
@@ -143,7 +146,7 @@ def _routes(tmp: Path) -> dict[str, list[tuple[str, str]]]:
             *auth, "--function-dir", str(tmp / "fd"), "--runtime-dir", str(ROOT / "runner" / "runtimes")], {})),
         "controller": controller.app.controller_service(controller.options.check_controller_options(
             parse_options("controller", controller.options.OPTIONS, [*auth, "--state-dir", str(tmp / "ctl")], {}))),
-        "httptrigger": httptrigger.app.httptrigger_service(parse_options("httptrigger", httptrigger.app.OPTIONS,
+        "httptrigger-metrics": httptrigger.app.httptrigger_service(parse_options("httptrigger", httptrigger.app.OPTIONS,
                                                                          auth, {})),
     }
     out: dict[str, list[tuple[str, str]]] = {}
