@@ -130,3 +130,37 @@ def test_outbound_allow_is_an_option_of_the_funclet_and_the_daemons(tmp_path: Pa
     env = {"EASYFAAS_OUTBOUND_ALLOW": "127.0.0.1:9000"}
     assert parse_options("funclet", FUNCLET, ["--outbound-guard", "true"], env).outbound_allow == "127.0.0.1:9000"
     assert parse_options("stubs", STUBS, [], env).outbound_allow == "127.0.0.1:9000"
+
+
+async def test_mqtt_brokers_on_loopback_or_the_host_are_refused_unless_allowed() -> None:
+    from eventsources.mqtt import MqttSource
+    from eventsources.source import SourceTrigger, TriggerChange
+
+    def trigger(tid: str, broker: str) -> SourceTrigger:
+        return SourceTrigger(trigger_id=tid, type="mqtt", function_brn="brn:cloud:faas:bj:x:function:f:$LATEST",
+                             uid="acct", config={"Broker": broker, "Topic": "t/#"})
+
+    source = MqttSource(intake=None, guard=guard())  # type: ignore[arg-type]  # refused before any intake
+    for tid, broker in (("t1", "mqtt://127.0.0.1:1883"), ("t2", "mqtts://localhost:8883"),
+                        ("t3", "mqtt://169.254.1.1:1883"), ("t4", "mqtt://10.9.8.7:1883")):
+        await source.apply(TriggerChange.ADDED, trigger(tid, broker))
+        status = source.status(tid)
+        assert status is not None and status["State"] == "error" and "--outbound-allow" in status["LastError"], \
+            (broker, status)
+    assert not source._subs  # nothing connected
+    await source.stop()
+
+
+async def test_an_allowed_mqtt_broker_is_connected_to_by_its_checked_address() -> None:
+    from eventsources.mqtt import MqttSource
+    from eventsources.source import SourceTrigger, TriggerChange
+
+    port = free_port()  # nothing listens: the subscription keeps trying, which is all this needs
+    source = MqttSource(intake=None, guard=guard(f"127.0.0.1:{port},[::1]:{port}"))  # type: ignore[arg-type]
+    await source.apply(TriggerChange.ADDED, SourceTrigger(
+        trigger_id="ok", type="mqtt", function_brn="brn:cloud:faas:bj:x:function:f:$LATEST", uid="acct",
+        config={"Broker": f"mqtt://localhost:{port}", "Topic": "t/#"}))
+    try:
+        assert "ok" in source._subs and source._subs["ok"].config.host in ("127.0.0.1", "::1")
+    finally:
+        await source.stop()
