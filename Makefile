@@ -34,11 +34,13 @@ $(STAMP): pyproject.toml
 run: install
 	$(if $(SEPARATE),EASYFAAS_SEPARATE_DAEMONS=1 )scripts/run-pod
 
+# The whole suite: unit, in-process and end-to-end tests (real pods and sandboxes), the long ones too.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The inner loop: unit and in-process tests only (markers in tests/conftest.py), well under a minute.
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not e2e and not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench

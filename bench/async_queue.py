@@ -17,7 +17,7 @@ from bench.pod import BenchError, BenchPod
 from bench.stats import ratio
 from bench.wrk import run_wrk
 from easyfaas.http import INVOKE_TYPE
-from tests.pod_harness import ACCOUNT
+from easyfaas.function_code import ACCOUNT
 
 PY_TRIVIAL = "def handler(event, context):\n    return event\n"
 HEADERS = {"X-easyfaas-Account-Id": ACCOUNT}

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import psutil
 
 from bench.stats import median, percentile
-from tests.pod_harness import free_port
+from easyfaas.pod_names import free_port
 
 MiB = 1 << 20
 

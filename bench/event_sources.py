@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.mosquitto import Mosquitto
 from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod, Function
 from bench.stats import percentile
-from tests.pod_harness import ACCOUNT
-from tests.test_mqtt_source import Mosquitto
+from easyfaas.function_code import ACCOUNT
 
 PY_STAMP = ("import json, time\n"
             "def handler(event, context):\n"

@@ -20,7 +20,8 @@ from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod
 from bench.scenarios import Plan, _med, _wrk
 from bench.stats import median, ratio
 from bench.wrk import WrkResult
-from tests.pod_harness import ACCOUNT, free_port
+from easyfaas.function_code import ACCOUNT
+from easyfaas.pod_names import free_port
 
 PY_WEB = "def handler(event, context):\n    return {'statusCode': 200, 'body': 'ok'}\n"
 P50_BUDGET = 1.3

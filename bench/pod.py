@@ -1,7 +1,7 @@
 """A real pod for the benchmarks, and the blocking HTTP calls the scenarios make to it.
 
 The pod is :class:`easyfaas.pod.Pod` with names of its own (bridge, veths, cgroups, directories:
-``tests.pod_harness.TestNames``), the controller at ``--log-level warning`` so that logging is not
+``easyfaas.pod_names.PodNames``), the controller at ``--log-level warning`` so that logging is not
 what is measured, warm sandboxes kept for the whole run (``--max-runtime-idle``), and a kernel-leak
 audit after it stops. ``controller_loop`` is the controller's ``--event-loop`` (it runs on uvloop
 unless told otherwise; the funclet stays on asyncio, as pyroute2's async API needs).
@@ -23,8 +23,10 @@ from typing import Any
 
 import psutil
 
+from easyfaas.function_code import ACCOUNT, b64zip, brn
 from easyfaas.pod import Pod, PodConfig
-from tests.pod_harness import ACCOUNT, TestNames, b64zip, brn, free_port, kernel_leaks
+from easyfaas.pod_leaks import kernel_leaks
+from easyfaas.pod_names import PodNames, free_port
 
 ACCOUNT_HEADER = "X-easyfaas-Account-Id"
 
@@ -49,7 +51,7 @@ class BenchPod:
     container_num: int
     controller_loop: str = "auto"
     all_in_one: bool = False  # controller and stubs in one process (easyfaas.all_in_one)
-    names: TestNames = field(default_factory=TestNames.new)
+    names: PodNames = field(default_factory=PodNames.new)
     pod: Pod | None = None
     base: Path | None = None
     _conns: dict[str, http.client.HTTPConnection] = field(default_factory=dict)
@@ -217,7 +219,7 @@ def _is_ours(leak: str, ours: set[int]) -> bool:
     return True
 
 
-def _kernel_leaks(state_dir: Path, names: TestNames) -> list[str]:
+def _kernel_leaks(state_dir: Path, names: PodNames) -> list[str]:
     # The audit walks /sys/fs/cgroup, where other pods on this machine add and remove cgroups
     # while it looks: a directory vanishing under the walk is not a leak of ours, look again.
     for attempt in range(5):

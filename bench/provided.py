@@ -20,7 +20,7 @@ from bench.client import RawHTTPClient
 from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod, Function
 from bench.scenarios import COLD_GAP, PY_TRIVIAL, Plan, _med, _timed_invoke, _wrk
 from bench.stats import ratio, summary
-from tests.pod_harness import ACCOUNT, b64zip, brn
+from easyfaas.function_code import ACCOUNT, b64zip, brn
 
 
 def bootstrap_source(python: str) -> str:

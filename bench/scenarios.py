@@ -19,7 +19,7 @@ from bench.client import RawHTTPClient
 from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod, Function
 from bench.stats import median, ratio, summary
 from bench.wrk import WrkResult, run_wrk
-from tests.pod_harness import ACCOUNT
+from easyfaas.function_code import ACCOUNT
 
 PY_TRIVIAL = "def handler(event, context):\n    return event\n"
 NODE_TRIVIAL = "exports.handler = async (event) => event;\n"
@@ -85,10 +85,6 @@ def _med(runs: list[WrkResult], attr: str) -> float:
 
 def free_slots(pod: BenchPod) -> int:
     return sum(1 for s in pod.get_json("controller", "/v1/runtimes") if s["State"] == "cold" and s["Available"])
-
-
-def warm_slots(pod: BenchPod) -> int:
-    return sum(1 for s in pod.get_json("controller", "/v1/runtimes") if s["State"] == "warm")
 
 
 def prefetch_stats(pod: BenchPod) -> dict[str, Any]:

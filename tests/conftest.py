@@ -1,5 +1,11 @@
 """Shared fixtures: a real pod (funclet, stubs, controller) for end-to-end tests, started once per
-session with names of its own, and a check after the suite that nothing it made was left behind."""
+session with names of its own, and a check after the suite that nothing it made was left behind.
+
+Markers: ``e2e`` for every test that starts a real pod or real sandboxes, ``slow`` for long ones;
+``make test-fast`` runs neither. A test is marked ``e2e`` by what it uses (:data:`E2E_FIXTURES`, or
+a module that starts its own pods with :func:`tests.pod_harness.live_pod`), so a new test gets the
+marker without asking for it.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +17,39 @@ from typing import Iterator
 
 import pytest
 
+import tests.pod_harness
 from easyfaas.pod import Pod, PodConfig
-from tests.pod_harness import TestNames, free_port, kernel_leaks, kernel_snapshot, new_objects
+from easyfaas.pod_leaks import kernel_leaks, kernel_snapshot, new_objects
+from easyfaas.pod_names import PodNames, free_port
+from tests.pod_harness import E2E_SANDBOXES
 
-E2E_SANDBOXES = 6
+# Fixtures more than one test module uses.
+pytest_plugins = ["tests.sandbox_harness", "tests.fakes.stubs_app"]
+
+# The session pod (``pod``, a module may name its own pod fixture so too), the root check that
+# comes with it, the zygote host that real sandboxes are spawned from, and the egress tests' outside
+# host that network sandboxes reach (tests/egress_harness.py; its probes wait out what is dropped).
+E2E_FIXTURES = frozenset({"pod", "root_required", "host", "outside"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
-    config.addinivalue_line("markers", "e2e: starts a real pod")
+    config.addinivalue_line("markers", "e2e: starts a real pod or real sandboxes")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if starts_real_pods(item) and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.e2e)
+
+
+def starts_real_pods(item: pytest.Item) -> bool:
+    """True when the test starts a real pod or real sandboxes."""
+    if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    module = getattr(item, "module", None)
+    return getattr(module, "live_pod", None) is tests.pod_harness.live_pod
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,7 +78,7 @@ def root_required() -> None:
 
 @pytest.fixture(scope="session")
 def pod(root_required: None) -> Iterator[Pod]:
-    names = TestNames.new()
+    names = PodNames.new()
     base = Path(tempfile.mkdtemp(prefix=f"efaas-{names.tag}-"))
     config = PodConfig(state_dir=base / "state", run_dir=base / "run", controller_port=free_port(),
                        stubs_port=free_port(), container_num=E2E_SANDBOXES, pod_name=names.pod_name,

@@ -24,9 +24,10 @@ import pytest
 from aiohttp import web
 
 from easyfaas.all_in_one import parse_all_in_one_options, part_options, PARTS
+from easyfaas.function_code import ACCOUNT, b64zip, brn
 from easyfaas.pod import ALL_IN_ONE, Pod, PodConfig, _tcp_http_ok, _under_prefix
-import tests.pod_harness as harness
-from tests.pod_harness import ACCOUNT, b64zip, brn, free_port, kernel_leaks
+from easyfaas.pod_leaks import kernel_leaks
+from easyfaas.pod_names import PodNames, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_HELLO = "exports.handler = (event, context, callback) => { callback(null, 'Hello world!'); };\n"
@@ -161,7 +162,7 @@ def test_a_taken_port_is_a_clear_error_and_exit_1(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def aio(root_required: None) -> Iterator[Pod]:
-    names = harness.TestNames.new()
+    names = PodNames.new()
     base = Path(tempfile.mkdtemp(prefix=f"efaio-{names.tag}-"))
     config = PodConfig(state_dir=base / "state", run_dir=base / "run", controller_port=free_port(),
                        stubs_port=free_port(), httptrigger_port=free_port(), container_num=3,

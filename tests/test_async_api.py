@@ -8,106 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
 import time
 from typing import Any, AsyncIterator
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
-from controller.app import create_app
 from controller.async_api import EVENT_QUEUE
 from controller.event_queue import QueuedEvent
 from controller.options import parse_controller_options
-from controller.registry import Registry
-from easyfaas.brn import Brn
-from tests.test_controller_api import H, OTHER
-from tests.test_pool import FakeFunclet, until
-from tests.test_registry import OWNER, FakeStubs, function_record
-from tests.test_runtime_channel import FrameRuntime
-
-EVENT = {**H, "X-easyfaas-Invoke-Type": "event"}
-
-
-class StubsWithEventConfig(FakeStubs):
-    def __init__(self) -> None:
-        super().__init__()
-        self.event_configs: dict[str, dict[str, Any]] = {}
-
-    def app(self) -> web.Application:
-        app = super().app()
-        app.router.add_get("/v1/functions/{brn}/event-invoke-config", self._event_config)
-        return app
-
-    async def _event_config(self, request: web.Request) -> web.Response:
-        config = self.event_configs.get(request.match_info["brn"])
-        if config is None:
-            return web.json_response({"Code": "ResourceNotFoundException", "Message": "x", "Status": 404,
-                                      "Type": "User"}, status=404)
-        return web.json_response(config)
-
-
-class AsyncEnv:
-    def __init__(self, client: TestClient, stubs: StubsWithEventConfig, runtimes: dict[str, FrameRuntime]) -> None:
-        self.client = client
-        self.stubs = stubs
-        self.runtimes = runtimes
-
-    def requests_seen(self) -> list[dict[str, Any]]:
-        return [r for rt in self.runtimes.values() for r in rt.requests]
-
-    def brn(self, name: str) -> str:
-        return str(Brn.for_account(OWNER, name))
-
-    async def enqueue(self, name: str, event: Any, headers: dict[str, str] | None = None) -> str:
-        resp = await self.client.post(f"/v1/functions/{name}/invocations", data=json.dumps(event),
-                                      headers={**EVENT, **(headers or {})})
-        assert resp.status == 202, await resp.text()
-        rid = resp.headers["X-easyfaas-Request-Id"]
-        assert resp.headers["Location"] == f"/v1/invocations/{rid}"
-        return rid
-
-    async def record(self, rid: str, account: str = OWNER) -> tuple[int, Any]:
-        resp = await self.client.get(f"/v1/invocations/{rid}", headers={"X-easyfaas-Account-Id": account})
-        return resp.status, await resp.json()
-
-    async def finished(self, rid: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status, body = await self.record(rid)
-            assert status == 200, body
-            if body["Status"] in ("succeeded", "failed", "expired"):
-                return body
-            assert time.monotonic() < deadline, body
-            await asyncio.sleep(0.05)
-
-
-async def make_async_env(*args: str, containers: int = 2) -> tuple[AsyncEnv, Any]:
-    tmp = tempfile.mkdtemp(prefix="ef-async-")
-    runtimes = {f"c{i}": await FrameRuntime(os.path.join(tmp, f"c{i}.sock")).start() for i in range(containers)}
-    funclet = FakeFunclet(containers, socket_for=lambda cid: os.path.join(tmp, f"{cid}.sock"))
-    stubs = StubsWithEventConfig()
-    endpoint = await stubs.start()
-    stubs.add(function_record("hello"))
-    stubs.add(function_record("dest"))
-    stubs.add(function_record("foreign", uid=OTHER))
-    opts = parse_controller_options(["--task-interval", "3600", "--runtime-alive-timeout", "5", "--state-dir",
-                                     os.path.join(tmp, "state"), "--event-retry-base", "0.05", *args])
-    app = create_app(opts, funclet=funclet, registry=Registry(endpoint))  # type: ignore[arg-type]
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-
-    async def cleanup() -> None:
-        await client.close()
-        await stubs.stop()
-        for rt in runtimes.values():
-            await rt.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    return AsyncEnv(client, stubs, runtimes), cleanup
+from tests.fakes.controller_app import EVENT, H, AsyncEnv, make_async_env
+from tests.fakes.stubs_registry import OWNER
+from tests.fakes.waiting import until
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.pod_harness import b64zip, brn
-from tests.test_async_faults import H, all_finished, enqueue, records
-from tests.test_pool_lifecycle_e2e import PY_FN, LivePod, live_pod, unique
+from easyfaas.function_code import b64zip, brn
+from tests.pod_harness import PY_FN, H, LivePod, all_finished, enqueue, live_pod, records, unique
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from easyfaas.event_invoke import EventInvokeConfig, destination_record, Condition
 from stubs.store import EVENT_INVOKE_CONFIG_FILE
-from tests.test_stubs import HASH, OTHER_UID, UID, client, create, error_of, function_dir, runtime_dir  # noqa: F401
+from tests.fakes.stubs_app import HASH, OTHER_UID, UID, create, error_of
 
 DEST = f"brn:cloud:faas:bj:{HASH}:function:dest"
 PATH = "/v1/functions/fn/event-invoke-config"

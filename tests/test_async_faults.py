@@ -17,7 +17,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,24 +24,10 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-from tests.pod_harness import ACCOUNT
-from tests.test_event_queue_contract import NatsServer
-from tests.test_faults import wait_healthy
-from tests.test_pool_lifecycle_e2e import LivePod, live_pod, unique
+from tests.nats_harness import NatsServer
+from tests.pod_harness import H, LivePod, all_finished, enqueue, live_pod, records, unique, wait_healthy
 
 pytestmark = pytest.mark.e2e
-
-H = {"X-easyfaas-Account-Id": ACCOUNT}
-EVENT = {**H, "X-easyfaas-Invoke-Type": "event"}
-FINAL = ("succeeded", "failed", "expired")
-
-
-async def enqueue(lp: LivePod, name: str, event: Any) -> tuple[int, str, dict[str, Any] | None]:
-    async with lp.session().post(f"{lp.config.controller_url}/v1/functions/{name}/invocations",
-                                 headers=EVENT, data=json.dumps(event)) as resp:
-        raw = await resp.read()
-        body = json.loads(raw) if raw and resp.content_type == "application/json" else None
-        return resp.status, resp.headers.get("X-easyfaas-Request-Id", ""), body
 
 
 async def enqueue_many(lp: LivePod, name: str, count: int, concurrency: int = 32,
@@ -66,28 +51,6 @@ async def enqueue_many(lp: LivePod, name: str, count: int, concurrency: int = 32
                 refused.append(status)
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return accepted, refused
-
-
-async def records(lp: LivePod, name: str) -> dict[str, dict[str, Any]]:
-    async with lp.session().get(f"{lp.config.controller_url}/v1/invocations", headers=H,
-                                params={"FunctionName": name, "Limit": "1000"}) as resp:
-        assert resp.status == 200, await resp.text()
-        return {r["RequestId"]: r for r in (await resp.json())["Invocations"]}
-
-
-async def all_finished(lp: LivePod, name: str, ids: list[str], timeout: float = 120) -> dict[str, dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = await records(lp, name)
-        except (aiohttp.ClientError, asyncio.TimeoutError, AssertionError):
-            found = {}
-        if found and all(found.get(rid, {}).get("Status") in FINAL for rid in ids):
-            return found
-        if time.monotonic() > deadline:
-            missing = [rid for rid in ids if found.get(rid, {}).get("Status") not in FINAL]
-            raise AssertionError(f"{len(missing)} events never finished, e.g. {missing[:3]}\n{lp.log_tail()}")
-        await asyncio.sleep(0.3)
 
 
 def executions(lp: LivePod) -> dict[str, list[int]]:

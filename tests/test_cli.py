@@ -24,7 +24,7 @@ from cli.settings import DEFAULT_REGISTRY_URL, DEFAULT_URL, resolve
 from cli.stack import StackError, parse_stack
 from easyfaas.errors import AccessDenied, ResourceConflict, ResourceNotFound
 from easyfaas.pod import REPO_ROOT
-from tests.pod_harness import free_port
+from easyfaas.pod_names import free_port
 
 # ---- settings --------------------------------------------------------------------------------------
 

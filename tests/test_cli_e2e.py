@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from easyfaas.pod import REPO_ROOT
-from tests.pod_harness import ACCOUNT, OTHER_ACCOUNT
+from easyfaas.function_code import ACCOUNT
+from tests.pod_harness import OTHER_ACCOUNT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -16,12 +16,12 @@ from controller.funclet_client import FuncletError
 from controller.registry import Registry
 from easyfaas.feed import NumberedFeed
 from easyfaas.models import CodeChanges, CodePrepareRequest, CodePrepareResponse
+from easyfaas.pod_names import free_port
 from easyfaas.runtimes import RuntimeCatalog
 from stubs.app import make_app
 from stubs.store import FunctionStore
-from tests.pod_harness import free_port
-from tests.test_stubs import (CODE_A, CODE_B, MAX_CODE, UID, b64, create, error_of, function_dir, runtime_dir,  # noqa: F401
-                              sha_b64, start_client)
+from tests.fakes.stubs_app import CODE_A, CODE_B, MAX_CODE, UID, b64, create, error_of, sha_b64, start_client
+
 
 # ---- the feed ----------------------------------------------------------------------------------
 
@@ -95,7 +95,7 @@ async def test_stubs_announce_new_code_only(function_dir: Path, runtime_dir: Pat
 async def test_image_store_keeps_at_most_max_images(tmp_path: Path, root_required: None) -> None:
     from funclet.sandbox.codeimage import CodeImageStore
     from funclet.sandbox.mounts import mounts_at
-    from tests.test_stubs import make_zip
+    from tests.fakes.stubs_app import make_zip
 
     store = CodeImageStore(tmp_path / "images", max_images=2)
     store.cleanup_stale()

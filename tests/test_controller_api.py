@@ -2,7 +2,8 @@
 
 Real parts: the aiohttp application from ``create_app``, a registry served by a real HTTP server on
 127.0.0.1 (FakeStubs), and runtimes that speak the frame protocol on real unix sockets
-(FrameRuntime, one per sandbox). Only the funclet is in memory (FakeFunclet).
+(FrameRuntime, one per sandbox). Only the funclet is in memory (FakeFunclet). All of it is put
+together by :func:`tests.fakes.controller_app.make_env`.
 """
 
 from __future__ import annotations
@@ -10,79 +11,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import re
-import shutil
-import tempfile
 from typing import Any, AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
-from controller.app import POOL, create_app
-from controller.options import parse_controller_options
 from controller.pool import Phase
-from controller.registry import Registry
 from easyfaas.brn import Brn, account_hash
-from tests.test_pool import FakeFunclet, until
-from tests.test_registry import OWNER, FakeStubs, function_record
-from tests.test_runtime_channel import FrameRuntime
-
-OTHER = "0123456789abcdef0123456789abcdef"
-H = {"X-easyfaas-Account-Id": OWNER}
-
-
-class Env:
-    def __init__(self, client: TestClient, funclet: FakeFunclet, stubs: FakeStubs,
-                 runtimes: dict[str, FrameRuntime]) -> None:
-        self.client = client
-        self.funclet = funclet
-        self.stubs = stubs
-        self.runtimes = runtimes
-
-    @property
-    def pool(self) -> Any:
-        return self.client.server.app[POOL]
-
-    def requests_seen(self) -> list[dict[str, Any]]:
-        return [r for rt in self.runtimes.values() for r in rt.requests]
-
-    async def invoke(self, name: str, event: Any = None, *, headers: dict[str, str] | None = None,
-                     data: bytes | str | None = None, params: dict[str, str] | None = None) -> Any:
-        body = data if data is not None else json.dumps(event if event is not None else {})
-        return await self.client.post(f"/v1/functions/{name}/invocations", data=body,
-                                      headers=H if headers is None else headers, params=params)
-
-
-async def make_env(containers: int = 3, extra_args: tuple[str, ...] = (),
-                   server_kwargs: dict[str, Any] | None = None) -> tuple[Env, Any]:
-    sock_dir = tempfile.mkdtemp(prefix="ef-api-")
-    runtimes = {f"c{i}": await FrameRuntime(os.path.join(sock_dir, f"c{i}.sock")).start() for i in range(containers)}
-    funclet = FakeFunclet(containers, socket_for=lambda cid: os.path.join(sock_dir, f"{cid}.sock"))
-    stubs = FakeStubs()
-    endpoint = await stubs.start()
-    stubs.add(function_record("hello"))
-    stubs.add(function_record("hello", "1"))
-    stubs.add(function_record("slow", timeout=1))
-    stubs.add(function_record("wide", quota=4))
-    stubs.add(function_record("foreign", uid=OTHER))
-    opts = parse_controller_options(["--task-interval", "3600", "--runtime-alive-timeout", "5",
-                                     "--state-dir", os.path.join(sock_dir, "state"), *extra_args])
-    app = create_app(opts, funclet=funclet, registry=Registry(endpoint))  # type: ignore[arg-type]
-    client = TestClient(TestServer(app, host="127.0.0.1", **(server_kwargs or {})))
-    await client.start_server()
-    await app[POOL].wait_ready(2)
-
-    async def cleanup() -> None:
-        await client.close()
-        await stubs.stop()
-        for rt in runtimes.values():
-            await rt.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
-        assert funclet.closed, "the app must close its funclet client"
-
-    return Env(client, funclet, stubs, runtimes), cleanup
+from tests.fakes.controller_app import H, OTHER, Env, make_env
+from tests.fakes.stubs_registry import OWNER
+from tests.fakes.waiting import until
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from easyfaas.daemon import Service, TCPEndpoint, UnixEndpoint, serve
-from tests.pod_harness import free_port
+from easyfaas.pod_names import free_port
 
 
 def _service(name: str, events: list[str], endpoint: object, *, fail_cleanup: bool = False) -> Service:

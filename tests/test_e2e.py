@@ -14,7 +14,8 @@ import secrets
 import aiohttp
 import pytest
 
-from tests.pod_harness import ACCOUNT, OTHER_ACCOUNT, b64zip, brn
+from easyfaas.function_code import ACCOUNT, b64zip, brn
+from tests.pod_harness import E2E_SANDBOXES, OTHER_ACCOUNT
 
 pytestmark = pytest.mark.e2e
 
@@ -188,8 +189,6 @@ async def test_log_tail(http: aiohttp.ClientSession) -> None:
 
 
 async def test_concurrency_quota_and_429(http: aiohttp.ClientSession) -> None:
-    from tests.conftest import E2E_SANDBOXES
-
     name = unique("busy")
     await create(http, name, {"Runtime": "python3", "Handler": "index.handler", "Timeout": 10,
                               "PodConcurrentQuota": 0, "Code": b64zip({"index.py": PY_ECHO})})

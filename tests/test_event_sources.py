@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from easyfaas.triggers import TriggerChanges
 from eventsources.source import SourceTrigger, TriggerChange
 from eventsources.supervisor import EventSourceSupervisor
-from tests.test_stubs import UID, create, start_client, write_runtimes
+from tests.fakes.stubs_app import UID, create, start_client, write_runtimes
 
 
 class RecordingSource:

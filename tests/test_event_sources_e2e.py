@@ -23,11 +23,10 @@ from typing import Any, Iterator
 import pytest
 
 from eventsources.schedules import fire_request_id
-from tests.pod_harness import ACCOUNT, b64zip
-from tests.test_async_faults import records
-from tests.test_faults import wait_healthy
-from tests.test_mqtt_source import Mosquitto, Publisher, Subscriber
-from tests.test_pool_lifecycle_e2e import LivePod, live_pod, unique
+from bench.mosquitto import Mosquitto
+from easyfaas.function_code import ACCOUNT, b64zip
+from tests.mqtt_harness import Publisher, Subscriber
+from tests.pod_harness import LivePod, live_pod, records, unique, wait_healthy
 
 pytestmark = pytest.mark.e2e
 

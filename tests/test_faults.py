@@ -16,7 +16,6 @@ import random
 import signal
 import subprocess
 import time
-from collections import Counter
 from typing import Any, Iterator
 
 import aiohttp
@@ -24,74 +23,9 @@ import psutil
 import pytest
 
 from easyfaas.pod import _tcp_http_ok
-from tests.test_pool_lifecycle_e2e import LivePod, live_pod, unique
+from tests.pod_harness import NODE_FN, Load, LivePod, live_pod, settled, stored_functions, unique, wait_healthy
 
 pytestmark = pytest.mark.e2e
-
-NODE_FN = "exports.handler = async (event) => ({node: true, n: event.n});\n"
-
-
-class Load:
-    """Requests to several functions from ``workers`` concurrent clients until stopped; every
-    outcome is counted (HTTP status and error type, or the client-side error)."""
-
-    def __init__(self, lp: LivePod, functions: list[str], workers: int = 4, sleep: float = 0.2) -> None:
-        self.lp = lp
-        self.functions = functions
-        self.workers = workers
-        self.sleep = sleep
-        self.outcomes: Counter[str] = Counter()
-        self.unexplained: list[Any] = []
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
-
-    async def stop(self) -> Counter[str]:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        return self.outcomes
-
-    async def _worker(self, seed: int) -> None:
-        rng = random.Random(seed)
-        while not self._stop.is_set():
-            name = rng.choice(self.functions)
-            try:
-                status, body = await self.lp.invoke(name, {"sleep": rng.random() * self.sleep, "n": seed})
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                self.outcomes[f"connection: {type(exc).__name__}"] += 1
-                await asyncio.sleep(0.05)
-                continue
-            if status == 200:
-                self.outcomes["200"] += 1
-            elif isinstance(body, dict) and (body.get("errorType") or body.get("Code")):
-                self.outcomes[f"{status} {body.get('errorType') or body.get('Code')}"] += 1
-            else:
-                self.outcomes[f"{status} ?"] += 1
-                self.unexplained.append((status, body))
-
-    def answered(self) -> int:
-        return sum(n for key, n in self.outcomes.items() if not key.startswith("connection"))
-
-
-async def stored_functions(lp: LivePod) -> dict[str, str]:
-    """Every stored function and its code hash, as the registry lists them."""
-    async with lp.session().get(f"{lp.config.stubs_url}/v1/functions",
-                                headers={"X-easyfaas-Account-Id": "df391b08c64c426a81645468c75163a5"}) as resp:
-        assert resp.status == 200, await resp.text()
-        data = await resp.json()
-    items = data.get("Functions", data) if isinstance(data, dict) else data
-    return {f["FunctionName"]: f["CodeSha256"] for f in items}
-
-
-async def settled(lp: LivePod) -> bool:
-    """Nothing in flight or queued, every sandbox known to both the controller and the funclet."""
-    res = await lp.resource()
-    runtimes = {r["RuntimeID"] for r in await lp.runtimes()}
-    containers = {c["ContainerID"] for c in await lp.containers()}
-    return (res["Queue"]["Waiting"] == 0 and runtimes == containers
-            and all(r["Concurrency"] == 0 for r in await lp.runtimes()))
 
 
 @pytest.fixture(scope="module")
@@ -123,19 +57,9 @@ async def make_functions(lp: LivePod) -> list[str]:
 
 
 def _b64(files: dict[str, str]) -> str:
-    from tests.pod_harness import b64zip
+    from easyfaas.function_code import b64zip
 
     return b64zip(files)
-
-
-async def wait_healthy(lp: LivePod, daemon: str, old_pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid = lp.pod.pid(daemon)
-        if pid and pid != old_pid and lp.pod.probe(daemon)():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{daemon} was not restarted\n{lp.log_tail()}")
 
 
 async def works_again(lp: LivePod, names: list[str]) -> None:

@@ -1,6 +1,6 @@
 """The controller's front door: invocations parsed with httptools, the rest handed to aiohttp.
 
-Real parts as in test_controller_api (the controller app, a registry over HTTP, frame runtimes on
+Real parts as in tests/test_controller_api.py (the controller app, a registry over HTTP, frame runtimes on
 unix sockets; the funclet in memory), with the front door listening on a real TCP port and raw
 HTTP/1.1 written to it, so framing, keep-alive, pipelining and hand-over are what is tested.
 """
@@ -15,8 +15,9 @@ import pytest
 
 from controller.app import INVOKER
 from controller.front_door import FrontDoor
-from tests.pod_harness import free_port
-from tests.test_controller_api import OWNER, Env, make_env
+from easyfaas.pod_names import free_port
+from tests.fakes.controller_app import Env, make_env
+from tests.fakes.stubs_registry import OWNER
 
 HOST = "127.0.0.1"
 

@@ -20,9 +20,9 @@ import pytest
 from controller.function_logs import FunctionLogs, LogQuery, report_line
 from controller.logs_api import FUNCTION_LOGS
 from easyfaas.brn import Brn, account_hash
-from tests.test_controller_api import H, OTHER, Env, make_env
-from tests.test_registry import OWNER
-from tests.test_pool import until
+from tests.fakes.controller_app import H, OTHER, Env, make_env
+from tests.fakes.stubs_registry import OWNER
+from tests.fakes.waiting import until
 
 REPORT = re.compile(r"REPORT RequestId: (\S+)\tDuration: \d+\.\d{2} ms\tBilled Duration: \d+ ms\t"
                     r"Memory Size: 128 MB\tMax Memory Used: \d+ MB\t(Init Duration: \d+\.\d{2} ms\t)?")

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.test_gateway_e2e import add_trigger, deploy, gw_pod, http, until_routed  # noqa: F401 - fixtures
+from tests.gateway_harness import add_trigger, deploy, gw_pod, http, until_routed  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,11 +11,11 @@ from typing import AsyncIterator
 import aiohttp
 import pytest
 
+from easyfaas.function_code import ACCOUNT, b64zip
 from httptrigger.app import controller_call
 from httptrigger.gateway import Gateway
 from httptrigger.response import map_result
 from httptrigger.server import HttpServer
-from tests.pod_harness import ACCOUNT, b64zip
 
 pytestmark = pytest.mark.e2e
 

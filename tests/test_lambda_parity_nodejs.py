@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.pod_harness import brn
-from tests.test_lambda_parity import ISO_MS, call, deploy, http, log_lines, zip_of_dir  # noqa: F401 - http: fixture
+from easyfaas.function_code import brn
+from tests.lambda_harness import ISO_MS, call, deploy, http, log_lines, zip_of_dir  # noqa: F401 - http: fixture
 
 NPM = shutil.which("npm")
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")]
@@ -165,7 +165,7 @@ module.exports.handler = serverless(app);
 async def test_serverless_http_express_adapter_runs_unchanged(http: aiohttp.ClientSession) -> None:
     """A popular Lambda web adapter, serverless-http wrapping an express app, installed with
     ``npm install`` into the zip as for Lambda, answers an API Gateway event."""
-    from tests.test_lambda_parity import http_api_event
+    from tests.lambda_harness import http_api_event
 
     if NPM is None:
         pytest.skip("npm is not installed")

@@ -18,9 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.pod_harness import brn
-from tests.test_lambda_parity import (ISO_MS, call, deploy, http, log_lines, pip_install_into,  # noqa: F401 - fixture
-                                      zip_of_dir)
+from easyfaas.function_code import brn
+from tests.lambda_harness import (ISO_MS, call, deploy, http, log_lines, pip_install_into,  # noqa: F401 - http: fixture
+                                  zip_of_dir)
 
 pytestmark = pytest.mark.e2e
 

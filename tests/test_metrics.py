@@ -11,7 +11,6 @@ tests/test_metrics_prometheus.py.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -21,7 +20,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 import httptrigger.app
 from easyfaas.metrics import (MAX_SERIES, OVERFLOW, Buckets, Tally, TriggerMetrics, add_observability_routes,
@@ -33,31 +31,10 @@ from funclet.metrics import FUNCLET_METRICS, metrics_app
 from stubs.app import make_app as stubs_app
 from stubs.metrics import add_stubs_observability
 from stubs.store import FunctionStore
-from tests.pod_harness import free_port
-from tests.test_controller_api import H, Env, make_env
-from tests.test_funclet_pool import make_pool, warmup_request  # noqa: F401 - make_pool is a fixture
-
-PROMTOOL = shutil.which("promtool")
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(v for (n, ls), v in samples(text).items() if n == name and set(labels.items()) <= set(ls))
-
-
-def promtool_accepts(text: str) -> None:
-    if PROMTOOL is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
-    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+from easyfaas.pod_names import free_port
+from tests.fakes.controller_app import H, Env, make_env
+from tests.fakes.funclet_pool import make_pool, warmup_request  # noqa: F401 - make_pool is a fixture
+from tests.metrics_harness import promtool_accepts, value
 
 
 @pytest.fixture
@@ -260,7 +237,7 @@ async def test_async_invocations_are_counted_and_the_queue_is_shown(env: Env) ->
 
 
 async def test_dead_letters_are_counted_per_function() -> None:
-    from tests.test_async_api import make_async_env
+    from tests.fakes.controller_app import make_async_env
 
     e, cleanup = await make_async_env()
     try:

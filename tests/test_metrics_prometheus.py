@@ -19,8 +19,9 @@ from typing import Any, AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from tests.pod_harness import ACCOUNT, b64zip, brn, free_port
-from tests.test_metrics import promtool_accepts, value
+from easyfaas.function_code import ACCOUNT, b64zip, brn
+from easyfaas.pod_names import free_port
+from tests.metrics_harness import promtool_accepts, value
 
 pytestmark = pytest.mark.e2e
 

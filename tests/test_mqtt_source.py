@@ -16,82 +16,21 @@ import base64
 import inspect
 import json
 import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.mosquitto import Mosquitto
+from tests.mqtt_harness import Publisher, Subscriber
 
 from eventsources.mqtt import MqttSource, message_event
 from eventsources.mqtt_config import check_topic_filter, parse_mqtt_config, reply_topic_for
 from eventsources.source import ConfigError, Refused, SourceTrigger, Submitted, TriggerChange
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto (make install)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Mosquitto:
-    """A mosquitto on 127.0.0.1 with persistence in ``directory``; restartable on its port."""
-
-    def __init__(self, directory: Path, *, users: dict[str, str] | None = None) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        self.config = directory / "mosquitto.conf"
-        # user root: the test runs as root and the files are in its temporary directory.
-        lines = [f"listener {self.port} 127.0.0.1", "user root", "persistence true", f"persistence_location {directory}/",
-                 "autosave_interval 1", "max_queued_messages 10000", "max_inflight_messages 100",
-                 f"log_dest file {directory}/mosquitto.log"]
-        if users:
-            passwd = directory / "passwd"
-            passwd.write_text("")
-            for user, password in users.items():
-                subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
-            passwd.chmod(0o600)
-            lines += [f"password_file {passwd}", "allow_anonymous false"]
-        else:
-            lines.append("allow_anonymous true")
-        self.config.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log()[-2000:]}")
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start listening")
-
-    def log(self) -> str:
-        path = self.directory / "mosquitto.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 @pytest.fixture
@@ -102,42 +41,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield server
     finally:
         server.stop()
-
-
-class Publisher:
-    """A QoS 1 publisher that waits for each PUBACK (the message is then the broker's)."""
-
-    def __init__(self, port: int) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub{uuid.uuid4().hex[:12]}")
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
-        info = self.client.publish(topic, payload, qos=qos)
-        info.wait_for_publish(10)
-        assert info.is_published(), f"the broker did not take the message on {topic}"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-class Subscriber:
-    """Collects what arrives on a topic filter (replies)."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.ready = False
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sub{uuid.uuid4().hex[:12]}")
-        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload)))
-        self.client.on_subscribe = lambda *_a: setattr(self, "ready", True)
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(topic, qos=1)
-        self.client.loop_start()
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 class RecordingIntake:

@@ -12,77 +12,13 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from pyroute2 import IPRoute
 
-from easyfaas import syscalls
 from funclet.sandbox.network import AddressPool, BridgeNetwork, NetworkError, netns_socket
-
-
-@contextmanager
-def sandbox_process() -> Iterator[int]:
-    """A child in its own network namespace that sleeps until told (or killed)."""
-    ready_r, ready_w = os.pipe()
-    stop_r, stop_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(ready_r)
-            os.close(stop_w)
-            syscalls.unshare(syscalls.CLONE_NEWNET)
-            os.write(ready_w, b"R")
-            os.read(stop_r, 1)
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    os.close(stop_r)
-    try:
-        assert os.read(ready_r, 1) == b"R"
-        yield pid
-    finally:
-        os.close(stop_w)
-        os.close(ready_r)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-
-
-@contextmanager
-def socket_in_netns(pid: int, kind: int = socket.SOCK_DGRAM) -> Iterator[socket.socket]:
-    """A socket created inside the netns of ``pid`` (it stays there after we setns back)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-    try:
-        syscalls.setns(target, syscalls.CLONE_NEWNET)
-        try:
-            sock = socket.socket(socket.AF_INET, kind)
-        finally:
-            syscalls.setns(own, syscalls.CLONE_NEWNET)
-    finally:
-        os.close(own)
-        os.close(target)
-    with sock:
-        yield sock
-
-
-def _probe(sender: socket.socket, receiver: socket.socket, dst: str, timeout: float = 0.5) -> bool:
-    """Send one UDP datagram to ``dst`` at the receiver's port; True if it arrived."""
-    port = receiver.getsockname()[1]
-    token = secrets.token_bytes(8)
-    receiver.settimeout(timeout)
-    sender.sendto(token, (dst, port))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data, _ = receiver.recvfrom(64)
-        except (socket.timeout, BlockingIOError):
-            return False
-        if data == token:
-            return True
-    return False
+from tests.sandbox_harness import sandbox_process, socket_in_netns
+from tests.sandbox_harness import udp_probe as _probe
 
 
 def _link_names() -> set[str]:

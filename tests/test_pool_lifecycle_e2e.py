@@ -2,215 +2,29 @@
 and shrink, the bounded queue and 429, reserved concurrency, and the funclet's health reports.
 
 One pod for the module (2 idle sandboxes, up to 5), with timers short enough that each test takes
-seconds. ``LivePod`` is reused by tests/test_faults.py and tests/test_soak.py: it starts a pod with
-names of its own, talks to its daemons, and audits that nothing it made is left behind — counting
-only this pod's processes, since other test runs may share the machine.
+seconds, started by ``live_pod`` (tests/pod_harness.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import os
-import secrets
-import shutil
 import signal
-import tempfile
 import time
-from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Iterator
 
-import aiohttp
 import psutil
 import pytest
 
 import controller.invoke
-from easyfaas.pod import Pod, PodConfig
-from easyfaas.unixhttp import UnixHTTPClient
-import tests.pod_harness as harness
-from tests.pod_harness import ACCOUNT, b64zip, free_port, kernel_leaks
+from easyfaas.function_code import b64zip
+from tests.pod_harness import LivePod, live_pod, unique
 
 pytestmark = pytest.mark.e2e
 
-PY_FN = (
-    "import os, time\n"
-    "TOKEN = os.urandom(8).hex()\n"
-    "def handler(event, context):\n"
-    "    if event.get('sleep'):\n"
-    "        time.sleep(event['sleep'])\n"
-    "    if event.get('alloc'):\n"
-    "        hog = b'x' * (event['alloc'] << 20)\n"
-    "        return {'allocated': len(hog)}\n"
-    "    if event.get('exit'):\n"
-    "        os._exit(event['exit'])\n"
-    "    return {'token': TOKEN, 'pid': os.getpid(), 'n': event.get('n')}\n"
-)
-
 # invoke.py reports what the pool knows about a dead runtime once it calls Pool.runtime_failure.
 INVOKE_EXPLAINS_EXITS = "runtime_failure" in inspect.getsource(controller.invoke)
-
-
-def unique(name: str) -> str:
-    return f"{name}{secrets.token_hex(3)}"
-
-
-class LivePod:
-    """A real pod of its own, and the client side of its APIs."""
-
-    def __init__(self, *, container_num: int = 2, funclet_args: tuple[str, ...] = (),
-                 controller_args: tuple[str, ...] = (), scaling: dict[str, Any] | None = None) -> None:
-        self.names = harness.TestNames.new()
-        self.base = Path(tempfile.mkdtemp(prefix=f"efpool-{self.names.tag}-"))
-        extra: list[str] = []
-        if scaling:
-            path = self.base / "scaling.json"
-            path.write_text(json.dumps(scaling))  # JSON is YAML
-            extra = ["--function-scaling", str(path)]
-        self.config = PodConfig(
-            state_dir=self.base / "state", run_dir=self.base / "run", controller_port=free_port(),
-            stubs_port=free_port(), container_num=container_num, pod_name=self.names.pod_name,
-            bridge_name=self.names.bridge, bridge_ip=self.names.bridge_ip, veth_prefix=self.names.veth_prefix,
-            log_dir=self.base / "logs", stop_timeout=30,
-            funclet_args=["--runner-ping-interval", "0.5", "--max-runner-defunct", "3", *funclet_args],
-            controller_args=["--task-interval", "0.2", *extra, *controller_args])
-        self.pod = Pod(self.config)
-        self.zygotes: set[int] = set()
-        self.http: aiohttp.ClientSession | None = None
-        self.funclet = UnixHTTPClient(str(self.config.funclet_sock), timeout=10)
-
-    # -- lifetime ----------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self.pod.start()
-        self.note_zygote()
-
-    def note_zygote(self) -> None:
-        """Remember this pod's zygote (and so, later, whether it outlived the pod)."""
-        pid = self.pod.pid("funclet")
-        if pid:
-            for child in psutil.Process(pid).children():
-                if "runner.zygote" in " ".join(child.cmdline()):
-                    self.zygotes.add(child.pid)
-
-    def stop(self) -> dict[str, int | None]:
-        return self.pod.stop()
-
-    def leaks(self) -> list[str]:
-        """This pod's kernel objects and processes that are still there (after stop)."""
-        found = [leak for leak in kernel_leaks(self.config.state_dir, self.names) if not leak.startswith("process ")]
-        for pid in self.zygotes:
-            if psutil.pid_exists(pid):
-                try:
-                    if "runner.zygote" in " ".join(psutil.Process(pid).cmdline()):
-                        found.append(f"zygote process {pid}")
-                except psutil.Error:
-                    pass
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if str(self.config.state_dir) in cmd or str(self.config.run_dir) in cmd:
-                found.append(f"process {proc.pid}: {cmd[:100]}")
-        return found
-
-    def wait_no_leaks(self, timeout: float = 10.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while (leaks := self.leaks()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return leaks
-
-    def cleanup(self) -> None:
-        if not self.leaks():
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(f"--- {n}\n{self.pod.log_tail(n, lines)}" for n in ("funclet", "controller"))
-
-    # -- APIs --------------------------------------------------------------------------------------
-
-    def session(self) -> aiohttp.ClientSession:
-        if self.http is None or self.http.closed:
-            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-        return self.http
-
-    async def close_clients(self) -> None:
-        if self.http is not None:
-            await self.http.close()
-        await self.funclet.close()
-        self.funclet = UnixHTTPClient(str(self.config.funclet_sock), timeout=10)
-
-    async def create(self, name: str, **fields: Any) -> dict[str, Any]:
-        body = {"Runtime": "python3", "Handler": "index.handler", "Timeout": 30, "MemorySize": 128,
-                "Code": b64zip({"index.py": PY_FN}), **fields}
-        async with self.session().post(f"{self.config.stubs_url}/v1/functions/{name}",
-                                       headers={"X-easyfaas-Account-Id": ACCOUNT}, data=json.dumps(body)) as resp:
-            text = await resp.text()
-            assert resp.status == 200, text
-            return json.loads(text)
-
-    async def invoke(self, name: str, event: Any = None, **params: str) -> tuple[int, Any]:
-        async with self.session().post(f"{self.config.controller_url}/v1/functions/{name}/invocations",
-                                       headers={"X-easyfaas-Account-Id": ACCOUNT}, params=params or None,
-                                       data=json.dumps(event or {})) as resp:
-            raw = await resp.read()
-            try:
-                return resp.status, json.loads(raw)
-            except ValueError:
-                return resp.status, raw.decode(errors="replace")
-
-    async def get(self, path: str) -> Any:
-        async with self.session().get(f"{self.config.controller_url}{path}") as resp:
-            assert resp.status == 200, await resp.text()
-            return await resp.json()
-
-    async def runtimes(self) -> list[dict[str, Any]]:
-        return await self.get("/v1/runtimes")
-
-    async def resource(self) -> dict[str, Any]:
-        return await self.get("/v1/resource")
-
-    async def containers(self) -> list[dict[str, Any]]:
-        status, data = await self.funclet.request_json("GET", "/v1/funclet/list")
-        assert status == 200, data
-        return data
-
-    async def slot_of(self, name: str) -> dict[str, Any]:
-        matches = [r for r in await self.runtimes() if f":function:{name}:" in r["FunctionBrn"]]
-        assert matches, f"no slot serves {name}"
-        return matches[0]
-
-    async def runtime_pid(self, slot_id: str) -> int:
-        """Host pid of the language runtime in a sandbox (the runner's child)."""
-        status, info = await self.funclet.request_json("GET", f"/v1/funclet/container/{slot_id}")
-        assert status == 200, info
-        children = psutil.Process(info["HostPid"]).children()
-        assert children, f"sandbox {slot_id} runs no runtime"
-        return children[0].pid
-
-    async def until(self, predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = await predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not reached in {timeout}s: {what}\n{self.log_tail()}")
-            await asyncio.sleep(0.1)
-
-
-def live_pod(**kw: Any) -> Iterator[LivePod]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: sandboxes are built from cgroups, namespaces and mounts")
-    pod = LivePod(**kw)
-    pod.start()
-    try:
-        yield pod
-    finally:
-        codes = pod.stop()
-        leaks = pod.wait_no_leaks()
-        logs = pod.log_tail()
-        pod.cleanup()
-        assert not leaks, f"the pod left kernel objects behind: {leaks}\n{logs}"
-        assert all(code == 0 for code in codes.values()), f"daemons exited uncleanly: {codes}\n{logs}"
 
 
 @pytest.fixture(scope="module")

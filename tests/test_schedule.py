@@ -323,7 +323,7 @@ async def test_an_invalid_stored_config_is_an_error_state(queue: SQLiteEventQueu
 
 async def test_two_controllers_on_one_nats_queue_fire_each_due_time_once(tmp_path: Path) -> None:
     from controller.event_queue.nats_backend import NatsEventQueue
-    from tests.test_event_queue_contract import NatsServer
+    from tests.nats_harness import NatsServer
 
     (tmp_path / "nats").mkdir()
     server = NatsServer(tmp_path / "nats")

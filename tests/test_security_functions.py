@@ -19,7 +19,6 @@ nasty daemons), and test the seccomp filter and the bridge firewall on their own
 from __future__ import annotations
 
 import errno
-import http.client
 import json
 import os
 import platform
@@ -39,12 +38,13 @@ from typing import Any, Iterator
 import psutil
 import pytest
 
+from easyfaas.function_code import b64zip
 from easyfaas.pod import Pod
 from funclet.sandbox.firewall import BridgeFirewall, list_tables
 from runner import seccomp
-from tests.pod_harness import ACCOUNT, b64zip, brn
-from tests.test_egress import outside  # noqa: F401 - fixture
-from tests.test_sandbox_runner import code_dirs, host, spawn, wait_until  # noqa: F401 - fixtures
+from tests.fakes.waiting import wait_until
+from tests.pod_harness import PodClient, unique
+from tests.egress_harness import outside  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(platform.machine() != "x86_64",
                                                    reason="the probes use x86_64 system call numbers")]
@@ -635,95 +635,6 @@ SECRET_PY = "import os\ndef handler(event, context):\n    return os.environ.get(
 # What "stopped" looks like for a read, write or system call.
 READ_REFUSED = {"ENOENT", "EACCES", "EPERM", "ENOTDIR", "ESRCH", "ELOOP"}
 WRITE_REFUSED = {"EROFS", "EACCES", "EPERM", "ENOENT"}
-
-
-def unique(name: str) -> str:
-    return f"{name}{secrets.token_hex(3)}"
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
-
-
-def http_call(conn: http.client.HTTPConnection, method: str, path: str, body: bytes = b"",
-              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
-
-
-class PodClient:
-    """The pod's public APIs and the funclet's socket, from a test, synchronously."""
-
-    def __init__(self, pod: Pod) -> None:
-        self.pod = pod
-        self.config = pod.config
-        self.names = pod.names  # type: ignore[attr-defined]
-
-    def stubs(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection(self.config.host, self.config.stubs_port, timeout=60)
-        data = b"" if body is None else json.dumps(body).encode()
-        status, _, raw = http_call(conn, method, path, data, {"X-easyfaas-Account-Id": ACCOUNT})
-        return status, raw
-
-    def controller(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-                   timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(self.config.host, self.config.controller_port, timeout=timeout)
-        return http_call(conn, method, path, body, {"X-easyfaas-Account-Id": ACCOUNT, **(headers or {})})
-
-    def funclet(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        conn = UnixHTTPConnection(str(self.config.funclet_sock))
-        data = b"" if body is None else json.dumps(body).encode()
-        status, _, raw = http_call(conn, method, path, data, {"Content-Type": "application/json"})
-        return status, json.loads(raw) if raw else None
-
-    def deploy(self, name: str, runtime: str, files: dict[str, str], *, env: dict[str, str] | None = None,
-               memory: int = 128, timeout: int = 10, handler: str = "index.handler",
-               executable: tuple[str, ...] = (), network: dict[str, Any] | None = None) -> None:
-        body = {"Runtime": runtime, "Handler": handler, "Timeout": timeout, "MemorySize": memory,
-                "PodConcurrentQuota": 2, "Code": b64zip(files, executable)}
-        if env:
-            body["Environment"] = {"Variables": env}
-        if network is not None:
-            body["Network"] = network
-        status, raw = self.stubs("POST", f"/v1/functions/{name}", body)
-        assert status == 200, raw
-
-    def invoke(self, name: str, event: object = None, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
-        payload = b"{}" if event is None else json.dumps(event).encode()
-        return self.controller("POST", f"/v1/functions/{brn(name, '$LATEST')}/invocations", payload, timeout=timeout)
-
-    def slots(self) -> list[dict[str, Any]]:
-        status, _, raw = self.controller("GET", "/v1/runtimes")
-        assert status == 200
-        return json.loads(raw)
-
-    def slot_of(self, name: str) -> dict[str, Any] | None:
-        for slot in self.slots():
-            if f":function:{name}:" in slot.get("FunctionBrn", "") and slot.get("State") == "warm":
-                return slot
-        return None
-
-    def invalidate(self, slot_id: str) -> None:
-        status, _, raw = self.controller("POST", f"/v1/runtimes/{slot_id}/invalidate")
-        assert status == 200, raw
-
-    def veth(self, slot_id: str) -> str:
-        return f"{self.names.veth_prefix}{int(slot_id.rsplit('-c', 1)[1])}"
-
-    @property
-    def gateway(self) -> str:
-        return self.names.bridge_ip.split("/")[0]
 
 
 @pytest.fixture(scope="module")
@@ -1405,7 +1316,8 @@ def test_firewall_table_lives_exactly_as_long_as_its_owner() -> None:
 
 def test_bridge_firewall_drops_sandbox_to_host_traffic() -> None:
     from funclet.sandbox.network import BridgeNetwork
-    from tests.test_network import _probe, sandbox_process, socket_in_netns
+    from tests.sandbox_harness import sandbox_process, socket_in_netns
+    from tests.sandbox_harness import udp_probe as _probe
 
     tag = secrets.token_hex(3)
     net = BridgeNetwork(bridge=f"t{tag}fw", cidr=f"10.217.{secrets.randbelow(250) + 1}.1/24", veth_prefix=f"t{tag}f")

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from easyfaas import codezip
 from easyfaas.brn import account_hash
 from easyfaas.pod import Pod
-from tests.pod_harness import ACCOUNT, OTHER_ACCOUNT, b64zip, brn
-from tests.test_security_functions import PodClient, UnixHTTPConnection, http_call, unique
+from easyfaas.function_code import ACCOUNT, b64zip, brn
+from tests.pod_harness import OTHER_ACCOUNT, PodClient, UnixHTTPConnection, http_call, unique
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.pod_harness import b64zip
-from tests.test_faults import NODE_FN, Load, settled, stored_functions
-from tests.test_pool_lifecycle_e2e import LivePod, live_pod, unique
+from easyfaas.function_code import b64zip
+from tests.pod_harness import NODE_FN, Load, LivePod, live_pod, settled, stored_functions, unique
 
 pytestmark = pytest.mark.e2e
 

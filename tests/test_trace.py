@@ -15,7 +15,7 @@ from typing import AsyncIterator
 import pytest
 
 from easyfaas.trace import TraceContext, continue_trace, parse_traceparent
-from tests.test_controller_api import H, Env, make_env
+from tests.fakes.controller_app import H, Env, make_env
 
 W3C = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

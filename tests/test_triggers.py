@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from easyfaas.triggers import TriggerChanges
-from tests.test_stubs import HASH, OTHER_UID, UID, create, error_of, start_client, write_runtimes
+from tests.fakes.stubs_app import HASH, OTHER_UID, UID, create, error_of, start_client, write_runtimes
 
 ROUTE = {"Methods": ["GET"], "Path": "/api/users/{id}"}
 

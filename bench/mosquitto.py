@@ -1,0 +1,65 @@
+"""A real Mosquitto MQTT broker on a loopback port, with its own config and persistence directory,
+restartable on its port: the event-source benchmarks and tests run their MQTT traffic through it."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from easyfaas.pod_names import free_port
+
+
+class Mosquitto:
+    """A mosquitto on 127.0.0.1 with persistence in ``directory``; restartable on its port."""
+
+    def __init__(self, directory: Path, *, users: dict[str, str] | None = None) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.config = directory / "mosquitto.conf"
+        # user root: the test runs as root and the files are in its temporary directory.
+        lines = [f"listener {self.port} 127.0.0.1", "user root", "persistence true", f"persistence_location {directory}/",
+                 "autosave_interval 1", "max_queued_messages 10000", "max_inflight_messages 100",
+                 f"log_dest file {directory}/mosquitto.log"]
+        if users:
+            passwd = directory / "passwd"
+            passwd.write_text("")
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
+            passwd.chmod(0o600)
+            lines += [f"password_file {passwd}", "allow_anonymous false"]
+        else:
+            lines.append("allow_anonymous true")
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited: {self.log()[-2000:]}")
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def log(self) -> str:
+        path = self.directory / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
