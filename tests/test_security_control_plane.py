@@ -26,8 +26,9 @@ import pytest
 from easyfaas.auth import OPEN_PATHS, auth_required, authenticator_of
 from easyfaas.config import parse_options
 from easyfaas.keys import KeyStore, parse_token
-from tests.pod_harness import b64zip, free_port
-from tests.test_stubs import write_runtimes
+from easyfaas.function_code import b64zip
+from easyfaas.pod_names import free_port
+from tests.fakes.stubs_app import write_runtimes
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "admin"

@@ -18,7 +18,7 @@ from easyfaas.errors import OutboundRefused
 from easyfaas.models import CodeLocation
 from easyfaas.outbound import OutboundGuard, parse_allow
 from funclet.code_source import load_code
-from tests.pod_harness import free_port
+from easyfaas.pod_names import free_port
 
 PUBLIC = "192.0.2.10"  # TEST-NET-1: never connected to here, only checked
 

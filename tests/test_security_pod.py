@@ -18,10 +18,11 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-import tests.pod_harness as harness
 from easyfaas.brn import account_hash
+from easyfaas.function_code import b64zip
 from easyfaas.pod import Pod, PodConfig
-from tests.pod_harness import b64zip, free_port, kernel_leaks
+from easyfaas.pod_leaks import kernel_leaks
+from easyfaas.pod_names import PodNames, free_port
 
 UID = "df391b08c64c426a81645468c75163a5"  # the README's
 SECRET = "pod-secret-value-0b9e77d1"
@@ -47,7 +48,7 @@ PY_SECRETS = (
 
 @pytest.fixture(scope="module")
 def keyed_pod(root_required: None) -> Iterator[Pod]:
-    names = harness.TestNames.new()
+    names = PodNames.new()
     base = Path(tempfile.mkdtemp(prefix=f"efkey-{names.tag}-"))
     config = PodConfig(state_dir=base / "state", run_dir=base / "run", controller_port=free_port(),
                        stubs_port=free_port(), container_num=2, pod_name=names.pod_name, bridge_name=names.bridge,

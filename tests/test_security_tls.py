@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.pod_harness import free_port
+from easyfaas.pod_names import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
