@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cli.commands import deploy, functions, invocations, invoke, logs, triggers
+from cli.commands import deploy, functions, invocations, invoke, keys, logs, triggers
 from cli.exits import EXIT_CODES_HELP
 from cli.output import Output
 from cli.settings import ENVIRONMENT, resolve
@@ -52,5 +52,5 @@ def root(
     st.explicit = {k for k, var in ENVIRONMENT.items() if flags.get(k) or os.environ.get(var)}
 
 
-for group in (deploy, functions, invoke, logs, triggers, invocations):
+for group in (deploy, functions, invoke, logs, triggers, invocations, keys):
     group.register(app)

@@ -39,6 +39,10 @@ from controller.pool import Pool
 from controller.registry import Registry
 from easyfaas.config import Settings
 from controller.front_door import FrontDoor
+from easyfaas.auth import AUTHENTICATOR, Authenticator, auth_middleware, authenticator_of
+from easyfaas.keys import PodCredentials
+from easyfaas.secret_store import SecretStore
+from easyfaas.tls import ServerTLS, client_context, server_tls
 from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
@@ -46,6 +50,7 @@ from easyfaas.logging import setup_logging
 from easyfaas.openapi import add_openapi_route, checked_invoker
 from eventsources.service import EVENT_SOURCES_INTAKE, setup_event_sources
 from httptrigger.embedded import gateway_endpoint
+from httptrigger.endpoint import gateway_security
 
 log = structlog.get_logger(__name__)
 
@@ -60,15 +65,19 @@ READY_TIMEOUT = 2.0
 
 
 def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
-               registry: Registry | None = None) -> web.Application:
-    """The controller application; ``funclet`` and ``registry`` may be given (tests), else built from opts."""
+               registry: Registry | None = None, authn: Authenticator | None = None) -> web.Application:
+    """The controller application; ``funclet`` and ``registry`` may be given (tests), else built from opts.
+    With ``authn`` every route but the health check needs a key (the front door checks invocations)."""
     # One byte over the limit so an oversized body is detected by us, with our error, not aiohttp's.
-    app = web.Application(middlewares=[request_id_middleware, error_middleware],
+    app = web.Application(middlewares=[request_id_middleware, error_middleware,
+                                       *([auth_middleware(authn)] if authn is not None else [])],
                           client_max_size=opts.max_body_size + 1)
+    auth_dir = getattr(opts, "auth_dir", "")
     funclet = funclet if funclet is not None else FuncletClient(opts.funclet_api_sock, timeout=opts.funclet_timeout)
     registry = registry if registry is not None else Registry(
         opts.repository_endpoint, opts.repository_version, function_ttl=opts.function_cache_ttl,
-        latest_ttl=opts.latest_cache_ttl, runtime_ttl=opts.runtime_config_cache_ttl, timeout=opts.registry_timeout)
+        latest_ttl=opts.latest_cache_ttl, runtime_ttl=opts.runtime_config_cache_ttl, timeout=opts.registry_timeout,
+        credentials=PodCredentials(auth_dir).headers if auth_dir else None, ssl=client_context(opts))
     for old, new in deprecated_options(opts):
         log.warning("option_deprecated", option=f"--{old}", use=f"--{new}")
     pool = Pool(funclet, runtime_alive_timeout=opts.runtime_alive_timeout, task_interval=opts.task_interval,
@@ -82,6 +91,10 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     app[REGISTRY] = registry
     app[POOL] = pool
     app[INVOKER] = Invoker(registry, pool, max_body_size=opts.max_body_size, simple_auth=opts.enable_simple_auth)
+    if auth_dir:
+        app[INVOKER].secrets = SecretStore(auth_dir)  # handed to the funclet at each warmup
+    if authn is not None:
+        app[AUTHENTICATOR] = authn
     app.cleanup_ctx.append(_clients)
     if getattr(opts, "prefetch_code", True):
         app[PREFETCHER] = CodePrefetcher(registry, funclet)
@@ -192,12 +205,13 @@ class FrontDoorEndpoint:
     host: str
     port: int
     drain_timeout: float
+    tls: ServerTLS | None = None  # reloaded on SIGHUP by easyfaas.daemon
 
     def site(self, runner: web.AppRunner) -> web.BaseSite:
         return _FrontDoorSite(runner, self)
 
     def describe(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port}
+        return {"host": self.host, "port": self.port, **({"tls": True} if self.tls else {})}
 
 
 class _FrontDoorSite(web.BaseSite):
@@ -205,11 +219,13 @@ class _FrontDoorSite(web.BaseSite):
         super().__init__(runner)
         assert runner.server is not None
         self._endpoint = endpoint
-        self._door = FrontDoor(checked_invoker(runner.app[INVOKER], "controller"), runner.server)
+        self._door = FrontDoor(checked_invoker(runner.app[INVOKER], "controller"), runner.server,
+                               auth=runner.app.get(AUTHENTICATOR),
+                               ssl_context=endpoint.tls.context if endpoint.tls else None)
 
     @property
     def name(self) -> str:
-        return f"http://{self._endpoint.host}:{self._endpoint.port}"
+        return f"{'https' if self._endpoint.tls else 'http'}://{self._endpoint.host}:{self._endpoint.port}"
 
     async def start(self) -> None:
         await super().start()
@@ -239,15 +255,23 @@ async def _freeze_heap_when_ready(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
 
 
+def _admin_only(method: str, path: str) -> bool:
+    """The controller's routes about the pool as a whole (not one account's functions): admin keys only."""
+    return path in ("/v1/resource", "/metrics") or path.startswith("/v1/runtimes")
+
+
 def controller_service(opts: Settings) -> Service:
     """The controller as a service of a daemon process: its application behind the front door."""
-    app = create_app(opts)
+    authn = authenticator_of(opts, [opts.bind_address], daemon="controller", admin_only=_admin_only)
+    app = create_app(opts, authn=authn)
     app.cleanup_ctx.append(_freeze_heap_when_ready)
-    endpoints: list[Any] = [FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout)]
+    tls = server_tls(opts)
+    endpoints: list[Any] = [FrontDoorEndpoint(opts.bind_address, opts.port, drain_timeout=opts.drain_timeout, tls=tls)]
     if getattr(opts, "gateway_port", 0):
         endpoints.append(gateway_endpoint(app[INVOKER], host=opts.gateway_host, port=opts.gateway_port,
                                           stubs_url=opts.repository_endpoint, max_body_size=opts.max_body_size,
-                                          drain_timeout=opts.drain_timeout))
+                                          drain_timeout=opts.drain_timeout,
+                                          **gateway_security(opts, opts.gateway_host, authn, tls)))
     return Service("controller", app, endpoints, shutdown_timeout=opts.drain_timeout, freeze_heap=False)
 
 

@@ -29,11 +29,15 @@ from controller.event_queue.settings_source import EventInvokeConfigSource
 from controller.event_queue.workers import EventWorkers
 from controller.invoke import Invoker, parse_function_ref
 from controller.registry import ResolvedFunction
+from easyfaas.auth import AUTHENTICATOR
 from easyfaas.brn import Brn
 from easyfaas.config import Settings
 from easyfaas.errors import InvalidInvokeCaller, InvalidParameterValue, RequestTooLarge, ResourceNotFound
 from easyfaas.event_invoke import CALLBACK_URL, MAX_EVENT_SIZE, InvocationRecord, InvocationStatus
 from easyfaas.http import ACCOUNT_ID, REQUEST_ID
+from easyfaas.keys import PodCredentials
+from easyfaas.outbound import OutboundGuard
+from easyfaas.tls import client_context
 
 log = structlog.get_logger(__name__)
 
@@ -52,8 +56,10 @@ def location_of(request_id: str) -> str:
 class EventIntake:
     """The enqueue of an asynchronous invocation: the 202 goes out only once the event is durable."""
 
-    def __init__(self, queue: EventQueue, *, max_event_size: int = MAX_EVENT_SIZE) -> None:
+    def __init__(self, queue: EventQueue, *, max_event_size: int = MAX_EVENT_SIZE,
+                 guard: OutboundGuard | None = None) -> None:
         self.queue = queue
+        self.guard = guard  # refuses callback URLs aimed at the pod or the host (easyfaas/outbound.py)
         self.max_event_size = max_event_size
 
     async def enqueue(self, fn: ResolvedFunction, brn: Brn, caller: str, event: str, request_id: str,
@@ -66,6 +72,8 @@ class EventIntake:
         callback = headers.get(CALLBACK_URL) or ""
         if callback:
             check_callback_url(callback)
+            if self.guard is not None and self.guard.enabled:
+                await self.guard.check_url(callback, CALLBACK_URL)
         queued = QueuedEvent(request_id=request_id, function=str(brn.unqualified()), function_arn=str(brn),
                              account=caller or fn.record.Configuration.Uid, payload=event, callback_url=callback)
         started = time.perf_counter()
@@ -201,9 +209,14 @@ def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invok
                              record_ttl=getattr(opts, "event_record_ttl", 86400.0),
                              max_records=getattr(opts, "event_max_records", 100000),
                              ack_wait=getattr(opts, "event_ack_wait", 30.0))
-    intake = EventIntake(queue)
-    callbacks = CallbackSender(queue.note_callback, base_delay=min(1.0, getattr(opts, "event_retry_base", 60.0)))
-    settings = EventInvokeConfigSource(registry_base)
+    # With keys required, callback URLs are checked by the outbound guard when given and when used.
+    guard = OutboundGuard.of(AUTHENTICATOR in app, getattr(opts, "outbound_allow", ""))
+    intake = EventIntake(queue, guard=guard)
+    callbacks = CallbackSender(queue.note_callback, base_delay=min(1.0, getattr(opts, "event_retry_base", 60.0)),
+                               guard=guard)
+    auth_dir = getattr(opts, "auth_dir", "")
+    settings = EventInvokeConfigSource(registry_base, ssl=client_context(opts),
+                                       credentials=PodCredentials(auth_dir).headers if auth_dir else None)
     workers = EventWorkers(queue, invoker, settings, callbacks,
                            workers=getattr(opts, "event_workers", 64),
                            share=getattr(opts, "event_concurrency_share", 0.5),

@@ -38,7 +38,8 @@ from aiohttp import web_protocol
 from multidict import CIMultiDict
 
 from controller.invoke import InvokeReply, Invoker
-from easyfaas.errors import FaasError, RequestTooLarge, ServiceError
+from easyfaas.auth import WWW_AUTHENTICATE, Authenticator
+from easyfaas.errors import FaasError, RequestTooLarge, ServiceError, Unauthenticated
 from easyfaas.http import REQUEST_ID, request_id_of
 
 log = structlog.get_logger(__name__)
@@ -121,8 +122,11 @@ class FrontDoor:
     """The listening socket of the controller; see the module docstring."""
 
     def __init__(self, invoker: Invoker, aiohttp_protocol: Callable[[], web_protocol.RequestHandler], *,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, auth: Authenticator | None = None,
+                 ssl_context: Any = None) -> None:
         self.invoker = invoker
+        self.auth = auth  # None: no keys required
+        self.ssl_context = ssl_context
         self.aiohttp_protocol = aiohttp_protocol
         self.keepalive_timeout = keepalive_timeout
         self.date = _Date()
@@ -136,7 +140,7 @@ class FrontDoor:
     async def start(self, host: str, port: int) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self, loop), host, port, reuse_address=True,
-                                                backlog=1024)
+                                                backlog=1024, ssl=self.ssl_context)
         # One sweep closes idle keep-alive connections, instead of a timer re-armed per request.
         self._sweep = loop.call_later(self._sweep_interval, self._close_idle)
 
@@ -365,7 +369,13 @@ class _Connection(asyncio.Protocol):
             # This task's context is its own copy: the binding needs no reset.
             structlog.contextvars.bind_contextvars(request_id=request_id)
             try:
+                if self.door.auth is not None:
+                    await self.door.auth.admit("POST", message.url.decode("latin-1"), headers)
                 reply = await self.door.invoker.invoke(ref, _parse_query(query), headers, body, request_id)
+            except Unauthenticated as err:
+                reply = InvokeReply.of_error(err, {REQUEST_ID: request_id, **WWW_AUTHENTICATE})
+            except FaasError as err:  # the key may not do this
+                reply = InvokeReply.of_error(err, {REQUEST_ID: request_id})
             except asyncio.CancelledError:
                 self.task = None
                 raise

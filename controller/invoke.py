@@ -34,7 +34,7 @@ from controller.metrics import RESULT_ERROR, RESULT_SUCCESS, RESULT_TIMEOUT, Con
 from controller.pool import FunctionInitError, Lease, Pool
 from controller.registry import Registry, ResolvedFunction
 from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUnavailable
-from easyfaas.brn import LATEST, Brn, BrnError, is_version, resolve_function_ref, valid_account_id
+from easyfaas.brn import LATEST, Brn, BrnError, account_hash, is_version, resolve_function_ref, valid_account_id
 from easyfaas.errors import (FaasError, InvalidInvokeCaller, InvalidParameterValue, InvalidRequestContent,
                              RequestTooLarge, ServiceError)
 from easyfaas.frames import CONTENT_TYPE_JSON, FunctionError, FunctionErrorType, InvokeRequest
@@ -44,6 +44,7 @@ from easyfaas.http import (ACCOUNT_ID, CONTENT_TYPE, EXEC_TIME, FUNCTION_ERROR, 
                            request_id_of)
 from easyfaas.metrics import TRIGGER_HEADER, trigger_of
 from easyfaas.models import WarmupRequest
+from easyfaas.secret_store import SecretStore
 from easyfaas.trace import TRACEPARENT, TraceContext, continue_trace
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ class Invoker:
         self.pool = pool
         self.max_body_size = max_body_size
         self.simple_auth = simple_auth
+        self.secrets: SecretStore | None = None  # functions' secrets, for their warmups
         self._refs: dict[tuple[str, str | None, str], tuple[str, Brn]] = {}
         # The durable enqueue of X-easyfaas-Invoke-Type: event (controller/async_api.py sets it).
         self.events: EventIntake | None = None
@@ -325,10 +327,11 @@ class Invoker:
             runtime = await self.registry.get_runtime_configuration(cfg.Runtime, account_id=caller,
                                                                     request_id=request_id)
         record = fn.record
+        secrets = self.secrets.read(account_hash(cfg.Uid), cfg.FunctionName) if self.secrets and cfg.Uid else {}
 
         def make_warmup(slot: Any) -> WarmupRequest:
             return WarmupRequest(ContainerID=slot.id, RequestID=request_id, Code=record.Code, Configuration=cfg,
-                                 RuntimeConfiguration=runtime, Identity=fn.identity)
+                                 RuntimeConfiguration=runtime, Identity=fn.identity, Secrets=secrets)
 
         return await self.pool.acquire(fn.identity, cfg.PodConcurrentQuota, make_warmup, brn=fn.brn,
                                        memory_mb=cfg.MemorySize, record=record, runtime=runtime.Name)

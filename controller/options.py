@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from controller.scaling import parse_scaling
+from easyfaas.auth import SECURITY_OPTIONS
 from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
 
 _MAX_TRANSITION_TIME = "90s"
@@ -19,6 +20,7 @@ def parse_port_or_off(value: Any) -> int:
 OPTIONS = [
     Option("port", int, 8080, "TCP port of the controller API"),
     Option("bind-address", str, "127.0.0.1", "address to listen on", aliases=("host",)),
+    *SECURITY_OPTIONS,  # --auth, --auth-dir, --tls-cert, ... (easyfaas/auth.py)
     Option("funclet-api-sock", str, "/var/run/faas/.funcletapi.sock", "unix socket of the funclet API"),
     Option("repository-endpoint", str, "http://127.0.0.1:8002", "function registry (stubs) base URL"),
     Option("repository-version", str, "v1", "URL prefix of the registry API"),

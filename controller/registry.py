@@ -86,7 +86,8 @@ class TTLCache(Generic[T]):
 
 class Registry:
     def __init__(self, endpoint: str, version: str = "v1", *, function_ttl: float = 600.0, latest_ttl: float = 0.0,
-                 runtime_ttl: float = 600.0, timeout: float = 30.0) -> None:
+                 runtime_ttl: float = 600.0, timeout: float = 30.0,
+                 credentials: Callable[[], dict[str, str]] | None = None, ssl: Any = None) -> None:
         self.base = f"{endpoint.rstrip('/')}/{version.strip('/')}"
         self.function_ttl = function_ttl
         self.latest_ttl = latest_ttl
@@ -96,6 +97,8 @@ class Registry:
         self.runtimes: TTLCache[RuntimeConfiguration] = TTLCache()
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._credentials = credentials  # the pod's key, when the registry requires keys
+        self._ssl = ssl  # the CA of a registry served over TLS (--tls-ca), None: the system's
 
     async def __aenter__(self) -> Registry:
         await self.start()
@@ -106,7 +109,9 @@ class Registry:
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None)
 
     async def close(self) -> None:
         session, self._session = self._session, None
@@ -202,6 +207,8 @@ class Registry:
         if self._session is None:
             raise ServiceError("the registry client is not started")
         headers = {ACCOUNT_ID: account_id, REQUEST_ID: request_id}
+        if self._credentials is not None:
+            headers.update(self._credentials())
         url = self.base + path
         # Passing timeout=None to aiohttp would mean "no timeout": give it only when set.
         extra: dict[str, Any] = {} if timeout is None else {"timeout": aiohttp.ClientTimeout(total=timeout)}

@@ -34,6 +34,7 @@ import stubs.daemon
 from controller.app import controller_service
 from controller.options import OPTIONS as CONTROLLER_OPTIONS
 from controller.options import check_controller_options
+from easyfaas.auth import SECURITY_OPTIONS
 from easyfaas.config import COMMON_OPTIONS, Option, Settings, parse_options
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.logging import setup_logging
@@ -62,6 +63,7 @@ SHARED_OPTIONS = [
            "which services run in this process, comma-separated: controller, stubs, httptrigger"),
     Option("event-loop", str, "auto",
            "uvloop, asyncio, or auto (uvloop when it is installed): the loop of the process"),
+    *SECURITY_OPTIONS,  # one key store, certificate and outbound guard for the services of the process
 ]
 _SHARED = {o.name for o in [*SHARED_OPTIONS, *COMMON_OPTIONS]}
 
@@ -121,7 +123,8 @@ def part_options(opts: Settings, part: Part) -> Settings:
     own.update({o.attr: values[prefix + o.attr] for o in part.options if o.name not in _SHARED})
     settings = Settings(own)
     if part.name == "controller" and not settings.repository_endpoint:
-        settings.repository_endpoint = (_url(opts.stubs_host, opts.stubs_port) if "stubs" in opts.services
+        settings.repository_endpoint = (_url(opts.stubs_host, opts.stubs_port, bool(opts.tls_cert))
+                                        if "stubs" in opts.services
                                         else "http://127.0.0.1:8002")
     if part.name == "httptrigger" and not settings.repository_endpoint:
         settings.repository_endpoint = (_url(opts.stubs_host, opts.stubs_port) if "stubs" in opts.services
@@ -129,15 +132,16 @@ def part_options(opts: Settings, part: Part) -> Settings:
     if part.name == "stubs" and not settings.controller_url and "controller" in opts.services:
         settings.controller_url = _url(opts.controller_bind_address, opts.controller_port)
     if part.name == "httptrigger" and not settings.controller_host:
-        settings.controller_host = (_url(opts.controller_bind_address, opts.controller_port)
+        settings.controller_host = (_url(opts.controller_bind_address, opts.controller_port, bool(opts.tls_cert))
                                     if "controller" in opts.services else "http://127.0.0.1:8001")
     return part.check(settings)
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, tls: bool = False) -> str:
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"  # listening everywhere: reachable on loopback
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def services(opts: Settings) -> list[Service]:

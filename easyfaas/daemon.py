@@ -39,6 +39,7 @@ from aiohttp import web
 
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.http import JsonErrorAppRunner
+from easyfaas.tls import ServerTLS
 
 log = structlog.get_logger(__name__)
 
@@ -61,14 +62,17 @@ class Endpoint(Protocol):
 
 @dataclass(frozen=True)
 class TCPEndpoint:
+    """A TCP listener; with ``tls``, HTTPS (its certificate reloaded on SIGHUP)."""
+
     host: str
     port: int
+    tls: ServerTLS | None = None
 
     def site(self, runner: web.AppRunner) -> web.BaseSite:
-        return web.TCPSite(runner, self.host, self.port)
+        return web.TCPSite(runner, self.host, self.port, ssl_context=self.tls.context if self.tls else None)
 
     def describe(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port}
+        return {"host": self.host, "port": self.port, **({"tls": True} if self.tls else {})}
 
 
 class _UnixSocketSite(web.UnixSite):
@@ -161,8 +165,17 @@ async def serve(services: Sequence[Service], *, stop: asyncio.Event | None = Non
             log.info(f"{service.name}_stopping", signal=signal.Signals(signum).name)
         stop.set()
 
+    def on_hangup() -> None:
+        # SIGHUP: endpoints serving TLS load their certificate files again (for new connections).
+        for service in services:
+            for endpoint in service.endpoints:
+                tls = getattr(endpoint, "tls", None)
+                if tls is not None:
+                    tls.reload()
+
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     runners: list[tuple[Service, web.AppRunner]] = []
     try:
         for service in services:
@@ -198,7 +211,7 @@ async def serve(services: Sequence[Service], *, stop: asyncio.Event | None = Non
             except Exception as exc:  # noqa: BLE001 - logged here, raised below
                 log.exception(f"{service.name}_cleanup_failed")
                 failed.append(exc)
-        for signum in _STOP_SIGNALS:
+        for signum in (*_STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         if failed:
             raise failed[0]

@@ -106,6 +106,30 @@ class AccessDenied(FaasError):
     default_message = "Access Denied"
 
 
+class Unauthenticated(FaasError):
+    """No API key, or one that is unknown, malformed or revoked (answered with ``WWW-Authenticate: Bearer``)."""
+
+    code = "UnauthenticatedException"
+    status = 401
+    default_message = "A valid API key is required: Authorization: Bearer <key>"
+
+
+class Forbidden(FaasError):
+    """A valid key that may not do this: another account's resource, or an admin-only route."""
+
+    code = "ForbiddenException"
+    status = 403
+    default_message = "The API key may not do this"
+
+
+class OutboundRefused(FaasError):
+    """A destination the pod would reach on a caller's behalf is loopback, link-local or its own."""
+
+    code = "OutboundRefusedException"
+    status = 403
+    default_message = "The destination may not be reached from the pod"
+
+
 class ResourceNotFound(FaasError):
     code = "ResourceNotFoundException"
     status = 404
@@ -194,6 +218,9 @@ _BY_CODE: dict[str, type[FaasError]] = {
         RequestTooLarge,
         InvalidInvokeCaller,
         AccessDenied,
+        Unauthenticated,
+        Forbidden,
+        OutboundRefused,
         ResourceNotFound,
         MethodNotAllowed,
         ResourceConflict,

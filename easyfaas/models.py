@@ -230,6 +230,7 @@ class FunctionConfiguration(WireModel):
     Uid: str = ""  # owner's raw account id
     LogType: str = ""
     PodConcurrentQuota: int = 0
+    SecretsAsEnvironment: bool = False  # the secrets also as environment variables (always as /var/secrets files)
     # {"Egress": "none" | "all" | ["address:port", ...]}: parsed and checked by easyfaas/egress.py.
     Network: dict[str, Any] = field(default_factory=lambda: {"Egress": "none"})
 
@@ -354,6 +355,8 @@ class WarmupRequest(WireModel):
     RuntimeConfiguration: RuntimeConfiguration = field(default_factory=lambda: RuntimeConfiguration())
     WithStreamMode: bool = False
     Identity: str = ""
+    # The function's secrets (name → value), written to the sandbox's /var/secrets; never in a repr.
+    Secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass

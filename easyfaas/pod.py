@@ -59,6 +59,9 @@ class PodConfig:
     # each flag under the service's prefix (shared flags, such as --log-level, as they are).
     all_in_one: bool = False
     all_in_one_args: list[str] = field(default_factory=list)
+    # API keys required on every TCP daemon (--auth required), and the funclet's outbound guard on;
+    # the first admin key is written to auth_dir/admin.key.
+    auth: bool = False
     start_timeout: float = 60.0
     stop_timeout: float = 40.0           # per daemon: SIGTERM, then SIGKILL after this long
 
@@ -73,6 +76,11 @@ class PodConfig:
     @property
     def function_dir(self) -> Path:
         return self.state_dir / "funcData"
+
+    @property
+    def auth_dir(self) -> Path:
+        """The pod's API keys (hashed), key files and sealed secrets, shared by stubs and the controller."""
+        return self.state_dir / "auth"
 
     @property
     def controller_state_dir(self) -> Path:
@@ -109,7 +117,8 @@ class PodError(RuntimeError):
 ALL_IN_ONE = "all-in-one"
 _IN_ALL_IN_ONE = ("stubs", "controller", "httptrigger")
 # Flags every daemon has and the all-in-one process's own (its services share them): not prefixed.
-_SHARED_FLAGS = {o.name for o in COMMON_OPTIONS} | {"event-loop", "services"}
+_SHARED_FLAGS = {o.name for o in COMMON_OPTIONS} | {"event-loop", "services"} | {
+    "auth", "auth-dir", "allow-unauthenticated", "tls-cert", "tls-key", "tls-ca", "outbound-allow"}
 
 
 class Pod:
@@ -148,7 +157,8 @@ class Pod:
         c = self.config
         if name == ALL_IN_ONE:
             services = ["stubs", "controller", *(["httptrigger"] if c.httptrigger_port else [])]
-            args = ["-m", "easyfaas.all_in_one", "--services", ",".join(services),
+            args = ["-m", "easyfaas.all_in_one", "--services", ",".join(services), "--auth-dir", str(c.auth_dir),
+                    *(["--auth", "required"] if c.auth else []),
                     *_under_prefix("stubs", self.daemon_args("stubs")[2:]),
                     *_under_prefix("controller", self.daemon_args("controller")[2:])]
             if c.httptrigger_port:
@@ -160,19 +170,27 @@ class Pod:
                     "--state-dir", str(c.state_dir), "--run-dir", str(c.run_dir),
                     "--runtime-path", str(c.runtime_dir), "--rootfs-path", str(c.rootfs_dir),
                     "--network", c.network, "--bridge-name", c.bridge_name,
-                    "--bridge-ip", c.bridge_ip, "--veth-prefix", c.veth_prefix, *c.funclet_args]
+                    "--bridge-ip", c.bridge_ip, "--veth-prefix", c.veth_prefix,
+                    *(["--outbound-guard", "true"] if c.auth else []), *c.funclet_args]
         if name == "stubs":
             return ["-m", "stubs", "--host", c.host, "--port", str(c.stubs_port),
                     "--function-dir", str(c.function_dir), "--runtime-dir", str(c.runtime_dir),
-                    "--controller-url", c.controller_url, *c.stubs_args]
+                    "--controller-url", c.controller_url, *self._auth_dir_arg(name), *c.stubs_args]
         if name == "controller":
             return ["-m", "controller", "--host", c.host, "--port", str(c.controller_port),
                     "--funclet-api-sock", str(c.funclet_sock), "--repository-endpoint", c.stubs_url,
-                    "--state-dir", str(c.controller_state_dir), *c.controller_args]
+                    "--state-dir", str(c.controller_state_dir), *self._auth_dir_arg(name), *c.controller_args]
         if name == "httptrigger":
             return ["-m", "httptrigger", "--host", c.host, "--port", str(c.httptrigger_port),
-                    "--controller-host", c.controller_url, "--repository-endpoint", c.stubs_url, *c.httptrigger_args]
+                    "--controller-host", c.controller_url, "--repository-endpoint", c.stubs_url,
+                    *self._auth_dir_arg(name), *c.httptrigger_args]
         raise ValueError(f"unknown daemon {name!r}; the pod runs {', '.join(c.daemons)}")
+
+    def _auth_dir_arg(self, name: str) -> list[str]:
+        # In the all-in-one form the process is given these once (its services share them).
+        if self.config.all_in_one:
+            return []
+        return ["--auth-dir", str(self.config.auth_dir), *(["--auth", "required"] if self.config.auth else [])]
 
     def probe(self, name: str) -> Callable[[], bool]:
         c = self.config
@@ -415,10 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    default=os.environ.get("EASYFAAS_SEPARATE_DAEMONS", "") not in ("", "0"),
                    help="run controller and stubs as processes of their own (default: one all-in-one process "
                         "beside the funclet; also EASYFAAS_SEPARATE_DAEMONS=1)")
+    p.add_argument("--auth", action="store_true",
+                   default=os.environ.get("EASYFAAS_AUTH", "").lower() not in ("", "0", "false", "no", "off"),
+                   help="require API keys (also EASYFAAS_AUTH=1); the first admin key goes to <state-dir>/auth/admin.key")
     a = p.parse_args(argv)
     pod = Pod(PodConfig(state_dir=Path(a.state_dir), run_dir=Path(a.run_dir), controller_port=a.controller_port,
                         stubs_port=a.stubs_port, container_num=a.container_num, network=a.network,
-                        all_in_one=not a.separate_daemons))
+                        all_in_one=not a.separate_daemons, auth=a.auth))
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -433,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pod.start()
         print(f"EasyFaaS pod is up: controller {pod.config.controller_url}, stubs {pod.config.stubs_url} "
               f"(Ctrl-C stops it)", file=sys.stderr, flush=True)
+        if a.auth:
+            print(f"API keys are required; the admin key is in {pod.config.auth_dir / 'admin.key'}",
+                  file=sys.stderr, flush=True)
         pod.supervise()
         failed = pod.wait_supervised()
         print(f"{failed} keeps failing; stopping the pod", file=sys.stderr)

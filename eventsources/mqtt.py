@@ -24,6 +24,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import dataclasses
 import json
 import ssl
 import time
@@ -36,6 +37,8 @@ import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
+from easyfaas.errors import OutboundRefused
+from easyfaas.outbound import OutboundGuard
 from eventsources.mqtt_config import MQTT_TRIGGER_TYPE, MqttConfig, parse_mqtt_config, reply_topic_for
 from eventsources.source import ConfigError, Intake, Refused, SourceTrigger, Submitted, TriggerChange
 
@@ -289,8 +292,9 @@ class MqttSource:
 
     type = MQTT_TRIGGER_TYPE
 
-    def __init__(self, intake: Intake) -> None:
+    def __init__(self, intake: Intake, *, guard: OutboundGuard | None = None) -> None:
         self.intake = intake
+        self.guard = guard if guard is not None and guard.enabled else None  # easyfaas/outbound.py
         self._subs: dict[str, MqttSubscription] = {}
         self._invalid: dict[str, str] = {}
 
@@ -321,6 +325,17 @@ class MqttSource:
             self._invalid[trigger.trigger_id] = str(exc)
             log.warning("mqtt_invalid", trigger=trigger.trigger_id, error=str(exc))
             return
+        if self.guard is not None:
+            try:
+                addresses = await self.guard.resolve(config.host, config.port, "MQTT broker")
+            except OutboundRefused as exc:
+                self._invalid[trigger.trigger_id] = exc.cause
+                log.warning("mqtt_refused", trigger=trigger.trigger_id, broker=config.broker, error=exc.cause)
+                return
+            if not config.tls:
+                # Connect to the address that was checked (a name could resolve elsewhere next time);
+                # over TLS the certificate is checked against the broker's name instead.
+                config = dataclasses.replace(config, host=addresses[0])
         sub = MqttSubscription(trigger, config, self.intake)
         self._subs[trigger.trigger_id] = sub
         await sub.start()

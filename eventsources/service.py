@@ -15,9 +15,13 @@ from aiohttp import web
 
 from controller.event_queue import EventQueue
 from controller.invoke import Invoker
+from easyfaas.auth import AUTHENTICATOR
 from easyfaas.config import Settings
 from easyfaas.errors import InvalidInvokeCaller, ResourceNotFound
 from easyfaas.http import ACCOUNT_ID
+from easyfaas.keys import PodCredentials
+from easyfaas.outbound import OutboundGuard
+from easyfaas.tls import client_context
 from eventsources.fire_log import FireLog
 from eventsources.intake import ControllerIntake
 from eventsources.mqtt import MqttSource
@@ -36,10 +40,11 @@ EVENT_SOURCES_INTAKE = web.AppKey("event_sources_intake", ControllerIntake)
 FAAS_TRIGGERS = {CRON_TRIGGER_TYPE: "timer", MQTT_TRIGGER_TYPE: "pubsub"}
 
 
-def sources_of(intake: Intake, state_dir: Path) -> dict[str, EventSource]:
+def sources_of(intake: Intake, state_dir: Path, guard: OutboundGuard | None = None) -> dict[str, EventSource]:
     """Every event source by the trigger ``Type`` it serves: a new source is one more entry (and
-    one in FAAS_TRIGGERS)."""
-    sources: list[EventSource] = [ScheduleSource(intake, FireLog(state_dir / "schedules")), MqttSource(intake)]
+    one in FAAS_TRIGGERS). ``guard`` checks the brokers the sources connect to."""
+    sources: list[EventSource] = [ScheduleSource(intake, FireLog(state_dir / "schedules")),
+                                  MqttSource(intake, guard=guard)]
     return {source.type: source for source in sources}
 
 
@@ -50,7 +55,13 @@ def setup_event_sources(app: web.Application, opts: Settings, invoker: Invoker, 
         return
     state_dir = Path(getattr(opts, "state_dir", "/var/faas/controller"))
     intake = ControllerIntake(invoker, queue, FAAS_TRIGGERS)
-    supervisor = EventSourceSupervisor(f"{registry_base.rstrip('/')}/trigger-changes", sources_of(intake, state_dir))
+    # With keys required, brokers go through the outbound guard, and stubs' feed is read with the pod's key.
+    guard = OutboundGuard.of(AUTHENTICATOR in app, getattr(opts, "outbound_allow", ""))
+    auth_dir = getattr(opts, "auth_dir", "")
+    supervisor = EventSourceSupervisor(f"{registry_base.rstrip('/')}/trigger-changes",
+                                       sources_of(intake, state_dir, guard),
+                                       credentials=PodCredentials(auth_dir).headers if auth_dir else None,
+                                       ssl=client_context(opts))
     app[EVENT_SOURCES] = supervisor
     app[EVENT_SOURCES_INTAKE] = intake
 

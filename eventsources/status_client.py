@@ -5,7 +5,7 @@ controller that is down or slow only leaves the status out (``State: "unknown"``
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import structlog
@@ -22,8 +22,11 @@ TIMEOUT = 1.0
 
 
 class EventSourceStatus:
-    def __init__(self, controller_url: str, *, timeout: float = TIMEOUT) -> None:
+    def __init__(self, controller_url: str, *, timeout: float = TIMEOUT,
+                 credentials: Callable[[], dict[str, str]] | None = None, ssl: Any = None) -> None:
+        self._ssl = ssl  # the CA of a controller on TLS (--tls-ca)
         self.controller_url = controller_url.rstrip("/")
+        self.credentials = credentials  # the pod's key, when the controller requires keys
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -37,10 +40,13 @@ class EventSourceStatus:
         if trigger.Type not in EVENT_SOURCE_TYPES:
             return None
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None)
         url = f"{self.controller_url}/v1/event-sources/{trigger.TriggerId}"
         try:
-            async with self._session.get(url, headers={ACCOUNT_ID: trigger.Uid}) as resp:
+            headers = {ACCOUNT_ID: trigger.Uid, **(self.credentials() if self.credentials is not None else {})}
+            async with self._session.get(url, headers=headers) as resp:
                 if resp.status == 404:
                     return {"State": "pending"}  # the controller has not taken it up (yet)
                 if resp.status != 200:

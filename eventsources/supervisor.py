@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -28,8 +28,11 @@ RETRY_DELAY = 1.0
 
 class EventSourceSupervisor:
     def __init__(self, feed_url: str, sources: Mapping[str, EventSource], *, poll_wait: float = POLL_WAIT,
-                 retry_delay: float = RETRY_DELAY) -> None:
+                 retry_delay: float = RETRY_DELAY, credentials: Callable[[], dict[str, str]] | None = None,
+                 ssl: Any = None) -> None:
+        self._ssl = ssl  # the CA of a stubs on TLS (--tls-ca)
         self.feed_url = feed_url
+        self.credentials = credentials  # the pod's key, for stubs' trigger feed when keys are required
         self.sources = dict(sources)
         self.poll_wait = poll_wait
         self.retry_delay = retry_delay
@@ -41,7 +44,9 @@ class EventSourceSupervisor:
     async def start(self) -> None:
         for source in self.sources.values():
             await source.start()
-        self._session = aiohttp.ClientSession()
+        self._session = aiohttp.ClientSession(
+            headers=self.credentials() if self.credentials is not None else None,
+            connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None)
         self._task = asyncio.get_running_loop().create_task(self._follow())
 
     async def close(self) -> None:

@@ -32,6 +32,7 @@ from funclet.sandbox.cgroup import detect_driver
 from funclet.sandbox.codeimage import CodeImageStore
 from funclet.sandbox.network import BridgeNetwork
 from funclet.pool import PoolSettings, SandboxPool
+from easyfaas.outbound import OutboundGuard
 from runner.prepare import host_binds
 
 log = structlog.get_logger(__name__)
@@ -173,7 +174,8 @@ def build_pool(opts: Settings) -> SandboxPool:
         max_sandboxes=max_sandboxes, ping_interval=opts.runner_ping_interval,
         max_runner_defunct=opts.max_runner_defunct, max_code_images=opts.max_code_images,
         standby_runtimes=tuple(n.strip() for n in opts.standby_runtimes.split(",") if n.strip()),
-        standby_sandboxes=max(0, opts.standby_sandboxes))
+        standby_sandboxes=max(0, opts.standby_sandboxes),
+        outbound_guard=OutboundGuard.of(opts.outbound_guard, opts.outbound_allow))
     network = None
     if opts.network == "bridge":
         network = BridgeNetwork(bridge=opts.bridge_name, cidr=opts.bridge_ip, veth_prefix=opts.veth_prefix)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from easyfaas.config import Option, Settings, parse_bool, parse_duration, parse_options, parse_size
+from easyfaas.outbound import OUTBOUND_OPTIONS
 
 OPTIONS = [
     Option("api-sock", str, "/var/run/faas/.funcletapi.sock", "unix socket of the funclet API"),
@@ -47,6 +48,10 @@ OPTIONS = [
     Option("metrics-port", int, 0,
            "also serve GET /metrics, /healthz and /readyz on this TCP port of 127.0.0.1 (0: the API socket only)"),
     Option("preflight-only", parse_bool, False, "check the host and exit"),
+    Option("outbound-guard", parse_bool, False,
+           "refuse remote code locations that are loopback, link-local or this host's (easyfaas/outbound.py); "
+           "the pod turns it on when its API keys are required"),
+    *OUTBOUND_OPTIONS,
 ]
 
 

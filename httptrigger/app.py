@@ -19,13 +19,16 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from easyfaas.auth import SECURITY_OPTIONS, auth_middleware, authenticator_of
 from easyfaas.config import Option, Settings, parse_options, parse_size
 from easyfaas.brn import function_of
 from easyfaas.daemon import Service, TCPEndpoint, run_daemon
 from easyfaas.http import ACCOUNT_ID, FUNCTION_ERROR, REQUEST_ID
+from easyfaas.keys import PodCredentials
 from easyfaas.logging import setup_logging
 from easyfaas.metrics import TRIGGER_HEADER, TriggerMetrics, add_observability_routes, new_registry
-from httptrigger.endpoint import GatewayEndpoint
+from easyfaas.tls import server_tls
+from httptrigger.endpoint import GatewayEndpoint, gateway_security
 from httptrigger.gateway import InvokeCall
 
 log = structlog.get_logger(__name__)
@@ -38,6 +41,7 @@ OPTIONS = [
     Option("max-body-size", parse_size, "6M", "largest request body"),
     Option("shutdown-timeout", float, 60.0, "seconds to let requests finish on SIGTERM/SIGINT"),
     Option("metrics-port", int, 0, "serve /metrics, /healthz and /readyz on this port of --host (0: not served)"),
+    *SECURITY_OPTIONS,
 ]
 
 
@@ -46,16 +50,18 @@ def _base_url(url: str) -> str:
 
 
 def controller_call(controller: str, session: aiohttp.ClientSession,
-                    metrics: TriggerMetrics | None = None) -> InvokeCall:
+                    metrics: TriggerMetrics | None = None, credentials: PodCredentials | None = None) -> InvokeCall:
     """Invocations as ``POST <controller>/v1/functions/<brn>/invocations`` (as the ``http`` trigger),
-    counted in ``metrics``: a firing each, an error when it was not delivered or the function failed."""
+    counted in ``metrics``: a firing each, an error when it was not delivered or the function failed.
+    They carry the pod's key (``credentials``; the caller's, when its route needs one, was checked
+    here); ``session`` trusts ``--tls-ca``."""
     base = _base_url(controller)
     function_error = FUNCTION_ERROR.lower()
 
     async def call(brn: str, account_id: str, event: bytes, request_id: str) -> tuple[int, Mapping[str, str], bytes]:
         url = f"{base}/v1/functions/{quote(brn, safe=':$')}/invocations"
         headers = {ACCOUNT_ID: account_id, REQUEST_ID: request_id, "Content-Type": "application/json",
-                   TRIGGER_HEADER: "http"}
+                   TRIGGER_HEADER: "http", **(credentials.headers() if credentials is not None else {})}
         name = function_of(brn)[1]
         if metrics is not None:
             metrics.fired("http", name)
@@ -78,14 +84,19 @@ def httptrigger_service(opts: Settings) -> Service:
     """The HTTP trigger as a service of a daemon process (its own server answers every request)."""
     registry = new_registry()
     metrics = TriggerMetrics(registry)
+    authn = authenticator_of(opts, [opts.host], daemon="httptrigger", admin_only=lambda method, path: True)
+    credentials = PodCredentials(opts.auth_dir)
+    tls = server_tls(opts)
     endpoint = GatewayEndpoint(opts.host, opts.port, _base_url(opts.repository_endpoint),
-                               lambda session: controller_call(opts.controller_host, session, metrics),
-                               max_body_size=opts.max_body_size, drain_timeout=opts.shutdown_timeout)
-    app = web.Application()
+                               lambda session: controller_call(opts.controller_host, session, metrics, credentials),
+                               max_body_size=opts.max_body_size, drain_timeout=opts.shutdown_timeout,
+                               **gateway_security(opts, opts.host, authn, tls))
+    # /metrics with an admin key (it names every account's functions); the health checks without.
+    app = web.Application(middlewares=[auth_middleware(authn)] if authn is not None else [])
     add_observability_routes(app, registry, healthz_route=True)
     endpoints: list[Any] = [endpoint]
     if getattr(opts, "metrics_port", 0):
-        endpoints.append(TCPEndpoint(opts.host, opts.metrics_port))
+        endpoints.append(TCPEndpoint(opts.host, opts.metrics_port, tls))
     return Service("httptrigger", app, endpoints, shutdown_timeout=opts.shutdown_timeout,
                    listening={"controller": opts.controller_host}, freeze_heap=False)
 

@@ -20,7 +20,7 @@ from httptrigger.routes import ANY, METHODS, Route, RouteError, RouteTable, Segm
 HTTP_TRIGGER_TYPE = "http"
 
 PAYLOAD_VERSIONS = ("2.0", "1.0")
-AUTH_TYPES = ("NONE",)
+AUTH_TYPES = ("NONE", "KEY")  # KEY: the caller's API key, of the route's account or an admin's
 MAX_AGE_LIMIT = 86400
 _KNOWN = frozenset({"Methods", "Path", "PayloadFormatVersion", "Cors", "AuthType"})
 _CORS_KNOWN = frozenset({"AllowOrigins", "AllowMethods", "AllowHeaders", "ExposeHeaders", "MaxAge",
@@ -84,7 +84,7 @@ def parse_http_config(config: Any) -> HttpTriggerConfig:
         raise RouteError("Config.PayloadFormatVersion", f"{version!r} is not \"2.0\" or \"1.0\"")
     auth = config.get("AuthType", "NONE")
     if auth not in AUTH_TYPES:
-        raise RouteError("Config.AuthType", f"{auth!r} is not supported; only \"NONE\" is")
+        raise RouteError("Config.AuthType", f"{auth!r} is not \"NONE\" or \"KEY\"")
     cors = _parse_cors(config["Cors"]) if config.get("Cors") is not None else None
     return HttpTriggerConfig(methods, config["Path"], segments, version, cors, auth)
 

@@ -42,10 +42,12 @@ def invoker_call(invoker: _Invoker) -> InvokeCall:
 
 
 def gateway_endpoint(invoker: _Invoker, *, host: str, port: int, stubs_url: str, max_body_size: int,
-                     drain_timeout: float) -> GatewayEndpoint:
-    """The gateway served by the controller, invoking through ``invoker``."""
+                     drain_timeout: float, **security: Any) -> GatewayEndpoint:
+    """The gateway served by the controller, invoking through ``invoker``; ``security``: the keys
+    and TLS arguments of :class:`GatewayEndpoint` (httptrigger.endpoint.gateway_security)."""
 
     def invoke(_session: aiohttp.ClientSession) -> InvokeCall:
         return invoker_call(invoker)
 
-    return GatewayEndpoint(host, port, stubs_url, invoke, max_body_size=max_body_size, drain_timeout=drain_timeout)
+    return GatewayEndpoint(host, port, stubs_url, invoke, max_body_size=max_body_size, drain_timeout=drain_timeout,
+                           **security)

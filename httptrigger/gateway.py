@@ -7,6 +7,11 @@ Found"}`` (but ``GET /healthz``, when no route takes it: the health check, and `
 the gateway's OpenAPI document, easyfaas/openapi/httptrigger.yaml). CORS preflights of
 routes that configure ``Cors`` are answered here, without invoking.
 
+A route whose ``AuthType`` is ``KEY`` (and every function URL when the gateway's keys are
+required) answers only callers with an API key (``Authorization: Bearer <key>``, easyfaas/keys.py)
+of the function's account, or an admin key: else 401 ``{"message":"Unauthorized"}`` or 403. The key
+is checked before anything is invoked and is not passed on to the function.
+
 The invocation itself is a callable given by whoever hosts the gateway: the controller's own
 invoke pipeline when the gateway runs inside the controller, an HTTP call to the controller when it
 runs as its own process (``python -m httptrigger``).
@@ -14,12 +19,15 @@ runs as its own process (``python -m httptrigger``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 import structlog
 
+from easyfaas.auth import Authenticator
 from easyfaas.brn import Brn, account_hash
+from easyfaas.errors import FaasError
 from easyfaas.openapi import PATH, document_json
 from httptrigger import payload_v1, payload_v2
 from httptrigger.config import Cors, RouteTarget
@@ -40,9 +48,12 @@ InvokeCall = Callable[[str, str, bytes, str], Awaitable[tuple[int, Mapping[str, 
 
 
 class Gateway:
-    def __init__(self, invoke: InvokeCall, *, max_body_size: int = 6 << 20) -> None:
+    def __init__(self, invoke: InvokeCall, *, max_body_size: int = 6 << 20, auth: Authenticator | None = None,
+                 function_url_auth: str = "NONE") -> None:
         self.invoke = invoke
         self.max_body_size = max_body_size
+        self.auth = auth  # checks the keys of KEY routes; None: no key is valid
+        self.function_url_auth = function_url_auth  # "KEY" or "NONE", for every function URL
         self.routes: RouteTable[RouteTarget] = RouteTable()
         self.openapi = document_json("httptrigger")
 
@@ -82,6 +93,11 @@ class Gateway:
                 return HttpAnswer(200, [("Content-Type", "application/json")], self.openapi)
             return error_answer(Failure.NOT_FOUND, Product.ROUTE, "no route")
         brn = str(Brn(account_hash(url.account_id), url.function, url.qualifier))
+        if self.function_url_auth == "KEY":
+            refused = await self._check_key(request, url.account_id, Product.URL)
+            if refused is not None:
+                return refused
+            request = _without_key(request)
         event = payload_v2.build_event(request, account_id=url.account_id, raw_path=url.raw_path)
         status, headers, body = await self.invoke(brn, url.account_id, _dump(event), request.request_id)
         return answer_of_reply(status, headers, body, version=payload_v2.VERSION, product=Product.URL)
@@ -100,6 +116,11 @@ class Gateway:
                      origin: str | None) -> HttpAnswer:
         target = route.target
         config = target.config
+        if config.AuthType == "KEY":
+            refused = await self._check_key(request, target.account_id, Product.ROUTE)
+            if refused is not None:
+                return refused
+            request = _without_key(request)
         if config.PayloadFormatVersion == payload_v1.VERSION:
             event = payload_v1.build_event(request, account_id=target.account_id, resource=config.Path,
                                            route_key=route.route_key, path_parameters=params)
@@ -112,6 +133,29 @@ class Gateway:
         if config.Cors is not None and origin:
             answer.headers.extend(response_headers(config.Cors, origin))
         return answer
+
+
+    async def _check_key(self, request: HttpRequest, account_id: str, product: Product) -> HttpAnswer | None:
+        """None when the request carries a key that may invoke ``account_id``'s function, else the refusal."""
+        if self.auth is None:
+            answer = error_answer(Failure.UNAUTHORIZED, product, "no key store: no key is valid")
+        else:
+            try:
+                principal = await self.auth.principal(request.header("authorization") or "")
+            except FaasError as err:
+                answer = error_answer(Failure.UNAUTHORIZED, product, err.cause)
+            else:
+                if principal.admin or principal.key.Account == account_id:
+                    return None
+                return error_answer(Failure.FORBIDDEN, product,
+                                    f"the key belongs to account {principal.key.Account}, not {account_id}")
+        answer.headers.append(("WWW-Authenticate", 'Bearer realm="easyfaas"'))
+        return answer
+
+
+def _without_key(request: HttpRequest) -> HttpRequest:
+    """The request as the function sees it: without the caller's API key."""
+    return dataclasses.replace(request, headers=[h for h in request.headers if h[0].lower() != "authorization"])
 
 
 def _dump(event: dict[str, object]) -> bytes:

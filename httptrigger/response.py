@@ -49,6 +49,7 @@ class Failure(str, enum.Enum):
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
     FORBIDDEN = "forbidden"
+    UNAUTHORIZED = "unauthorized"  # an AuthType KEY route or function URL without a valid key
     INTERNAL = "internal"
 
 
@@ -60,6 +61,7 @@ _ERRORS: dict[tuple[Product, Failure], tuple[int, str]] = {
     (Product.ROUTE, Failure.NOT_FOUND): (404, "Not Found"),
     (Product.ROUTE, Failure.TOO_LARGE): (413, "Request Entity Too Large"),
     (Product.ROUTE, Failure.FORBIDDEN): (403, "Forbidden"),
+    (Product.ROUTE, Failure.UNAUTHORIZED): (401, "Unauthorized"),
     (Product.ROUTE, Failure.INTERNAL): (500, "Internal Server Error"),
     (Product.URL, Failure.FUNCTION_ERROR): (502, "Internal Server Error"),
     (Product.URL, Failure.MALFORMED): (502, "Internal Server Error"),
@@ -68,6 +70,7 @@ _ERRORS: dict[tuple[Product, Failure], tuple[int, str]] = {
     (Product.URL, Failure.NOT_FOUND): (404, "Not Found"),
     (Product.URL, Failure.TOO_LARGE): (413, "Request Entity Too Large"),
     (Product.URL, Failure.FORBIDDEN): (403, "Forbidden"),
+    (Product.URL, Failure.UNAUTHORIZED): (401, "Unauthorized"),
     (Product.URL, Failure.INTERNAL): (502, "Internal Server Error"),
 }
 

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 import structlog
@@ -68,10 +69,10 @@ class HttpServer:
         self._sweep: asyncio.TimerHandle | None = None
         self._port = 0
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, ssl: Any = None) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self, loop), host, port, reuse_address=True,
-                                                backlog=1024)
+                                                backlog=1024, ssl=ssl)
         self._port = int(self._server.sockets[0].getsockname()[1])
         self._sweep = loop.call_later(min(1.0, self.keepalive_timeout / 2), self._close_idle)
 

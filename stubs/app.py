@@ -19,7 +19,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 from urllib.parse import quote
 
 import structlog
@@ -49,6 +49,8 @@ from easyfaas.models import (
 )
 from easyfaas.openapi import add_openapi_route
 from easyfaas.runtimes import RuntimeCatalog
+from easyfaas.secret_store import SecretStore
+from stubs.secrets import add_secret_routes
 from stubs.store import FunctionStore, code_sha256_hex, version_sort_key
 from stubs.event_invoke_config import add_routes as add_event_invoke_config_routes
 
@@ -114,7 +116,7 @@ def _expect(body: dict[str, Any], key: str, kind: type) -> Any:
         return None
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not ok:
-        expected = {str: "a string", int: "an integer", dict: "an object"}[kind]
+        expected = {str: "a string", int: "an integer", dict: "an object", bool: "true or false"}[kind]
         raise ValidationError(f"{key}: expected {expected}, got {_type_name(value)}")
     return value
 
@@ -189,9 +191,11 @@ class FunctionFields:
     ReservedConcurrentExecutions: int | None = None
     Tags: dict[str, str] | None = None  # labels, e.g. the OpenFaaS scaling knobs com.openfaas.scale.*
     Network: dict[str, Any] | None = None  # the egress policy, normalized (easyfaas/egress.py)
+    SecretsAsEnvironment: bool | None = None  # the function's secrets also as environment variables
 
     def apply(self, cfg: FunctionConfiguration, concurrency: Concurrency) -> None:
-        for key in ("Description", "Runtime", "Timeout", "MemorySize", "Handler", "PodConcurrentQuota", "Network"):
+        for key in ("Description", "Runtime", "Timeout", "MemorySize", "Handler", "PodConcurrentQuota", "Network",
+                    "SecretsAsEnvironment"):
             value = getattr(self, key)
             if value is not None:
                 setattr(cfg, key, value)
@@ -213,6 +217,7 @@ def parse_function_fields(body: Any, runtimes: RuntimeCatalog) -> FunctionFields
         Handler=_expect(body, "Handler", str),
         PodConcurrentQuota=_expect_range(body, "PodConcurrentQuota", POD_CONCURRENCY_RANGE),
         Code=_expect(body, "Code", str),
+        SecretsAsEnvironment=_expect(body, "SecretsAsEnvironment", bool),
     )
     if fields.Description is not None and len(fields.Description) > MAX_DESCRIPTION:
         raise ValidationError(f"Description: longer than {MAX_DESCRIPTION} characters")
@@ -286,6 +291,7 @@ class StubsHandlers:
         self.public_url = public_url.rstrip("/")
         # base64 grows 4/3; leave room for the other fields.
         self.max_body = max_code_size * 4 // 3 + 1024 * 1024
+        self.secrets: SecretStore | None = None
         # New code, announced so that pods build its image before the first invocation waits for it.
         self.code_feed: NumberedFeed[CodeChange] = NumberedFeed(CODE_FEED_SIZE)
         # Told (account hash, name, version or None for all) under the function's lock when it goes.
@@ -502,6 +508,8 @@ class StubsHandlers:
                     await listener(brn.account, brn.name, None if brn.qualifier is None else version)
         if not deleted:
             raise ResourceNotFound(f"function not found: {brn}")
+        if brn.qualifier is None and self.secrets is not None:
+            self.secrets.forget(brn.account, brn.name)  # a new function of that name starts without them
         log.info("function_deleted", function=str(brn))
         return web.Response(status=204)
 
@@ -554,14 +562,19 @@ def make_app(
     default_account: str = DEFAULT_ACCOUNT_ID,
     max_code_size: int = DEFAULT_MAX_CODE_SIZE,
     public_url: str = "",
+    middlewares: Sequence[Any] = (),
+    secrets: SecretStore | None = None,
 ) -> web.Application:
-    """The stubs application; the store is started (leftovers cleaned) when the app starts."""
+    """The stubs application; the store is started (leftovers cleaned) when the app starts.
+
+    ``middlewares`` run after the request id and error ones (the auth middleware); ``secrets``
+    adds the secrets API (stubs/secrets.py)."""
     if not valid_account_id(default_account):
         raise ValueError(f"invalid default account id {default_account!r}")
     handlers = StubsHandlers(
         store, runtimes, default_account=default_account, max_code_size=max_code_size, public_url=public_url
     )
-    app = web.Application(middlewares=[request_id_middleware, error_middleware])
+    app = web.Application(middlewares=[request_id_middleware, error_middleware, *middlewares])
 
     async def started_store(_app: web.Application) -> AsyncIterator[None]:
         await store.start()
@@ -591,5 +604,8 @@ def make_app(
     from stubs.triggers import add_trigger_routes  # it builds on these handlers
 
     add_trigger_routes(app, h)
+    if secrets is not None:
+        handlers.secrets = secrets
+        add_secret_routes(app, handlers, secrets)
     add_openapi_route(app, "stubs")
     return app

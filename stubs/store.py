@@ -11,6 +11,8 @@ finds a meta.json finds its code. Deleting renames the directory to a ``.trash-`
 half-deleted function is never visible. Temporary files, trash and zips no record refers to are
 removed at startup (and zips after every change of a function).
 
+The root and everything below it are root-only: directories 0700, files 0600.
+
 Writers of one function are serialized with :meth:`FunctionStore.lock`; readers take no lock.
 Blocking file I/O runs in a worker thread.
 """
@@ -74,7 +76,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data``: readers see the old content or the new one, never a part."""
     tmp = path.parent / f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
@@ -107,7 +109,7 @@ def _mkdirs(path: Path, root: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         try:
-            d.mkdir(mode=0o755)
+            d.mkdir(mode=0o700)
         except FileExistsError:
             continue
         _fsync_dir(d.parent)
@@ -153,6 +155,9 @@ class FunctionStore:
 
     def _start_sync(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        # Root only: the records hold every function's environment, the zips its code. Directories
+        # an older version made 0755 are tightened too.
+        os.chmod(self.root, 0o700)
         removed = 0
         for account_dir in list(self.root.iterdir()):
             removed += self._remove_leftover(account_dir)

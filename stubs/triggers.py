@@ -240,9 +240,11 @@ def add_trigger_routes(app: web.Application, functions: StubsHandlers,
     return store
 
 
-def add_trigger_status(app: web.Application, controller_url: str) -> None:
-    """Merge the event sources' live status (from the controller at ``controller_url``) into GETs."""
-    status = EventSourceStatus(controller_url)
+def add_trigger_status(app: web.Application, controller_url: str,
+                       credentials: Callable[[], dict[str, str]] | None = None, ssl: Any = None) -> None:
+    """Merge the event sources' live status (from the controller at ``controller_url``, asked with
+    the pod's key ``credentials``) into GETs."""
+    status = EventSourceStatus(controller_url, credentials=credentials, ssl=ssl)
     app[TRIGGER_STATUS] = status
 
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:

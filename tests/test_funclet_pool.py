@@ -44,7 +44,9 @@ async def test_start_builds_the_idle_pool_cold(make_pool) -> None:
     assert len({i.Epoch for i in infos}) == 3 and all(i.HostPid for i in infos)
     spec = h.zygote.spawned[1]
     assert (spec.id, spec.uid, spec.gid, spec.tmp_size) == ("pod-c1", 20001, 20001, 64 * MiB)
-    assert spec.binds == [{"src": "/usr", "dst": "/usr"}] and spec.symlinks == {"/bin": "usr/bin"}
+    assert spec.binds == [{"src": "/usr", "dst": "/usr"},
+                          {"src": f"{spec.slot_dir}/secrets", "dst": "/var/secrets"}]  # funclet/sandbox/secretfs.py
+    assert spec.symlinks == {"/bin": "usr/bin"}
     assert spec.cgroup_procs == ["/fake/cgroup/easyfaas-pod/pod-c1/cgroup.procs"]
     cg = h.cgroups.created[1]
     assert (cg.memory_limit, cg.cpu_limit, cg.pids_limit) == (128 * MiB, 500, 256)

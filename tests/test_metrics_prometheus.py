@@ -115,16 +115,29 @@ async def eventually(http: aiohttp.ClientSession, prometheus: str, promql: str, 
 async def test_prometheus_scrapes_the_pod(pod: Any, prometheus: str,  # noqa: ANN401
                                       http: aiohttp.ClientSession) -> None:
     name = await create_traced(http, pod)
-    # Invocations across several scrapes, so that a rate exists.
-    deadline = asyncio.get_running_loop().time() + 6
+    # Prometheus scrapes the controller before the invocations begin (it starts slowly on a loaded
+    # host), and they go on across several scrapes until Prometheus sees a rate.
+    await eventually(http, prometheus, 'up{job="controller"}', lambda v: v == 1)
     count = 0
-    while asyncio.get_running_loop().time() < deadline:
-        status, _, body = await invoke(http, pod, name)
-        assert status == 200, body
-        count += 1
-        await asyncio.sleep(0.05)
-    await eventually(http, prometheus, f'sum(rate(faas_invocations_total{{function="{name}",result="success"}}[30s]))',
-                     lambda v: v > 0)
+    stop = asyncio.Event()
+
+    async def keep_invoking() -> None:
+        nonlocal count
+        while not stop.is_set():
+            status, _, body = await invoke(http, pod, name)
+            assert status == 200, body
+            count += 1
+            await asyncio.sleep(0.05)
+
+    invoking = asyncio.create_task(keep_invoking())
+    try:
+        await eventually(http, prometheus,
+                         f'sum(rate(faas_invocations_total{{function="{name}",result="success"}}[30s]))',
+                         lambda v: v > 0)
+    finally:
+        stop.set()  # not a cancel: the call under way finishes and is counted
+        await invoking
+    assert count > 0
     await eventually(http, prometheus, f'sum(faas_invocations_total{{function="{name}",result="success"}})',
                      lambda v: v == count)
     await eventually(http, prometheus, f'sum(faas_init_duration_seconds_count{{function="{name}"}})',

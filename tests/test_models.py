@@ -70,7 +70,7 @@ def test_defaults_and_field_order() -> None:
     assert list(cfg.to_dict()) == [
         "CodeSha256", "CodeSize", "Description", "Environment", "FunctionArn", "FunctionName", "Handler",
         "LastModified", "MemorySize", "Runtime", "Timeout", "Version", "CommitId", "Uid", "LogType",
-        "PodConcurrentQuota", "Network",
+        "PodConcurrentQuota", "SecretsAsEnvironment", "Network",
     ]
     assert list(FunctionRecord().to_dict()) == ["Code", "Concurrency", "Configuration", "LogConfig", "Tags"]
     assert RuntimeConfiguration().to_dict() == {

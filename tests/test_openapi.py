@@ -44,11 +44,14 @@ def routed(app: web.Application) -> set[tuple[str, str]]:
             if route.resource is not None and route.method != "HEAD"}
 
 
-def stubs_app(tmp_path: Path) -> web.Application:
-    """The stubs daemon's application, as its service builds it (with its observability routes)."""
+def stubs_app(tmp_path: Path, *, keys: bool = False) -> web.Application:
+    """The stubs daemon's application, as its service builds it (with its observability routes);
+    with ``keys`` required, the key API is routed too."""
     write_runtimes(tmp_path / "runtime")
     opts = parse_options("stubs", STUBS_OPTIONS, ["--function-dir", str(tmp_path / "funcData"),
-                                                  "--runtime-dir", str(tmp_path / "runtime")])
+                                                  "--runtime-dir", str(tmp_path / "runtime"),
+                                                  "--auth", "required" if keys else "off",
+                                                  "--auth-dir", str(tmp_path / "auth")])
     return stubs_service(opts).app
 
 
@@ -65,7 +68,7 @@ def test_documents_pass_the_openapi_validator() -> None:
 
 
 def test_stubs_routes_and_document_match(tmp_path: Path) -> None:
-    routes, paths = routed(stubs_app(tmp_path)), documented("stubs")
+    routes, paths = routed(stubs_app(tmp_path, keys=True)), documented("stubs")
     assert routes - paths == set(), "routes missing from easyfaas/openapi/stubs.yaml"
     assert paths - routes == set(), "documented operations that are not routes"
 

@@ -593,7 +593,7 @@ async def test_store_files_are_written_durably(tmp_path: Path) -> None:
     await store.write(HASH, "f", "$LATEST", record, CODE_A)
     meta = store.function_dir(HASH, "f") / "versions" / "$LATEST" / "meta.json"
     assert json.loads(meta.read_text())["Configuration"]["CodeSha256"] == sha_b64(CODE_A)
-    assert stat.S_IMODE(meta.stat().st_mode) == 0o644
+    assert stat.S_IMODE(meta.stat().st_mode) == 0o600  # root-only (docs/security.md)
     # a second write without code reuses the stored zip; a missing zip without code is an error
     await store.write(HASH, "f", "1", record, None)
     other = FunctionRecord()

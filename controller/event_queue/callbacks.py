@@ -12,9 +12,10 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 
-from easyfaas.errors import InvalidParameterValue
+from easyfaas.errors import InvalidParameterValue, OutboundRefused
 from easyfaas.event_invoke import CALLBACK_STATUS
 from easyfaas.http import FUNCTION_ERROR, REQUEST_ID
+from easyfaas.outbound import OutboundGuard, guarded_session
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +41,10 @@ CallbackRecorder = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 class CallbackSender:
     def __init__(self, record: CallbackRecorder, *, attempts: int = 4, base_delay: float = 1.0,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, guard: OutboundGuard | None = None) -> None:
         self.record = record
+        # With keys required, callbacks go nowhere the outbound guard refuses (easyfaas/outbound.py).
+        self.guard = guard if guard is not None and guard.enabled else None
         self.attempts = attempts
         self.base_delay = base_delay
         self.timeout = timeout
@@ -51,7 +54,9 @@ class CallbackSender:
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            timeout = aiohttp.ClientTimeout(total=self.timeout)
+            self._session = guarded_session(self.guard, timeout=timeout) if self.guard is not None else \
+                aiohttp.ClientSession(timeout=timeout)
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._tasks:
@@ -75,11 +80,15 @@ class CallbackSender:
 
     async def _deliver(self, url: str, request_id: str, headers: dict[str, str], body: bytes) -> None:
         error: Any = None
+        attempt = 0
         for attempt in range(1, self.attempts + 1):
             if self._session is None:
                 return
             try:
-                async with self._session.post(url, data=body, headers=headers) as resp:
+                if self.guard is not None:
+                    await self.guard.check_url(url, "callback URL")
+                async with self._session.post(url, data=body, headers=headers,
+                                              allow_redirects=self.guard is None) as resp:
                     await resp.read()
                     if resp.status < 300:
                         log.info("callback_sent", request_id=request_id, url=url, status=resp.status, attempt=attempt)
@@ -87,13 +96,16 @@ class CallbackSender:
                                                       "Error": None})
                         return
                     error = f"HTTP {resp.status}"
+            except OutboundRefused as exc:
+                error = exc.cause  # the destination will not change its mind: no retry
+                break
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 error = str(exc) or type(exc).__name__
             if attempt < self.attempts:
                 await asyncio.sleep(self.base_delay * 2 ** (attempt - 1))
         self.failures += 1
-        log.warning("callback_failed", request_id=request_id, url=url, attempts=self.attempts, error=error)
-        await self._note(request_id, {"Url": url, "Delivered": False, "Attempts": self.attempts, "Error": error})
+        log.warning("callback_failed", request_id=request_id, url=url, attempts=attempt, error=error)
+        await self._note(request_id, {"Url": url, "Delivered": False, "Attempts": attempt, "Error": error})
 
     async def _note(self, request_id: str, outcome: dict[str, Any]) -> None:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any, Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -18,7 +19,10 @@ log = structlog.get_logger(__name__)
 
 
 class EventInvokeConfigSource:
-    def __init__(self, base: str, *, ttl: float = 5.0, timeout: float = 10.0) -> None:
+    def __init__(self, base: str, *, ttl: float = 5.0, timeout: float = 10.0,
+                 credentials: Callable[[], dict[str, str]] | None = None, ssl: Any = None) -> None:
+        self._credentials = credentials  # the pod's key, when stubs requires keys
+        self._ssl = ssl
         self.base = base.rstrip("/")  # the registry's API root, e.g. http://127.0.0.1:8002/v1
         self.ttl = ttl
         self.timeout = timeout
@@ -27,7 +31,9 @@ class EventInvokeConfigSource:
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None)
 
     async def close(self) -> None:
         session, self._session = self._session, None
@@ -49,7 +55,9 @@ class EventInvokeConfigSource:
             return config
         url = f"{self.base}/functions/{quote(function, safe=':$')}/event-invoke-config"
         try:
-            async with self._session.get(url, headers={ACCOUNT_ID: account, REQUEST_ID: request_id}) as resp:
+            headers = {ACCOUNT_ID: account, REQUEST_ID: request_id,
+                       **(self._credentials() if self._credentials is not None else {})}
+            async with self._session.get(url, headers=headers) as resp:
                 body = await resp.read()
                 if resp.status == 404:
                     config = DEFAULT_EVENT_INVOKE_CONFIG

@@ -102,6 +102,9 @@ class SQLiteEventQueue:
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         recovered, active = await self._in_thread(self._open)
+        # The events hold callers' payloads: root-only, as stubs' store (SQLite gives its -wal and
+        # -shm files the database's mode).
+        os.chmod(self.path, 0o600)
         for function, count in active:
             self._active[function] = count
             self._active_total += count

@@ -19,8 +19,10 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from easyfaas.auth import OPEN_PATHS
 from easyfaas.openapi.check import CheckedInvoker, check_file, response_check_middleware
 
+_METHODS = frozenset({"get", "put", "post", "delete", "patch", "options", "head", "trace"})
 DOCUMENTS = ("controller", "stubs", "httptrigger")
 PATH = "/openapi.json"
 
@@ -48,7 +50,23 @@ def load_document(name: str) -> dict[str, Any]:
             raise ValueError(f"{name}.yaml: components.{section}.{clash[0]} is also in components.yaml")
         shared.update(entries)
     document["components"] = components
+    if name != "httptrigger":  # the gateway answers API Gateway's own 401 (its document says so)
+        _add_key_answers(document)
     return document
+
+
+def _add_key_answers(document: dict[str, Any]) -> None:
+    """With keys required (easyfaas/auth.py) every operation but the open checks may answer 401 (no
+    valid key) and 403 (a key of another account, or not an admin's on an admin-only route)."""
+    document.setdefault("security", [{}, {"apiKey": []}])  # optional: keys may be off
+    for path, item in document["paths"].items():
+        if path in OPEN_PATHS or "$ref" in item:
+            continue
+        for method, operation in item.items():
+            if method in _METHODS:
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("401", {"$ref": "#/components/responses/Unauthorized"})
+                responses.setdefault("403", {"$ref": "#/components/responses/KeyForbidden"})
 
 
 def document_json(name: str) -> bytes:

@@ -80,6 +80,7 @@ class SandboxPool:
         for d in (s.slots_dir, s.images_dir, s.sockets_dir):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(s.sockets_dir, 0o700)
+        os.chmod(s.images_dir, 0o700)  # every function's code; sandboxes see theirs through mounts only
         self._mounts.make_shared_dir(str(s.slots_dir))
         if lc.network is not None:
             await lc.net(lc.network.setup)

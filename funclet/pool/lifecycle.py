@@ -89,7 +89,8 @@ class Lifecycle:
             sb.link = RunnerLink(ours, on_message=lambda m, sb=sb: self._on_runner_message(sb, m),
                                  on_close=lambda sb=sb: self._on_runner_gone(sb))
             spec = SandboxSpec(id=sb.id, hostname=sb.id, slot_dir=str(sb.slot_dir), uid=sb.uid, gid=sb.uid,
-                               cgroup_procs=sb.cgroup.procs_files, binds=self._binds, symlinks=self._symlinks,
+                               cgroup_procs=sb.cgroup.procs_files, binds=[*self._binds, *_secrets_bind(sb)],
+                               symlinks=self._symlinks,
                                tmp_size=s.tmp_size)
             sb.pid = await self.zygote.spawn(spec, [theirs.fileno(), listener.fileno()])
             theirs.close()
@@ -274,3 +275,8 @@ class Lifecycle:
             if not self._registry.holds(sb) or (sb.link is not None and not sb.link.closed):
                 return
             await self.heal_locked(sb, reason)
+
+
+def _secrets_bind(sb: Sandbox) -> list[dict[str, str]]:
+    """The slot's secrets directory on the sandbox's /var/secrets (funclet/sandbox/secretfs.py)."""
+    return [{"src": str(sb.slot_dir / "secrets"), "dst": "/var/secrets"}]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from easyfaas.outbound import OutboundGuard
+
 MiB = 1 << 20
 
 
@@ -35,6 +37,7 @@ class PoolSettings:
     max_code_images: int = 256
     standby_runtimes: tuple[str, ...] = ()  # runtimes kept pre-started in idle sandboxes
     standby_sandboxes: int = 0              # how many idle sandboxes each of them stands by in
+    outbound_guard: OutboundGuard | None = None  # checks remote code locations (easyfaas/outbound.py)
 
     @property
     def slots_dir(self) -> Path:

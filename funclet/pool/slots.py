@@ -13,7 +13,7 @@ from easyfaas.models import RuntimeConfiguration
 from funclet.pool.kernel import Mounts
 from funclet.pool.records import Sandbox
 
-SLOT_SUBDIRS = ("root", "task", "runtime")
+SLOT_SUBDIRS = ("root", "task", "runtime", "secrets")  # secrets: funclet/sandbox/secretfs.py
 
 
 class Slots:
@@ -45,8 +45,8 @@ class Slots:
         sb.runtime_bound = str(runtime_dir)
 
     def unbind(self, sb: Sandbox) -> None:
-        """Unmount the code and the runtime (whether or not they were bound)."""
-        for sub in ("task", "runtime"):
+        """Unmount the code, the runtime and the secrets (whether or not they were mounted)."""
+        for sub in ("task", "runtime", "secrets"):
             self.mounts.unmount(str(sb.slot_dir / sub))
         sb.code_hash = ""
         sb.runtime_bound = ""

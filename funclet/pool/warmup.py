@@ -28,6 +28,7 @@ from funclet.pool.slots import Slots
 from funclet.pool.standby import StandbyKeeper
 from funclet.runner_link import LinkClosed
 from funclet.sandbox.codeimage import CodeImageError
+from funclet.sandbox.secretfs import write_secrets
 from runner.control import Op
 from runner.environment import runtime_env
 
@@ -77,12 +78,17 @@ class Warmups:
             new_image = not self.images.is_built(code_hash)
             try:
                 image = await asyncio.wait_for(
-                    self.images.ensure(code_hash, lambda: load_code(req.Code, max_size=s.max_code_size)),
+                    self.images.ensure(code_hash, lambda: load_code(req.Code, max_size=s.max_code_size, guard=s.outbound_guard)),
                     s.warmup_timeout)
                 if new_image:
                     reg.counters["code_image_built"] += 1
                 self._slots.bind_code(sb, image.mountpoint, code_hash)
                 self._slots.bind_runtime(sb, runtime_dir)
+                env = runtime_env(cfg, runtime)
+                if req.Secrets:
+                    write_secrets(sb.slot_dir / "secrets", sb.uid, req.Secrets)
+                    if cfg.SecretsAsEnvironment:
+                        env = {**env, **req.Secrets}
                 assert sb.cgroup is not None and sb.link is not None
                 # The function's MemorySize is its sandbox's limit: the kernel OOM-kills inside this
                 # cgroup only, whatever the rest of the box is doing.
@@ -96,7 +102,7 @@ class Warmups:
                 # The runner hands a matching standby runtime the function, or replaces it.
                 used_standby, sb.standby = sb.standby == runtime.Name, ""
                 reply = await sb.link.request(
-                    {"op": Op.START, "runtime": runtime.to_dict(), "env": runtime_env(cfg, runtime),
+                    {"op": Op.START, "runtime": runtime.to_dict(), "env": env,
                      "function": {"name": cfg.FunctionName, "version": cfg.Version, "brn": cfg.FunctionArn,
                                   "handler": cfg.Handler, "memory": cfg.MemorySize, "timeout": cfg.Timeout}},
                     {Op.STARTED}, s.warmup_timeout)
@@ -128,7 +134,8 @@ class Warmups:
         built = not self.images.is_built(code_hash)
         try:
             image = await asyncio.wait_for(
-                self.images.ensure(code_hash, lambda: load_code(req.Code, max_size=self._settings.max_code_size)),
+                self.images.ensure(code_hash, lambda: load_code(req.Code, max_size=self._settings.max_code_size,
+                                                     guard=self._settings.outbound_guard)),
                 self._settings.warmup_timeout)
         except asyncio.TimeoutError:
             raise ServiceError(f"building the image of code {code_hash[:12]} timed out") from None
