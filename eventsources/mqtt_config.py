@@ -67,7 +67,7 @@ def check_reply_topic(template: Any) -> str:
     if not isinstance(template, str) or not template:
         raise ValueError("expected a topic name, may use {0}, {1}, ... and {topic}")
     for name in _REPLY_FIELD_RE.findall(template):
-        if name != "topic" and not name.isdigit():
+        if name != "topic" and not (name.isascii() and name.isdigit()):
             raise ValueError(f"{{{name}}}: only {{topic}} and level numbers {{0}}, {{1}}, ... may be used")
     bare = _REPLY_FIELD_RE.sub("x", template)
     if "+" in bare or "#" in bare or "{" in bare or "}" in bare or "\x00" in bare:

@@ -51,7 +51,7 @@ def _eb_dow(field: str) -> str:
         return "6"  # the last day of the week: Saturday
 
     def number(text: str) -> str:
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             return text  # SUN-SAT, *
         n = int(text)
         if not 1 <= n <= 7:

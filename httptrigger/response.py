@@ -157,7 +157,7 @@ def map_result(payload: bytes, content_type: str, version: str) -> HttpAnswer:
 
 def _structured(result: dict[str, Any], *, cookies: bool) -> HttpAnswer:
     status = result.get("statusCode")
-    if isinstance(status, str) and status.isdigit():
+    if isinstance(status, str) and status.isascii() and status.isdigit():  # "²".isdigit() too
         status = int(status)
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise MalformedResponse(f"statusCode {status!r} is not an integer in 100-599")

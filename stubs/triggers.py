@@ -107,7 +107,7 @@ class TriggerHandlers:
         if brn.qualifier not in (None, LATEST) and qualifier not in (None, brn.qualifier):
             raise InvalidParameterValue(f"Qualifier: {qualifier!r} conflicts with the reference's {brn.qualifier!r}")
         q = qualifier or brn.qualifier or LATEST
-        if not isinstance(q, str) or not (q == LATEST or (q.isdigit() and q[0] != "0")):
+        if not isinstance(q, str) or not (q == LATEST or (q.isascii() and q.isdigit() and q[0] != "0")):
             raise InvalidParameterValue(f"Qualifier: {q!r} is not $LATEST or a version number")
         versioned = brn.with_qualifier(q)
         await self.functions.load(versioned)  # ResourceNotFound when the function or version is not there
