@@ -188,9 +188,7 @@ class _Connection(Http1Connection):
             elif lower == b"expect" and value.lower() == b"100-continue":
                 continue_expected = True
         if message.too_large:
-            self._queue(message)  # answered 413 at its turn, without waiting for the body; then closed
-            if self.task is None:
-                self._next()
+            self._refuse(message)  # answered 413 at its turn, without waiting for the body; then closed
             return
         if continue_expected and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -202,11 +200,7 @@ class _Connection(Http1Connection):
             return
         message.size += len(body)
         if message.invoke is not None and message.size > self.door.invoker.max_body_size:
-            message.too_large = True  # chunked, so no length was announced
-            message.body = []
-            self._queue(message)
-            if self.task is None:
-                self._next()
+            self._refuse(message)  # chunked, so no length was announced
             return
         message.body.append(body)
 

@@ -168,6 +168,19 @@ class Http1Connection(asyncio.Protocol):
             self.transport.pause_reading()
             self.reading_paused = True
 
+    def _next(self) -> None:
+        """Start answering the oldest parsed request (called when none is being answered)."""
+        raise NotImplementedError
+
+    def _refuse(self, message: Any) -> None:
+        """Queue a request whose body is over the limit, to be answered (413) at its turn without
+        reading the rest of it."""
+        message.too_large = True
+        message.body = []
+        self._queue(message)
+        if self.task is None:
+            self._next()
+
     def _linger_close(self) -> None:
         """Close after an error answer, reading (and dropping) what the client still sends for a
         moment: closing with unread data would reset the connection, and with it the answer."""

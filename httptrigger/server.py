@@ -138,9 +138,7 @@ class _Connection(Http1Connection):
             elif lower == "expect" and value.lower() == "100-continue":
                 continue_expected = True
         if message.too_large:
-            self._queue(message)
-            if self.task is None:
-                self._next()
+            self._refuse(message)  # answered 413 at its turn, without waiting for the body; then closed
             return
         if continue_expected and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -152,11 +150,7 @@ class _Connection(Http1Connection):
             return
         message.size += len(body)
         if message.size > self.server.max_body_size:
-            message.too_large = True
-            message.body = []
-            self._queue(message)
-            if self.task is None:
-                self._next()
+            self._refuse(message)
             return
         message.body.append(body)
 
