@@ -47,6 +47,7 @@ from easyfaas.http import error_middleware, request_id_middleware
 from easyfaas.daemon import Service, event_loop_name, loop_factory, run_daemon
 from easyfaas.heap import freeze_startup_heap
 from easyfaas.logging import setup_logging
+from easyfaas.openapi import add_openapi_route, checked_invoker
 from eventsources.service import EVENT_SOURCES_INTAKE, setup_event_sources
 from httptrigger.embedded import gateway_endpoint
 from httptrigger.endpoint import gateway_security
@@ -106,6 +107,7 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     app.on_shutdown.append(_begin_drain)
     add_routes(app)
     _observability(app, opts)
+    add_openapi_route(app, "controller")
     return app
 
 
@@ -217,7 +219,8 @@ class _FrontDoorSite(web.BaseSite):
         super().__init__(runner)
         assert runner.server is not None
         self._endpoint = endpoint
-        self._door = FrontDoor(runner.app[INVOKER], runner.server, auth=runner.app.get(AUTHENTICATOR),
+        self._door = FrontDoor(checked_invoker(runner.app[INVOKER], "controller"), runner.server,
+                               auth=runner.app.get(AUTHENTICATOR),
                                ssl_context=endpoint.tls.context if endpoint.tls else None)
 
     @property

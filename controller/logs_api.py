@@ -23,6 +23,7 @@ from aiohttp import web
 from controller.function_logs import FunctionLogs, LogQuery, format_ts
 from controller.handlers import INVOKER
 from controller.invoke import Invoker, parse_function_ref
+from easyfaas.brn import valid_account_id
 from easyfaas.errors import InvalidInvokeCaller, InvalidParameterValue
 from easyfaas.http import ACCOUNT_ID, REQUEST_ID_KEY
 
@@ -66,6 +67,8 @@ async def function_logs(request: web.Request) -> web.StreamResponse:
     invoker: Invoker = request.app[INVOKER]
     logs = request.app[FUNCTION_LOGS]
     caller = request.headers.get(ACCOUNT_ID, "")
+    if caller and not valid_account_id(caller):  # as on the invoke route, before the registry sees it
+        raise InvalidParameterValue(f"{ACCOUNT_ID}: invalid account id (expected 1-64 characters [A-Za-z0-9_-])")
     if invoker.simple_auth and not caller:
         raise InvalidInvokeCaller(f"missing {ACCOUNT_ID} header")
     brn = parse_function_ref(request.match_info["ref"], None, caller)

@@ -3,7 +3,8 @@
 Configured routes come first (the most specific wins, httptrigger/routes.py) and are answered like an
 API Gateway HTTP API; a path no route takes that names ``/<uid>/<function>[/<version>][/<rest>]``
 is a function URL, answered like a Lambda function URL; anything else is 404 ``{"message":"Not
-Found"}`` (but ``GET /healthz``, when no route takes it: the health check). CORS preflights of
+Found"}`` (but ``GET /healthz``, when no route takes it: the health check, and ``GET /openapi.json``:
+the gateway's OpenAPI document, easyfaas/openapi/httptrigger.yaml). CORS preflights of
 routes that configure ``Cors`` are answered here, without invoking.
 
 A route whose ``AuthType`` is ``KEY`` (and every function URL when the gateway's keys are
@@ -27,6 +28,7 @@ import structlog
 from easyfaas.auth import Authenticator
 from easyfaas.brn import Brn, account_hash
 from easyfaas.errors import FaasError
+from easyfaas.openapi import PATH, document_json
 from httptrigger import payload_v1, payload_v2
 from httptrigger.config import Cors, RouteTarget
 from httptrigger.cors import preflight_headers, response_headers
@@ -38,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 # The daemon's health check, answered when no route takes the path (a route of that path wins).
 HEALTH_PATH = "healthz"
+OPENAPI_PATH = PATH.lstrip("/")
 
 # (versioned function BRN, caller account id, event JSON, request id) → (status, headers with
 # lower-case names, body): the controller's answer to ``POST /v1/functions/<brn>/invocations``.
@@ -52,6 +55,7 @@ class Gateway:
         self.auth = auth  # checks the keys of KEY routes; None: no key is valid
         self.function_url_auth = function_url_auth  # "KEY" or "NONE", for every function URL
         self.routes: RouteTable[RouteTarget] = RouteTable()
+        self.openapi = document_json("httptrigger")
 
     def set_routes(self, routes: RouteTable[RouteTarget]) -> None:
         """Serve ``routes`` from now on (requests under way keep the table they matched in)."""
@@ -85,6 +89,8 @@ class Gateway:
         if url is None:
             if segments == [HEALTH_PATH] and request.method in ("GET", "HEAD"):
                 return HttpAnswer(200, [("Content-Type", "text/plain; charset=utf-8")], b"ok")
+            if segments == [OPENAPI_PATH] and request.method in ("GET", "HEAD"):
+                return HttpAnswer(200, [("Content-Type", "application/json")], self.openapi)
             return error_answer(Failure.NOT_FOUND, Product.ROUTE, "no route")
         brn = str(Brn(account_hash(url.account_id), url.function, url.qualifier))
         if self.function_url_auth == "KEY":

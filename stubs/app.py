@@ -47,6 +47,7 @@ from easyfaas.models import (
     FunctionRecord,
     LogConfig,
 )
+from easyfaas.openapi import add_openapi_route
 from easyfaas.runtimes import RuntimeCatalog
 from easyfaas.secret_store import SecretStore
 from stubs.secrets import add_secret_routes
@@ -606,4 +607,5 @@ def make_app(
     if secrets is not None:
         handlers.secrets = secrets
         add_secret_routes(app, handlers, secrets)
+    add_openapi_route(app, "stubs")
     return app

@@ -24,7 +24,7 @@ from easyfaas.pod_names import PodNames, free_port
 from tests.pod_harness import E2E_SANDBOXES
 
 # Fixtures more than one test module uses.
-pytest_plugins = ["tests.sandbox_harness", "tests.fakes.stubs_app"]
+pytest_plugins = ["tests.sandbox_harness", "tests.fakes.stubs_app", "tests.fakes.openapi_check"]
 
 # The session pod (``pod``, a module may name its own pod fixture so too), the root check that
 # comes with it, the zygote host that real sandboxes are spawned from, and the egress tests' outside
