@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -27,7 +26,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.mosquitto import Mosquitto
-from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod, Function
+from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod, Function, run_standalone
 from bench.stats import percentile
 from easyfaas.function_code import ACCOUNT
 
@@ -155,17 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--messages", type=int, default=500, help="MQTT QoS 1 messages (at most 1000)")
     p.add_argument("--fires", type=int, default=20, help="due times of the @every 1s schedule")
     a = p.parse_args(argv)
-    pod = BenchPod(4)
-    pod.start()
-    try:
-        result = event_sources(pod, min(a.messages, 1000), a.fires)
-    finally:
-        leaks = pod.stop()
-    print(json.dumps(result, indent=2))
-    if leaks:
-        print(f"the pod left kernel objects behind: {leaks}", file=sys.stderr)
-        return 1
-    return 0
+    return run_standalone(lambda pod: event_sources(pod, min(a.messages, 1000), a.fires))
 
 
 if __name__ == "__main__":

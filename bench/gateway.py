@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Any, Sequence
 
-from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod
+from bench.pod import ACCOUNT_HEADER, BenchError, BenchPod, run_standalone
 from bench.scenarios import Plan, _med, _wrk
 from bench.stats import median, ratio
 from bench.wrk import WrkResult
@@ -125,17 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     plan = Plan.smoke()
     plan.wrk_seconds, plan.reps = a.seconds, a.reps
-    pod = BenchPod(4)
-    pod.start()
-    try:
-        result = gateway_vs_direct(pod, plan)
-    finally:
-        leaks = pod.stop()
-    print(json.dumps(result, indent=2))
-    if leaks:
-        print(f"the pod left kernel objects behind: {leaks}", file=sys.stderr)
-        return 1
-    return 0
+    return run_standalone(lambda pod: gateway_vs_direct(pod, plan))
 
 
 if __name__ == "__main__":

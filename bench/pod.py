@@ -15,11 +15,12 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 
@@ -242,3 +243,19 @@ def _dechunk(data: bytes) -> bytes:
         out += rest[:size]
         data = rest[size + 2:]
     return bytes(out)
+
+
+def run_standalone(measure: Callable[[BenchPod], dict[str, Any]], sandboxes: int = 4) -> int:
+    """A benchmark module's ``main``: ``measure`` a pod of ``sandboxes`` started for it, print the
+    figures as JSON, and fail (exit status 1) when the pod left kernel objects behind."""
+    pod = BenchPod(sandboxes)
+    try:
+        pod.start()
+        result = measure(pod)
+    finally:
+        leaks = pod.stop()
+    print(json.dumps(result, indent=2))
+    if leaks:
+        print(f"the pod left kernel objects behind: {leaks}", file=sys.stderr)
+        return 1
+    return 0

@@ -101,7 +101,7 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
         app.cleanup_ctx.append(_prefetch)
     app.cleanup_ctx.append(_pool)
     # After the pool's context: the event workers drain before the pool closes.
-    setup_async_invocations(app, opts, app[INVOKER], registry.base)
+    setup_async_invocations(app, opts, app[INVOKER], registry)
     # After the queue's context: schedules and MQTT subscriptions stop before the queue closes.
     setup_event_sources(app, opts, app[INVOKER], app[EVENT_QUEUE], registry.base)
     app.on_shutdown.append(_begin_drain)

@@ -28,16 +28,14 @@ from controller.event_queue.callbacks import CallbackSender, check_callback_url
 from controller.event_queue.settings_source import EventInvokeConfigSource
 from controller.event_queue.workers import EventWorkers
 from controller.invoke import Invoker, parse_function_ref
-from controller.registry import ResolvedFunction
+from controller.registry import Registry, ResolvedFunction
 from easyfaas.auth import AUTHENTICATOR
 from easyfaas.brn import Brn
 from easyfaas.config import Settings
 from easyfaas.errors import InvalidInvokeCaller, InvalidParameterValue, RequestTooLarge, ResourceNotFound
 from easyfaas.event_invoke import CALLBACK_URL, MAX_EVENT_SIZE, InvocationRecord, InvocationStatus
 from easyfaas.http import ACCOUNT_ID, REQUEST_ID
-from easyfaas.keys import PodCredentials
 from easyfaas.outbound import OutboundGuard
-from easyfaas.tls import client_context
 
 log = structlog.get_logger(__name__)
 
@@ -197,7 +195,7 @@ def add_routes(app: web.Application) -> None:
 # ---- lifetime ------------------------------------------------------------------------------------
 
 
-def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invoker, registry_base: str) -> None:
+def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invoker, registry: Registry) -> None:
     """Build the queue, the intake and the workers; their lifetime is one cleanup context.
 
     Append it after the pool's context: the workers stop (and drain) before the pool closes.
@@ -214,9 +212,7 @@ def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invok
     intake = EventIntake(queue, guard=guard)
     callbacks = CallbackSender(queue.note_callback, base_delay=min(1.0, getattr(opts, "event_retry_base", 60.0)),
                                guard=guard)
-    auth_dir = getattr(opts, "auth_dir", "")
-    settings = EventInvokeConfigSource(registry_base, ssl=client_context(opts),
-                                       credentials=PodCredentials(auth_dir).headers if auth_dir else None)
+    settings = EventInvokeConfigSource(registry)  # the registry client's lifetime is the controller's
     workers = EventWorkers(queue, invoker, settings, callbacks,
                            workers=getattr(opts, "event_workers", 64),
                            share=getattr(opts, "event_concurrency_share", 0.5),
@@ -230,7 +226,6 @@ def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invok
 
     async def lifetime(_: web.Application) -> AsyncIterator[None]:
         await queue.start()
-        await settings.start()
         await callbacks.start()
         await workers.start()
         pruner = asyncio.get_running_loop().create_task(_prune_periodically(queue))
@@ -241,7 +236,6 @@ def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invok
             await asyncio.gather(pruner, return_exceptions=True)
             await workers.close(drain_timeout)
             await callbacks.close()
-            await settings.close()
             await queue.close()
 
     async def stop_leasing(_: web.Application) -> None:

@@ -23,13 +23,7 @@ closes), and a connection idle for the keep-alive timeout is closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
-import socket
-import time
-from collections import deque
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
 import httptools
@@ -41,32 +35,14 @@ from controller.invoke import InvokeReply, Invoker
 from easyfaas.auth import WWW_AUTHENTICATE, Authenticator
 from easyfaas.errors import FaasError, RequestTooLarge, ServiceError, Unauthenticated
 from easyfaas.http import REQUEST_ID, request_id_of
+from easyfaas.http1_listener import KEEPALIVE_TIMEOUT, MAX_QUEUED, REASONS, Http1Connection, Http1Listener
 
 log = structlog.get_logger(__name__)
 
 _INVOKE_PREFIX = b"POST /v1/functions/"
 _INVOKE_SUFFIX = b"/invocations"
 _FIRST_LINE_MAX = 8192
-_MAX_QUEUED = 8          # requests parsed but not yet answered before reading pauses
-KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default
-_LINGER = 2.0
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _EMPTY_QUERY: dict[str, str] = {}
-
-
-class _Date:
-    """The Date header, formatted once a second."""
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._value = b""
-
-    def now(self) -> bytes:
-        second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._value = email.utils.formatdate(second, usegmt=True).encode()
-        return self._value
 
 
 class _Message:
@@ -118,7 +94,7 @@ def _parse_query(query: str) -> dict[str, str]:
     return dict(parse_qsl(query, keep_blank_values=True))
 
 
-class FrontDoor:
+class FrontDoor(Http1Listener):
     """The listening socket of the controller; see the module docstring."""
 
     def __init__(self, invoker: Invoker, aiohttp_protocol: Callable[[], web_protocol.RequestHandler], *,
@@ -128,100 +104,25 @@ class FrontDoor:
         self.auth = auth  # None: no keys required
         self.ssl_context = ssl_context
         self.aiohttp_protocol = aiohttp_protocol
-        self.keepalive_timeout = keepalive_timeout
-        self.date = _Date()
-        self.connections: set[_Connection] = set()
-        self.closing = False
+        super().__init__(keepalive_timeout)
         self.handed_over = 0
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._sweep: asyncio.TimerHandle | None = None
 
     async def start(self, host: str, port: int) -> None:
-        loop = self.loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self, loop), host, port, reuse_address=True,
-                                                backlog=1024, ssl=self.ssl_context)
-        # One sweep closes idle keep-alive connections, instead of a timer re-armed per request.
-        self._sweep = loop.call_later(self._sweep_interval, self._close_idle)
-
-    @property
-    def _sweep_interval(self) -> float:
-        return min(1.0, self.keepalive_timeout / 2)
-
-    def _close_idle(self) -> None:
-        assert self.loop is not None
-        now = self.loop.time()
-        for conn in list(self.connections):
-            if conn.idle and now - conn.last_active >= self.keepalive_timeout:
-                conn.close_when_idle()
-        self._sweep = None if self.closing else self.loop.call_later(self._sweep_interval, self._close_idle)
+        await self._listen(lambda loop: _Connection(self, loop), host, port, self.ssl_context)
 
     @property
     def sockets(self) -> list[Any]:
         return list(self._server.sockets) if self._server is not None else []
 
-    def stop_accepting(self) -> None:
-        """No new connections; idle ones close, busy ones close after their current answers."""
-        self.closing = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            conn.close_when_idle()
 
-    async def wait_idle(self, timeout: float) -> None:
-        """Wait (up to ``timeout``) for the requests under way on our connections, then close them all."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while any(c.busy for c in self.connections) and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            conn.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-
-class _Connection(asyncio.Protocol):
+class _Connection(Http1Connection):
     def __init__(self, door: FrontDoor, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(door, loop)
         self.door = door
-        self.loop = loop
-        self.last_active = loop.time()
-        self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = None
         self.sniffed = b""
-        self.current: _Message | None = None
-        self.pending: deque[_Message] = deque()
-        self.task: asyncio.Task[None] | None = None
-        self.reading_paused = False
-        self.closing = False
-        self.discarding = False
 
     # ---- connection ------------------------------------------------------------------------------
-
-    @property
-    def busy(self) -> bool:
-        return self.task is not None or bool(self.pending)
-
-    @property
-    def idle(self) -> bool:
-        return not self.busy and self.current is None and not self.discarding
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.door.connections.add(self)
-        if self.door.closing:
-            transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.door.connections.discard(self)
-        self.pending.clear()
-        if self.task is not None:
-            self.task.cancel()  # the client is gone: nobody reads the answer
 
     def data_received(self, data: bytes) -> None:
         if self.discarding:
@@ -253,22 +154,6 @@ class _Connection(asyncio.Protocol):
             return
         if self.pending and self.task is None:
             self._next()
-
-    def eof_received(self) -> bool:
-        # The client half-closed: answer what it sent, then close (a false return closes at once).
-        if self.discarding or not (self.busy or self.current is not None):
-            return False
-        self.closing = True
-        return True
-
-    def close_when_idle(self) -> None:
-        self.closing = True
-        if not self.busy and self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
     # ---- httptools callbacks ---------------------------------------------------------------------
 
@@ -303,9 +188,7 @@ class _Connection(asyncio.Protocol):
             elif lower == b"expect" and value.lower() == b"100-continue":
                 continue_expected = True
         if message.too_large:
-            self._queue(message)  # answered 413 at its turn, without waiting for the body; then closed
-            if self.task is None:
-                self._next()
+            self._refuse(message)  # answered 413 at its turn, without waiting for the body; then closed
             return
         if continue_expected and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -317,26 +200,9 @@ class _Connection(asyncio.Protocol):
             return
         message.size += len(body)
         if message.invoke is not None and message.size > self.door.invoker.max_body_size:
-            message.too_large = True  # chunked, so no length was announced
-            message.body = []
-            self._queue(message)
-            if self.task is None:
-                self._next()
+            self._refuse(message)  # chunked, so no length was announced
             return
         message.body.append(body)
-
-    def on_message_complete(self) -> None:
-        message, self.current = self.current, None
-        assert message is not None
-        if not message.queued:
-            self._queue(message)
-
-    def _queue(self, message: _Message) -> None:
-        message.queued = True
-        self.pending.append(message)
-        if len(self.pending) >= _MAX_QUEUED and not self.reading_paused and self.transport is not None:
-            self.transport.pause_reading()
-            self.reading_paused = True
 
     # ---- answering -------------------------------------------------------------------------------
 
@@ -349,7 +215,7 @@ class _Connection(asyncio.Protocol):
             self._hand_over_message()
             return
         self.pending.popleft()
-        if self.reading_paused and len(self.pending) < _MAX_QUEUED // 2:
+        if self.reading_paused and len(self.pending) < MAX_QUEUED // 2:
             self.transport.resume_reading()
             self.reading_paused = False
         self.task = self.loop.create_task(self._answer(message))
@@ -401,7 +267,7 @@ class _Connection(asyncio.Protocol):
     def _write(self, reply: InvokeReply, keep_alive: bool) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        out = [b"HTTP/1.1 %d %s\r\n" % (reply.status, _REASONS.get(reply.status, b"Unknown"))]
+        out = [b"HTTP/1.1 %d %s\r\n" % (reply.status, REASONS.get(reply.status, b"Unknown"))]
         for name, value in reply.headers.items():
             out.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1", "replace")))
         out.append(b"Content-Length: %d\r\nDate: %s\r\nServer: easyfaas\r\n" % (len(reply.body), self.door.date.now()))
@@ -419,21 +285,6 @@ class _Connection(asyncio.Protocol):
         if self.task is None:
             self._write(InvokeReply.of_error(err, {REQUEST_ID: request_id_of("")}), keep_alive=False)
         self._linger_close()
-
-    def _linger_close(self) -> None:
-        """Close after an error answer, reading (and dropping) what the client still sends for a
-        moment: closing with unread data would reset the connection, and with it the answer."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        self.discarding = True
-        self.pending.clear()
-        if transport.can_write_eof():
-            transport.write_eof()
-        if self.reading_paused:
-            transport.resume_reading()
-            self.reading_paused = False
-        self.loop.call_later(_LINGER, transport.close)
 
     # ---- handing a connection to aiohttp -------------------------------------------------------
 

@@ -25,6 +25,7 @@ import aiohttp
 import structlog
 
 from easyfaas.brn import LATEST, Brn
+from easyfaas.event_invoke import EventInvokeConfig
 from easyfaas.errors import InvalidInvokeCaller, ResourceNotFound, ServiceError, error_from_dict, is_error_body
 from easyfaas.http import ACCOUNT_ID, REQUEST_ID
 from easyfaas.models import CodeChanges, FunctionRecord, ModelError, RuntimeConfiguration, function_identity
@@ -173,6 +174,20 @@ class Registry:
             return config
 
         return await self._single_flight(f"runtime:{name}", fetch)
+
+    # ---- event invoke configs ------------------------------------------------------------------
+
+    async def get_event_invoke_config(self, function: str, *, account_id: str = "", request_id: str = "",
+                                      timeout: float | None = None) -> EventInvokeConfig:
+        """The stored event invoke config of ``function`` (an unqualified BRN), not cached: the caller
+        decides how long a config stands. ResourceNotFound when the function has none."""
+        what = f"event invoke config of {function}"
+        data = await self._get(f"/functions/{quote(function, safe=':$')}/event-invoke-config", what,
+                               account_id=account_id, request_id=request_id, timeout=timeout)
+        try:
+            return EventInvokeConfig.from_dict(data)
+        except Exception as exc:  # noqa: BLE001 - any fault of a stored body is the registry's answer
+            raise ServiceError(f"the registry sent a malformed {what}: {exc}") from None
 
     # ---- code changes --------------------------------------------------------------------------
 

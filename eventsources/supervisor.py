@@ -16,14 +16,11 @@ from typing import Any
 import aiohttp
 import structlog
 
-from easyfaas.models import ModelError
+from easyfaas.trigger_feed import POLL_WAIT, RETRY_DELAY, follow_trigger_changes
 from easyfaas.triggers import TriggerChangeAction, TriggerChanges
 from eventsources.source import EventSource, SourceTrigger, TriggerChange
 
 log = structlog.get_logger(__name__)
-
-POLL_WAIT = 30.0
-RETRY_DELAY = 1.0
 
 
 class EventSourceSupervisor:
@@ -73,27 +70,8 @@ class EventSourceSupervisor:
 
     async def _follow(self) -> None:
         assert self._session is not None
-        after, boot = -1, ""
-        timeout = aiohttp.ClientTimeout(total=self.poll_wait + 10)
-        while True:
-            try:
-                params = {"after": str(after), "wait": str(self.poll_wait if after >= 0 else 0)}
-                async with self._session.get(self.feed_url, params=params, timeout=timeout) as resp:
-                    if resp.status == 404:
-                        log.warning("trigger_feed_missing", url=self.feed_url)
-                        await asyncio.sleep(self.retry_delay * 5)
-                        continue
-                    resp.raise_for_status()
-                    batch = TriggerChanges.from_dict(await resp.json())
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, ModelError) as exc:
-                log.info("trigger_feed_unavailable", url=self.feed_url, error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(self.retry_delay)
-                continue
-            if boot and batch.BootID != boot and batch.Triggers is None:
-                after, boot = -1, ""  # stubs restarted: read everything again
-                continue
-            await self._apply(batch)
-            after, boot = batch.Seq, batch.BootID
+        await follow_trigger_changes(self._session, self.feed_url, self._apply,
+                                     poll_wait=self.poll_wait, retry_delay=self.retry_delay)
 
     async def _apply(self, batch: TriggerChanges) -> None:
         if batch.Triggers is not None:

@@ -14,16 +14,13 @@ import contextlib
 import aiohttp
 import structlog
 
-from easyfaas.models import ModelError
+from easyfaas.trigger_feed import POLL_WAIT, RETRY_DELAY, follow_trigger_changes
 from easyfaas.triggers import Trigger, TriggerChangeAction, TriggerChanges
 from httptrigger.config import HTTP_TRIGGER_TYPE, RouteTarget, routes_of
 from httptrigger.gateway import Gateway
 from httptrigger.routes import RouteConflict, RouteError, RouteTable
 
 log = structlog.get_logger(__name__)
-
-POLL_WAIT = 30.0
-RETRY_DELAY = 1.0
 
 
 def tolerant_table(triggers: list[Trigger]) -> RouteTable[RouteTarget]:
@@ -65,30 +62,10 @@ class TriggerFollower:
             self._task = None
 
     async def _follow(self) -> None:
-        after, boot = -1, ""
-        url = f"{self.stubs_url}/v1/trigger-changes"
-        timeout = aiohttp.ClientTimeout(total=self.poll_wait + 10)
-        while True:
-            try:
-                params = {"after": str(after), "wait": str(self.poll_wait if after >= 0 else 0)}
-                async with self.session.get(url, params=params, timeout=timeout) as resp:
-                    if resp.status == 404:
-                        log.warning("trigger_feed_missing", stubs=self.stubs_url)
-                        await asyncio.sleep(self.retry_delay * 5)
-                        continue
-                    resp.raise_for_status()
-                    batch = TriggerChanges.from_dict(await resp.json())
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, ModelError) as exc:
-                log.info("trigger_feed_unavailable", stubs=self.stubs_url, error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(self.retry_delay)
-                continue
-            if boot and batch.BootID != boot and batch.Triggers is None:
-                after, boot = -1, ""  # stubs restarted: read everything again
-                continue
-            self._apply(batch)
-            after, boot = batch.Seq, batch.BootID
+        await follow_trigger_changes(self.session, f"{self.stubs_url}/v1/trigger-changes", self._apply,
+                                     poll_wait=self.poll_wait, retry_delay=self.retry_delay)
 
-    def _apply(self, batch: TriggerChanges) -> None:
+    async def _apply(self, batch: TriggerChanges) -> None:
         changed = False
         if batch.Triggers is not None:
             self.triggers = {t.TriggerId: t for t in batch.Triggers}

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import socket
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 
 import httptools
 import structlog
 
 from easyfaas.http import REQUEST_ID, request_id_of
+from easyfaas.http1_listener import KEEPALIVE_TIMEOUT, MAX_QUEUED, REASONS, Http1Connection, Http1Listener
 from httptrigger.request import HttpRequest
 from httptrigger.response import Failure, HttpAnswer, Product, error_answer
 
@@ -33,82 +29,26 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[HttpRequest], Awaitable[HttpAnswer]]
 
-KEEPALIVE_TIMEOUT = 75.0
-_MAX_QUEUED = 8
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers of one request
-_LINGER = 2.0
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _REQUEST_ID_LOWER = REQUEST_ID.lower()
 
 
-class _Date:
-    def __init__(self) -> None:
-        self._second = 0
-        self._value = b""
-
-    def now(self) -> bytes:
-        second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._value = email.utils.formatdate(second, usegmt=True).encode()
-        return self._value
-
-
-class HttpServer:
+class HttpServer(Http1Listener):
     """Serves ``handler`` on a TCP port until stopped."""
 
     def __init__(self, handler: Handler, *, max_body_size: int, keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+        super().__init__(keepalive_timeout)
         self.handler = handler
         self.max_body_size = max_body_size
-        self.keepalive_timeout = keepalive_timeout
-        self.date = _Date()
-        self.connections: set[_Connection] = set()
-        self.closing = False
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._sweep: asyncio.TimerHandle | None = None
         self._port = 0
 
     async def start(self, host: str, port: int, *, ssl: Any = None) -> None:
-        loop = self.loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self, loop), host, port, reuse_address=True,
-                                                backlog=1024, ssl=ssl)
-        self._port = int(self._server.sockets[0].getsockname()[1])
-        self._sweep = loop.call_later(min(1.0, self.keepalive_timeout / 2), self._close_idle)
+        server = await self._listen(lambda loop: _Connection(self, loop), host, port, ssl)
+        self._port = int(server.sockets[0].getsockname()[1])
 
     @property
     def port(self) -> int:
         return self._port
-
-    def _close_idle(self) -> None:
-        assert self.loop is not None
-        now = self.loop.time()
-        for conn in list(self.connections):
-            if conn.idle and now - conn.last_active >= self.keepalive_timeout:
-                conn.close_when_idle()
-        self._sweep = None if self.closing else self.loop.call_later(min(1.0, self.keepalive_timeout / 2),
-                                                                     self._close_idle)
-
-    def stop_accepting(self) -> None:
-        self.closing = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self.connections):
-            conn.close_when_idle()
-
-    async def wait_idle(self, timeout: float) -> None:
-        """Wait (up to ``timeout``) for the requests under way, then close every connection."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while any(c.busy for c in self.connections) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            conn.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
 
     async def close(self, timeout: float = 10.0) -> None:
         self.stop_accepting()
@@ -132,46 +72,17 @@ class _Message:
         self.head_bytes = 0
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(Http1Connection):
     def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(server, loop)
         self.server = server
-        self.loop = loop
-        self.last_active = loop.time()
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
-        self.current: _Message | None = None
-        self.pending: deque[_Message] = deque()
-        self.task: asyncio.Task[None] | None = None
-        self.reading_paused = False
-        self.closing = False
-        self.discarding = False
-
-    @property
-    def busy(self) -> bool:
-        return self.task is not None or bool(self.pending)
-
-    @property
-    def idle(self) -> bool:
-        return not self.busy and self.current is None and not self.discarding
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) and peer else ""
-        self.server.connections.add(self)
-        if self.server.closing:
-            transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
-        self.pending.clear()
-        if self.task is not None:
-            self.task.cancel()
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.discarding:
@@ -187,21 +98,6 @@ class _Connection(asyncio.Protocol):
             return
         if self.pending and self.task is None:
             self._next()
-
-    def eof_received(self) -> bool:
-        if self.discarding or not (self.busy or self.current is not None):
-            return False
-        self.closing = True
-        return True
-
-    def close_when_idle(self) -> None:
-        self.closing = True
-        if not self.busy and self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
     # ---- httptools callbacks ---------------------------------------------------------------------
 
@@ -242,9 +138,7 @@ class _Connection(asyncio.Protocol):
             elif lower == "expect" and value.lower() == "100-continue":
                 continue_expected = True
         if message.too_large:
-            self._queue(message)
-            if self.task is None:
-                self._next()
+            self._refuse(message)  # answered 413 at its turn, without waiting for the body; then closed
             return
         if continue_expected and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -256,26 +150,9 @@ class _Connection(asyncio.Protocol):
             return
         message.size += len(body)
         if message.size > self.server.max_body_size:
-            message.too_large = True
-            message.body = []
-            self._queue(message)
-            if self.task is None:
-                self._next()
+            self._refuse(message)
             return
         message.body.append(body)
-
-    def on_message_complete(self) -> None:
-        message, self.current = self.current, None
-        assert message is not None
-        if not message.queued:
-            self._queue(message)
-
-    def _queue(self, message: _Message) -> None:
-        message.queued = True
-        self.pending.append(message)
-        if len(self.pending) >= _MAX_QUEUED and not self.reading_paused and self.transport is not None:
-            self.transport.pause_reading()
-            self.reading_paused = True
 
     # ---- answering -------------------------------------------------------------------------------
 
@@ -283,7 +160,7 @@ class _Connection(asyncio.Protocol):
         if not self.pending or self.transport is None or self.transport.is_closing():
             return
         message = self.pending.popleft()
-        if self.reading_paused and len(self.pending) < _MAX_QUEUED // 2:
+        if self.reading_paused and len(self.pending) < MAX_QUEUED // 2:
             self.transport.resume_reading()
             self.reading_paused = False
         self.task = self.loop.create_task(self._answer(message))
@@ -334,7 +211,7 @@ class _Connection(asyncio.Protocol):
     def _write(self, answer: HttpAnswer, request_id: str, keep_alive: bool, *, head: bool = False) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        out = [b"HTTP/1.1 %d %s\r\n" % (answer.status, _REASONS.get(answer.status, b"Unknown"))]
+        out = [b"HTTP/1.1 %d %s\r\n" % (answer.status, REASONS.get(answer.status, b"Unknown"))]
         has_date = False
         for name, value in answer.headers:
             if name.lower() == "date":
@@ -359,16 +236,3 @@ class _Connection(asyncio.Protocol):
             self._write(answer, request_id_of(""), keep_alive=False)
         log.info("gateway_bad_request", cause=cause, peer=self.peer)
         self._linger_close()
-
-    def _linger_close(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        self.discarding = True
-        self.pending.clear()
-        if transport.can_write_eof():
-            transport.write_eof()
-        if self.reading_paused:
-            transport.resume_reading()
-            self.reading_paused = False
-        self.loop.call_later(_LINGER, transport.close)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from bench.local_server import start_listening, stop_process
 from easyfaas.pod_names import free_port
 
 
@@ -37,25 +36,9 @@ class NatsServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.store / "nats.log", "ab"))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"nats-server exited: {(self.store / 'nats.log').read_text()[-2000:]}")
-                time.sleep(0.05)
-        raise RuntimeError("nats-server did not start listening")
+        self.proc = start_listening([nats_server_binary(), "-c", str(self.config)], self.port, name="nats-server",
+                                    stderr_log=self.store / "nats.log")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
