@@ -1,9 +1,11 @@
 """Every invocation's output kept per function, with Lambda's START / END / REPORT lines.
 
 The invoke pipeline hands each finished invocation to :meth:`FunctionLogs.record`, which only
-appends a tuple to a list: the lines are formatted and written by one writer task every
-``flush_interval`` (buffered appends, no fsync: a log line lost in a power cut is not worth a disk
-flush per request). Each line is a JSON object ``{"ts", "request_id", "version", "stream",
+appends a tuple to a list: one writer task writes them every ``flush_interval`` (buffered
+appends, no fsync: a log line lost in a power cut is not worth a disk flush per request). On disk an
+invocation is one compact JSON array (:func:`_compact`: its end time, duration, ids, output...),
+because the writer runs on the event loop the requests share; readers and followers get the lines
+rendered from it (:func:`_render`), each a JSON object ``{"ts", "request_id", "version", "stream",
 "message"}`` (and ``trace_id`` when the invocation had one); ``stream`` is ``function`` for what the
 function printed and ``platform`` for the lines the platform writes:
 
@@ -22,7 +24,6 @@ get each flushed batch as it is written.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import orjson
 import structlog
 
 from easyfaas.trace import TraceContext
@@ -166,37 +168,36 @@ class FunctionLogs:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        by_function: dict[tuple[str, str], list[str]] = {}
+        by_function: dict[tuple[str, str], list[bytes]] = {}
         limit = self.segment_bytes // 4
         for record in pending:
-            by_function.setdefault((record[0], record[1]), []).extend(_lines(record, limit))
-        for key, lines in by_function.items():
+            by_function.setdefault((record[0], record[1]), []).append(_compact(record, limit))
+        for key, records in by_function.items():
             try:
-                self._append(key, lines)
+                self._append(key, records)
             except OSError as exc:
-                self.dropped += len(lines)
+                self.dropped += len(records)
                 log.warning("function_logs_write_failed", account=key[0], function=key[1], error=str(exc))
             followers = self._followers.get(key)
             if followers:
-                batch = [json.loads(line) for line in lines]
+                batch = [line for data in records for line in _parse(data)]
                 for queue in followers:
                     queue.put_nowait(batch)
 
-    def _append(self, key: tuple[str, str], lines: list[str]) -> None:
+    def _append(self, key: tuple[str, str], records: list[bytes]) -> None:
         files = self._files.get(key)
         if files is None:
             files = self._files[key] = self._scan(key)
-        data = "".join(lines).encode()
-        if files.current_size + len(data) < self.segment_bytes:
-            self._write(files, [data])  # the usual batch: one write
-            self.written += len(lines)
+        size = files.current_size + sum(map(len, records))
+        if size < self.segment_bytes:
+            self._write(files, records)  # the usual batch: one write
+            self.written += len(records)
             return
         # Written in pieces that fill the current segment, which is rotated when full: a big batch
         # spreads over segments instead of making one larger than the cap.
         piece: list[bytes] = []
         size = files.current_size
-        for line in lines:
-            data = line.encode()
+        for data in records:
             piece.append(data)
             size += len(data)
             if size >= self.segment_bytes:
@@ -205,7 +206,7 @@ class FunctionLogs:
                 piece, size = [], 0
         if piece:
             self._write(files, piece)
-        self.written += len(lines)
+        self.written += len(records)
 
     @staticmethod
     def _write(files: _Files, piece: list[bytes]) -> None:
@@ -259,14 +260,11 @@ class FunctionLogs:
             try:
                 with open(path / name, "rb") as f:
                     for raw in f:
-                        try:
-                            line = json.loads(raw)
-                        except ValueError:
-                            continue  # a line cut by a crash mid-write
-                        if query.matches(line):
-                            out.append(line)
-                            if len(out) >= query.limit:
-                                return out
+                        for line in _parse(raw):
+                            if query.matches(line):
+                                out.append(line)
+                                if len(out) >= query.limit:
+                                    return out
             except FileNotFoundError:
                 continue  # rotated away while we read
         return out
@@ -287,29 +285,58 @@ class FunctionLogs:
                     del self._followers[key]
 
 
-_quote = json.encoder.encode_basestring  # the C encoder's string quoting, as json.dumps(ensure_ascii=False)
-
-
-def _lines(record: _Record, limit: int) -> list[str]:
-    """The record's lines, as JSON text (written out by hand: this runs for every invocation)."""
+def _compact(record: _Record, limit: int) -> bytes:
+    """The record as written: one JSON array a line (its lines are rendered when read)."""
     _, _, version, request_id, output, duration_ms, memory_mb, max_memory_mb, init_ms, trace, ended = record
-    ids = f'"request_id":{_quote(request_id)},"version":{_quote(version)},"stream":"'
-    head_start = f'{{"ts":"{format_ts(ended - duration_ms / 1000)}",{ids}'
-    head_end = f'{{"ts":"{format_ts(ended)}",{ids}'
-    tail = f',"trace_id":{_quote(trace.xray())}}}\n' if trace is not None else "}\n"
+    if len(output) > limit:
+        output = "\n".join(text[:limit] + " [truncated]" if len(text) > limit else text
+                           for text in output.split("\n"))
+    fields: tuple[Any, ...] = (ended, duration_ms, version, request_id, output, memory_mb, max_memory_mb, init_ms)
+    if trace is not None:
+        fields += (trace.trace_id, trace.span_id, trace.sampled)
+    try:
+        return orjson.dumps(fields) + b"\n"
+    except orjson.JSONEncodeError:  # text that is not UTF-8 (a lone surrogate): kept with a replacement
+        return orjson.dumps([_utf8(f) if isinstance(f, str) else f for f in fields]) + b"\n"
 
-    def platform(head: str, message: str) -> str:
-        return f'{head}{STREAM_PLATFORM}","message":{_quote(message)}{tail}'
 
-    out = [platform(head_start, f"START RequestId: {request_id} Version: {version}")]
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _parse(raw: bytes) -> list[dict[str, Any]]:
+    """The lines of one written invocation (none for a line cut by a crash mid-write)."""
+    try:
+        value = orjson.loads(raw)
+    except ValueError:
+        return []
+    if isinstance(value, dict):  # a line written one per object, as earlier versions did
+        return [value]
+    try:
+        return _render(value)
+    except (TypeError, ValueError, IndexError):
+        return []
+
+
+def _render(record: list[Any]) -> list[dict[str, Any]]:
+    """Lambda's lines of one invocation, from what :func:`_compact` wrote."""
+    ended, duration_ms, version, request_id, output, memory_mb, max_memory_mb, init_ms = record[:8]
+    trace = TraceContext(record[8], record[9], record[10]) if len(record) > 8 else None
+    start_ts, end_ts = format_ts(ended - duration_ms / 1000), format_ts(ended)
+
+    def line(ts: str, stream: str, message: str) -> dict[str, Any]:
+        out = {"ts": ts, "request_id": request_id, "version": version, "stream": stream, "message": message}
+        if trace is not None:
+            out["trace_id"] = trace.xray()
+        return out
+
+    lines = [line(start_ts, STREAM_PLATFORM, f"START RequestId: {request_id} Version: {version}")]
     if output:
-        for text in output.rstrip("\n").split("\n"):
-            if len(text) > limit:
-                text = text[:limit] + " [truncated]"
-            out.append(f'{head_end}{STREAM_FUNCTION}","message":{_quote(text)}{tail}')
-    out.append(platform(head_end, f"END RequestId: {request_id}"))
-    out.append(platform(head_end, report_line(request_id, duration_ms, memory_mb, max_memory_mb, init_ms)))
+        lines.extend(line(end_ts, STREAM_FUNCTION, text) for text in output.rstrip("\n").split("\n"))
+    lines.append(line(end_ts, STREAM_PLATFORM, f"END RequestId: {request_id}"))
+    lines.append(line(end_ts, STREAM_PLATFORM, report_line(request_id, duration_ms, memory_mb, max_memory_mb,
+                                                           init_ms)))
     if trace is not None and trace.sampled:
-        out.append(platform(head_end, f"XRAY TraceId: 1-{trace.trace_id[:8]}-{trace.trace_id[8:]}\t"
-                                      f"SegmentId: {trace.span_id}\tSampled: true"))
-    return out
+        lines.append(line(end_ts, STREAM_PLATFORM, f"XRAY TraceId: 1-{trace.trace_id[:8]}-{trace.trace_id[8:]}\t"
+                                                   f"SegmentId: {trace.span_id}\tSampled: true"))
+    return lines

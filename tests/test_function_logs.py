@@ -198,3 +198,27 @@ async def test_an_invocation_that_drains_at_shutdown_is_kept() -> None:
         assert kept[-1]["message"].startswith("REPORT RequestId: late-1")
     finally:
         await cleanup()
+
+
+async def test_lines_written_one_object_a_line_are_still_read(tmp_path: Path) -> None:
+    """Earlier controllers wrote one JSON object per line; a cut line is skipped, not an error."""
+    directory = tmp_path / "a" / "f"
+    directory.mkdir(parents=True)
+    old = {"ts": "2026-01-01T00:00:00.000Z", "request_id": "old", "version": "1", "stream": "platform",
+           "message": "START RequestId: old Version: 1"}
+    (directory / "current.jsonl").write_text(json.dumps(old) + "\n" + '[1.0, 2.0, "1"' + "\n")
+    logs = FunctionLogs(tmp_path)
+    logs.record("a", "f", "1", "new", "printed\n", 2.0, 128, 0, None, None)
+    lines = await logs.read("a", "f", LogQuery())
+    assert lines[0] == old
+    assert [(l["request_id"], l["message"]) for l in lines[1:3]] == [
+        ("new", "START RequestId: new Version: 1"), ("new", "printed")]
+
+
+async def test_output_that_is_not_utf8_is_kept_with_a_replacement(tmp_path: Path) -> None:
+    logs = FunctionLogs(tmp_path)
+    logs.record("a", "f", "1", "r1", "bad \ud800 text\n", 2.0, 128, 0, None, None)
+    logs.record("a", "f", "1", "r2", "fine\n", 2.0, 128, 0, None, None)
+    lines = await logs.read("a", "f", LogQuery())
+    printed = [l["message"] for l in lines if l["stream"] == "function"]
+    assert printed == ["bad ? text", "fine"]
