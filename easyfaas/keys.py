@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
@@ -30,11 +31,12 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import structlog
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +51,13 @@ _TOKEN_RE = re.compile(r"^efk_([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$")
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 # OWASP's argon2id minimum (19 MiB, 2 passes): the secrets are random, so this guards a leaked
 # keys.json against brute force without making the first check of each key slow.
-_HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+@functools.cache
+def _hasher() -> PasswordHasher:
+    # argon2 is loaded on the first key created or checked, not with this module: every daemon
+    # imports this module, and a pod that requires no keys never hashes one.
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
 
 @dataclass(frozen=True)
@@ -183,8 +191,10 @@ class KeyStore:
         key = self._keys.get(key_id)
         if key is None:
             return None
+        from argon2.exceptions import InvalidHashError, VerificationError  # here, not at the top: see _hasher
+
         try:
-            _HASHER.verify(key.Hash, secret)
+            _hasher().verify(key.Hash, secret)
         except (VerificationError, InvalidHashError):
             return None
         self._verified[key_id] = (key.Hash, self._digest(secret))
@@ -212,7 +222,7 @@ class KeyStore:
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         key = ApiKey(Id=key_id, Account=account, Admin=admin, Description=description,
-                     Created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), Hash=_HASHER.hash(secret))
+                     Created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), Hash=_hasher().hash(secret))
         with self._locked() as keys:
             keys[key_id] = key
             self._write(keys)

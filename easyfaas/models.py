@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import hashlib
 import json
 import sys
 import types
@@ -479,4 +478,8 @@ def function_identity(cfg: FunctionConfiguration) -> str:
         sorted(cfg.Environment.Variables.items()),
     ]
     encoded = json.dumps(material, ensure_ascii=False, separators=(",", ":"))
+    # hashlib is imported here, not at the top: the runner and the zygote import this module for
+    # its constants, and hashlib (with OpenSSL) would cost each of them about 4 MiB.
+    import hashlib
+
     return hashlib.sha256(encoded.encode()).hexdigest()

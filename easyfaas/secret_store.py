@@ -14,8 +14,10 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 from easyfaas.errors import InvalidParameterValue, ServiceError
 from easyfaas.keys import private_dir, write_private
@@ -37,6 +39,10 @@ class SecretStore:
 
     def _cipher(self) -> Fernet:
         if self._fernet is None:
+            # Imported here, not at the top: cryptography costs every control-plane process about
+            # 7 MiB of resident memory, and only a pod whose functions have secrets needs it.
+            from cryptography.fernet import Fernet
+
             private_dir(self.auth_dir)
             path = self.auth_dir / KEY_FILE
             fd = os.open(self.auth_dir / (KEY_FILE + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -61,6 +67,8 @@ class SecretStore:
             sealed = path.read_bytes()
         except FileNotFoundError:
             return {}
+        from cryptography.fernet import InvalidToken  # here, not at the top: see _cipher
+
         try:
             values = json.loads(self._cipher().decrypt(sealed))
         except (InvalidToken, ValueError):

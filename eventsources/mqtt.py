@@ -31,16 +31,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
 
 from easyfaas.errors import OutboundRefused
 from easyfaas.outbound import OutboundGuard
 from eventsources.mqtt_config import MQTT_TRIGGER_TYPE, MqttConfig, parse_mqtt_config, reply_topic_for
 from eventsources.source import ConfigError, Intake, Refused, SourceTrigger, Submitted, TriggerChange
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +108,11 @@ class MqttSubscription:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         cfg = self.config
+        # paho is imported when the first MQTT trigger starts, not with this module: the controller
+        # imports this module whether or not the pod has an MQTT trigger.
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id or default_client_id(
             self.trigger.trigger_id), clean_session=False, protocol=paho.MQTTv311, manual_ack=True)
         if cfg.username:

@@ -22,9 +22,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-from croniter.croniter import CroniterError
-
 from eventsources.source import ConfigError
 
 CRON_TRIGGER_TYPE = "cron"
@@ -128,6 +125,8 @@ class Schedule:
             steps = int(elapsed // self.interval) + 1
             return (start + timedelta(seconds=steps * self.interval)).astimezone(timezone.utc)
         assert self.cron is not None
+        from croniter import croniter  # here, not at the top: see parse_schedule
+
         it = croniter(self.cron, after.astimezone(self.tz).replace(microsecond=0))
         due: datetime = it.get_next(datetime)
         if due <= after:  # croniter starts at the whole second of ``after``
@@ -144,6 +143,8 @@ class Schedule:
             steps = int((now - start).total_seconds() // self.interval)
             return (start + timedelta(seconds=steps * self.interval)).astimezone(timezone.utc)
         assert self.cron is not None
+        from croniter import CroniterError, croniter  # here, not at the top: see parse_schedule
+
         it = croniter(self.cron, now.astimezone(self.tz) + timedelta(microseconds=1))
         try:
             due: datetime = it.get_prev(datetime)
@@ -180,6 +181,11 @@ def parse_schedule(text: Any, tz_name: str = "UTC") -> Schedule:
     if not m and len(text.split()) != 5 and not text.startswith("@"):
         raise ScheduleError(f"{text!r}: expected 5 cron fields (minute hour day-of-month month day-of-week), "
                             "cron(...), rate(...) or @every <duration>")
+    # croniter is imported on the first cron expression, not with this module: the controller and
+    # stubs import this module whether or not the pod has a cron trigger, and croniter (with
+    # dateutil) costs each of them over 1 MiB of resident memory.
+    from croniter import CroniterError, croniter
+
     try:
         croniter(expression, datetime(2024, 1, 1, tzinfo=tz)).get_next(datetime)
     except (CroniterError, ValueError, KeyError) as exc:

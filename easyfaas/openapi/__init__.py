@@ -12,6 +12,7 @@ tests/test_openapi.py keeps the documents and the routes in step.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from importlib import resources
 from typing import Any
@@ -76,16 +77,18 @@ def document_json(name: str) -> bytes:
 
 def add_openapi_route(app: web.Application, name: str) -> None:
     """Serve the document ``name`` at ``GET /openapi.json`` on ``app``."""
-    body = document_json(name)
+    # Built on the first GET, not with the application: parsing the YAML and keeping the JSON costs
+    # an idle daemon resident memory for a document few clients ever ask for.
+    body = functools.cache(lambda: document_json(name))
 
     async def openapi(_: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=body(), content_type="application/json")
 
     app.router.add_get(PATH, openapi)
     out_path = check_file()
     if out_path:
         # Outermost, so it sees the answers the other middlewares make (errors, request ids).
-        app.middlewares.insert(0, response_check_middleware(json.loads(body), name, out_path))
+        app.middlewares.insert(0, response_check_middleware(json.loads(body()), name, out_path))
 
 
 def checked_invoker(invoker: Any, name: str) -> Any:

@@ -29,15 +29,56 @@ so ``detach`` only releases the address unless asked.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import ipaddress
 import os
+import sys
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+
+
+def _pyroute2_without_its_exports() -> None:
+    """Let ``import pyroute2.<submodule>`` load that submodule without the package's ``__init__``.
+
+    pyroute2's ``__init__`` re-exports every API it has (NDB, IPDB, WireGuard, nl80211, IPVS,
+    conntrack, plan9, ...): about 5 MiB of the funclet's resident memory, for the one class (IPRoute)
+    used here. The package is registered as an empty module on the same path; its ``__init__`` runs
+    only when something asks it for a name it lacks (``from pyroute2 import NDB``), so every other
+    importer still sees the whole package.
+    """
+    if "pyroute2" in sys.modules:
+        return
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return  # not installed as a plain package: the import below says so
+    package = types.ModuleType("pyroute2")
+    package.__spec__ = spec
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__file__ = spec.origin
+    package.__package__ = "pyroute2"
+    loader = spec.loader
+
+    def __getattr__(name: str) -> Any:
+        if importlib.util.find_spec(f"pyroute2.{name}") is not None:
+            return importlib.import_module(f"pyroute2.{name}")  # a submodule (``from pyroute2 import config``)
+        del package.__getattr__  # the package's own __init__ runs once, then defines the names
+        loader.exec_module(package)
+        return getattr(package, name)
+
+    package.__getattr__ = __getattr__  # type: ignore[method-assign]
+    sys.modules["pyroute2"] = package
+
+
+_pyroute2_without_its_exports()
+
+from pyroute2.iproute.linux import IPRoute  # noqa: E402  # the class ``from pyroute2 import IPRoute`` gives
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 
 from easyfaas import syscalls
 from easyfaas.egress import EgressPolicy

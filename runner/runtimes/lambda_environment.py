@@ -10,7 +10,6 @@ interpreter's version) and is absent for custom runtimes, as in Lambda. The func
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Mapping
 
@@ -30,6 +29,10 @@ def region_of(function_brn: str) -> str:
 
 def log_stream_name(function_version: str, when: float | None = None, instance: str | None = None) -> str:
     """Lambda's stream name: ``YYYY/MM/DD/[<version>]<32 hex>``, one per runtime instance."""
+    # secrets (with hmac, hashlib and OpenSSL) is imported here, not at the top: the zygote imports
+    # this module through the runner, and only the funclet names streams.
+    import secrets
+
     day = time.strftime("%Y/%m/%d", time.gmtime(time.time() if when is None else when))
     return f"{day}/[{function_version}]{instance or secrets.token_hex(16)}"
 
