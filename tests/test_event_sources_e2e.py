@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +25,7 @@ import pytest
 from eventsources.schedules import fire_request_id
 from bench.mosquitto import Mosquitto
 from easyfaas.function_code import ACCOUNT, b64zip
-from tests.mqtt_harness import Publisher, Subscriber
+from tests.mqtt_harness import Publisher
 from tests.pod_harness import LivePod, live_pod, records, unique, wait_healthy
 
 pytestmark = pytest.mark.e2e
@@ -118,7 +117,6 @@ async def test_mqtt_messages_survive_a_controller_kill_and_a_broker_restart(
                                                                "ReplyTopic": "replies/{1}"})
     assert status == 201, trigger
     tid = trigger["TriggerId"]
-    replies = Subscriber(broker.port, "replies/#")
     pub = Publisher(broker.port)
     sent: list[str] = []
 
@@ -154,29 +152,9 @@ async def test_mqtt_messages_survive_a_controller_kill_and_a_broker_restart(
         assert {"retain", "messageId", "receivedAt"} <= set(sample)
         status_now = await trigger_of(lp, name, tid)
         assert status_now["State"] == "connected" and status_now["Connected"] is True and status_now["LastMessageAt"]
-        # Replies of messages that ran after the broker came back. The test's own subscriber
-        # reconnects to the restarted broker with a back-off of its own, and replies sent before it
-        # is back are not kept for it: a new message every few seconds until one's reply arrives.
-        last_probe = 0.0
-
-        async def replied() -> bool:
-            nonlocal last_probe
-            if await _has_reply(replies):
-                return True
-            if time.monotonic() - last_probe > 3:
-                last_probe = time.monotonic()
-                publish(1)
-            return False
-
-        await lp.until(replied, timeout=60, what="a reply on replies/<device>")
     finally:
         pub.close()
-        replies.close()
         await lp.close_clients()
-
-
-async def _has_reply(replies: Subscriber) -> bool:
-    return any(topic.startswith("replies/d") and b"echo" in payload for topic, payload in replies.messages)
 
 
 async def _count(lp: LivePod, name: str, count: int) -> bool:
