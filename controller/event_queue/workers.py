@@ -200,7 +200,8 @@ class EventWorkers:
         tail = None
         if fn is not None:
             cfg = fn.record.Configuration
-            tail = log_tail(ev.request_id, cfg.Version, result.logs, result.duration_ms, cfg.MemorySize)
+            tail = log_tail(ev.request_id, cfg.Version, result.logs, result.duration_ms, cfg.MemorySize,
+                            result.memory_peak_mb)
         log.info("invoke_async", request_id=ev.request_id, function=ev.function_arn, slot=slot, source=source,
                  attempt=d.attempts, status=200 if result.ok else 500,
                  duration_ms=round((time.perf_counter() - started) * 1000, 3))
