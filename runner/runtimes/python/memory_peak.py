@@ -25,32 +25,37 @@ _CHILDREN = resource.RUSAGE_CHILDREN
 
 
 class _Inherited:
-    """The ``ru_maxrss`` a process got from before its ``exec`` (0: none), found at its first
-    reading; a forked child finds its own (``fork`` starts a child's figure afresh)."""
+    """The ``ru_maxrss`` this process got from before its ``exec`` (0: none), found at its first
+    reading; a forked child (``fork`` starts a child's figure afresh) finds its own."""
 
-    __slots__ = ("pid", "kb")
+    __slots__ = ("kb", "known")
 
     def __init__(self) -> None:
-        self.pid = 0
         self.kb = 0
+        self.known = False
 
-    def of_this_process(self, rss: int) -> int:
-        pid = os.getpid()
-        if pid != self.pid:
-            # Read after ru_maxrss: our own high-water mark can only have grown since, so a larger
-            # ru_maxrss is not ours.
-            own = process_peak_kb(pid)
-            self.pid, self.kb = pid, rss if own and rss > own else 0
-        return self.kb
+    def forget(self) -> None:
+        self.known = False
+
+    def learn(self, rss: int) -> None:
+        # Read after ru_maxrss: our own high-water mark can only have grown since, so a larger
+        # ru_maxrss is not ours.
+        own = process_peak_kb(os.getpid())
+        self.kb = rss if own and rss > own else 0
+        self.known = True
 
 
 _inherited = _Inherited()
+os.register_at_fork(after_in_child=_inherited.forget)
 
 
 def own_peak_kb() -> int:
     """This process's own peak resident memory in KiB."""
     rss = _getrusage(_SELF).ru_maxrss
-    if rss > _inherited.of_this_process(rss):
+    inherited = _inherited
+    if not inherited.known:
+        inherited.learn(rss)
+    if rss > inherited.kb:
         return rss
     return process_peak_kb(os.getpid()) or rss
 
