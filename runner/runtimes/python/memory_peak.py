@@ -26,23 +26,40 @@ _CHILDREN = resource.RUSAGE_CHILDREN
 
 class _Inherited:
     """The ``ru_maxrss`` this process got from before its ``exec`` (0: none), found at its first
-    reading; a forked child (``fork`` starts a child's figure afresh) finds its own."""
+    reading; a forked child (``fork`` starts a child's figure afresh) finds its own. While that
+    figure stands, ``/proc/self/status`` stays open for the readings (a re-read costs a third of
+    an open, read and close)."""
 
-    __slots__ = ("kb", "known")
+    __slots__ = ("kb", "known", "status_fd")
 
     def __init__(self) -> None:
         self.kb = 0
         self.known = False
+        self.status_fd = -1
 
     def forget(self) -> None:
         self.known = False
+        if self.status_fd >= 0:
+            os.close(self.status_fd)  # the parent's, not ours
+            self.status_fd = -1
 
     def learn(self, rss: int) -> None:
+        self.known = True
+        self.kb = 0
+        try:
+            fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
         # Read after ru_maxrss: our own high-water mark can only have grown since, so a larger
         # ru_maxrss is not ours.
-        own = process_peak_kb(os.getpid())
-        self.kb = rss if own and rss > own else 0
-        self.known = True
+        own = _vm_hwm(fd)
+        if own and rss > own:
+            self.kb, self.status_fd = rss, fd
+        else:
+            os.close(fd)
+
+    def own_kb(self) -> int:
+        return _vm_hwm(self.status_fd) if self.status_fd >= 0 else 0
 
 
 _inherited = _Inherited()
@@ -57,7 +74,7 @@ def own_peak_kb() -> int:
         inherited.learn(rss)
     if rss > inherited.kb:
         return rss
-    return process_peak_kb(os.getpid()) or rss
+    return inherited.own_kb() or rss
 
 
 def peak_kb(live_child: int = 0) -> int:
@@ -72,13 +89,24 @@ def peak_kb(live_child: int = 0) -> int:
 def process_peak_kb(pid: int) -> int:
     """``VmHWM`` of a running process in KiB; 0 when it is gone or cannot be read."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            text = status.read()
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return _vm_hwm(fd)
+    finally:
+        os.close(fd)
+
+
+def _vm_hwm(status_fd: int) -> int:
+    """``VmHWM`` (KiB) from an open ``/proc/<pid>/status``; 0 when it has none (a zombie)."""
+    try:
+        text = os.pread(status_fd, 8192, 0)
     except OSError:
         return 0
     start = text.find(b"\nVmHWM:")
     if start < 0:
-        return 0  # a zombie, or a kernel thread
+        return 0
     fields = text[start + 7:text.find(b"\n", start + 7)].split()
     try:
         return int(fields[0])
