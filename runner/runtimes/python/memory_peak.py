@@ -77,12 +77,41 @@ def own_peak_kb() -> int:
     return inherited.own_kb() or rss
 
 
+class _LiveChild:
+    """The ``/proc/<pid>/status`` of the running child last asked about, kept open between readings."""
+
+    __slots__ = ("pid", "status_fd")
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.status_fd = -1
+
+    def forget(self) -> None:
+        if self.status_fd >= 0:
+            os.close(self.status_fd)
+        self.pid, self.status_fd = 0, -1
+
+    def peak_kb(self, pid: int) -> int:
+        if pid != self.pid:
+            self.forget()
+            try:
+                self.status_fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return 0
+            self.pid = pid
+        return _vm_hwm(self.status_fd)
+
+
+_live_child = _LiveChild()
+os.register_at_fork(after_in_child=_live_child.forget)
+
+
 def peak_kb(live_child: int = 0) -> int:
     """This process's peak resident memory in KiB, plus its waited-for children's, plus the peak of
     ``live_child`` (a pid; 0 for none) while it runs."""
     peak = own_peak_kb() + _getrusage(_CHILDREN).ru_maxrss
     if live_child:
-        peak += process_peak_kb(live_child)
+        peak += _live_child.peak_kb(live_child)
     return peak
 
 
