@@ -196,9 +196,7 @@ class MqttSubscription:
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if self._stopping:
             return
-        detail = f"disconnected from {self.config.broker}: {reason}"
-        self._call(self._note, "error" if self.state == "error" else "reconnecting", False,
-                   self.last_error if self.state == "error" else detail)
+        self._call(self._disconnected, f"disconnected from {self.config.broker}: {reason}")
 
     def _on_publish(self, _client: paho.Client, _userdata: Any, _mid: int, _reason: Any, _props: Any) -> None:
         # Only replies are published on this client. Called with paho's outgoing-queue lock held:
@@ -226,6 +224,14 @@ class MqttSubscription:
         self.state, self.connected = state, connected
         if error or connected:
             self.last_error = error
+
+    def _disconnected(self, detail: str) -> None:
+        # Decided on the loop, after any refusal noted before it: paho's thread cannot read
+        # `state` safely, and a refused CONNACK is followed by a disconnect whose reason says less.
+        if self.state == "error":
+            self._note("error", False, self.last_error)
+        else:
+            self._note("reconnecting", False, detail)
 
     def _reply_taken(self) -> None:
         self.replied += 1
