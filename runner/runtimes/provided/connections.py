@@ -68,16 +68,17 @@ class Connection:
                 self.server.selector.modify(self.sock, selectors.EVENT_READ, self)
 
     def on_readable(self) -> None:
+        buffer = self.server.read_buffer  # one buffer for every read: no 256 KiB allocation per call
         try:
-            data = self.sock.recv(262144)
+            size = self.sock.recv_into(buffer)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            size = 0
+        if not size:
             self.close()
             return
-        self.on_read(data)
+        self.on_read(bytes(buffer[:size]))
 
     def on_read(self, data: bytes) -> None:
         raise NotImplementedError
@@ -174,6 +175,13 @@ class ApiConn(Connection):
     def reply(self, status: int, payload: dict[str, Any], request: Request) -> None:
         self.send(http_wire.render_json(status, payload, close=not request.keep_alive),
                   close=not request.keep_alive)
+
+    def accepted(self, request: Request) -> None:
+        """202 to an invocation response or error (rendered once, for a kept-alive connection)."""
+        if request.keep_alive:
+            self.send(http_wire.ACCEPTED)
+        else:
+            self.reply(202, {"status": "OK"}, request)
 
     def refuse(self, status: int, error_type: str, message: str, request: Request | None) -> None:
         close = request is None or not request.keep_alive

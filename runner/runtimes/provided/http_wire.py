@@ -154,13 +154,14 @@ def _body_length(headers: dict[str, str]) -> int:
 
 def render(status: int, body: bytes, headers: dict[str, str] | None = None,
            content_type: str = "application/json", close: bool = False) -> bytes:
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", f"Content-Type: {content_type}",
-             f"Content-Length: {len(body)}"]
-    for name, value in (headers or {}).items():
-        lines.append(f"{name}: {value}")
+    """One response, head and body in one buffer: it goes out in one write (one segment)."""
+    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n")
+    if headers:
+        head += "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+        head += "Connection: close\r\n"
+    return (head + "\r\n").encode("latin-1", "replace") + body
 
 
 def render_json(status: int, payload: dict[str, Any], close: bool = False) -> bytes:
@@ -170,3 +171,8 @@ def render_json(status: int, payload: dict[str, Any], close: bool = False) -> by
 def render_error(status: int, error_type: str, message: str, close: bool = False) -> bytes:
     """Lambda's Runtime API error answer: ``{"errorMessage", "errorType"}``."""
     return render_json(status, {"errorMessage": message, "errorType": error_type}, close=close)
+
+
+#: The answer to an accepted invocation response or error on a kept-alive connection (each call
+#: sends it, so it is rendered once).
+ACCEPTED = render_json(202, {"status": "OK"})
