@@ -5,6 +5,12 @@ Python, as a custom runtime in any language would be) and a native ``python3`` f
 same trivial handler; warm c=1 runs interleaved run for run, and cold starts alternate between the
 two runtimes, so that each ratio compares figures that saw the same machine. The target is a
 ratio ≤ 2 for both (runner/runtimes/README.md).
+
+Where a cold start's time goes: the bootstrap is user code, and its own start (the interpreter and
+its imports, up to its first ``GET .../invocation/next``) is measured bare, outside any sandbox,
+after each pair of cold starts (``cold.bootstrap_own_start``); ``cold.around_bootstrap_p50_ms`` is
+what is left of the ``provided`` cold start once that is taken off, and its ratio to the native
+cold start is ``cold.ratio_p50_around_bootstrap``.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -53,6 +62,31 @@ def create_provided(pod: BenchPod, name: str, python: str, mark: str = "") -> Fu
     return Function(name, "provided", brn(name, "1"), sha)
 
 
+def bootstrap_own_start(source: str) -> float:
+    """Milliseconds from spawning ``source`` as a bootstrap, outside a sandbox, to its first request."""
+    with tempfile.TemporaryDirectory(prefix="efbench-bootstrap-") as root, \
+            socket.create_server(("127.0.0.1", 0)) as listener:
+        path = os.path.join(root, "bootstrap")
+        with open(path, "w") as f:
+            f.write(source)
+        os.chmod(path, 0o755)
+        env = {"AWS_LAMBDA_RUNTIME_API": "127.0.0.1:%d" % listener.getsockname()[1], "PATH": "/usr/bin:/bin"}
+        listener.settimeout(30)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([path], cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(30)
+                conn.recv(4096)
+                elapsed = (time.perf_counter() - t0) * 1000
+        finally:
+            proc.kill()
+            proc.wait()
+    return elapsed
+
+
 def _wait_for_images(pod: BenchPod, fns: list[Function]) -> None:
     deadline = time.monotonic() + 60
     while any(not pod.code_image_ready(fn) for fn in fns):
@@ -79,14 +113,18 @@ def provided_vs_native(pod: BenchPod, plan: Plan) -> dict[str, Any]:
                    for i in range(count)]
     cold_custom = [create_provided(pod, f"bprovcc{i}", python, mark=str(i)) for i in range(count)]
     _wait_for_images(pod, cold_native + cold_custom)
-    native_ms, custom_ms = [], []
+    native_ms, custom_ms, bootstrap_ms = [], [], []
     with RawHTTPClient(pod.config.host, pod.config.controller_port) as client:
         for fn_native, fn_custom in zip(cold_native, cold_custom):
             time.sleep(COLD_GAP)
             native_ms.append(_timed_invoke(client, fn_native))
             time.sleep(COLD_GAP)
             custom_ms.append(_timed_invoke(client, fn_custom))
-    cold = {"native": summary(native_ms), "provided": summary(custom_ms)}
+            bootstrap_ms.append(bootstrap_own_start(bootstrap_source(python)))
+    cold = {"native": summary(native_ms), "provided": summary(custom_ms), "bootstrap_own_start": summary(bootstrap_ms)}
     cold["ratio_p50"] = ratio(cold["provided"]["p50_ms"], cold["native"]["p50_ms"])
+    around = [custom - own for custom, own in zip(custom_ms, bootstrap_ms)]
+    cold["around_bootstrap_p50_ms"] = summary(around)["p50_ms"]
+    cold["ratio_p50_around_bootstrap"] = ratio(cold["around_bootstrap_p50_ms"], cold["native"]["p50_ms"])
     return {"warm_c1": warm, "cold": cold,
             "runs": {"native_c1": [r.to_dict() for r in native_runs], "provided_c1": [r.to_dict() for r in custom_runs]}}
