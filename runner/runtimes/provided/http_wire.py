@@ -123,20 +123,21 @@ class RequestParser:
 
 
 def _parse_head(head: bytes) -> Request:
-    try:
-        text = head.decode("latin-1")
-        lines = text.split("\r\n")
-        method, target, version = lines[0].split(" ")
-    except ValueError:
-        raise BadRequest(400, "malformed request line") from None
+    text = head.decode("latin-1")
+    request_line, _, rest = text.partition("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3:
+        raise BadRequest(400, "malformed request line")
+    method, target, version = parts
     if not version.startswith("HTTP/1."):
         raise BadRequest(400, f"unsupported protocol {version!r}")
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest(400, f"malformed header line {line[:60]!r}")
-        headers[name.lower()] = value.strip()
+    if rest:
+        for line in rest.split("\r\n"):
+            name, sep, value = line.partition(":")
+            if not sep or not name or name[0].isspace() or name[-1].isspace():
+                raise BadRequest(400, f"malformed header line {line[:60]!r}")
+            headers[name.lower()] = value.strip()
     return Request(method, target.split("?", 1)[0], headers)
 
 
