@@ -189,9 +189,7 @@ class MqttSubscription:
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if self._stopping:
             return
-        detail = f"disconnected from {self.config.broker}: {reason}"
-        self._call(self._note, "error" if self.state == "error" else "reconnecting", False,
-                   self.last_error if self.state == "error" else detail)
+        self._call(self._disconnected, f"disconnected from {self.config.broker}: {reason}")
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         self._call(self._received, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
@@ -214,6 +212,14 @@ class MqttSubscription:
         self.state, self.connected = state, connected
         if error or connected:
             self.last_error = error
+
+    def _disconnected(self, detail: str) -> None:
+        # Decided on the loop, after any refusal noted before it: paho's thread cannot read
+        # `state` safely, and a refused CONNACK is followed by a disconnect whose reason says less.
+        if self.state == "error":
+            self._note("error", False, self.last_error)
+        else:
+            self._note("reconnecting", False, detail)
 
     def _received(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, generation: int,
                   received_at: float) -> None:
