@@ -10,7 +10,9 @@ Where a cold start's time goes: the bootstrap is user code, and its own start (t
 its imports, up to its first ``GET .../invocation/next``) is measured bare, outside any sandbox,
 after each pair of cold starts (``cold.bootstrap_own_start``); ``cold.around_bootstrap_p50_ms`` is
 what is left of the ``provided`` cold start once that is taken off, and its ratio to the native
-cold start is ``cold.ratio_p50_around_bootstrap``.
+cold start is ``cold.ratio_p50_around_bootstrap``. ``warm_c1.throttled`` is how often, and for how
+long, the CPU quota of each function's sandbox (``cpu.stat``) stalled it during the warm runs: the
+``provided`` sandbox runs two processes (the Runtime API server and the bootstrap) on one quota.
 """
 
 from __future__ import annotations
@@ -87,6 +89,44 @@ def bootstrap_own_start(source: str) -> float:
     return elapsed
 
 
+def _sandbox_cpu_stat(pod: BenchPod, fn: Function) -> dict[str, float]:
+    """Throttling counters of the sandbox that runs ``fn`` (its cgroup's cpu.stat); {} if unknown."""
+    for sandbox in pod.funclet_list():
+        pid = sandbox.get("HostPid")
+        if not pid or sandbox.get("FunctionBrn") != fn.brn:
+            continue
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return {}
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if "cpu" in controllers.split(","):
+                stat_path = f"/sys/fs/cgroup/cpu{path}/cpu.stat"
+            elif controllers == "":
+                stat_path = f"/sys/fs/cgroup/unified{path}/cpu.stat"
+            else:
+                continue
+            try:
+                with open(stat_path) as f:
+                    stat = dict(line.split() for line in f if line.strip())
+            except OSError:
+                continue
+            if "nr_throttled" not in stat:
+                continue
+            throttled_ms = (int(stat["throttled_time"]) / 1e6 if "throttled_time" in stat
+                            else int(stat.get("throttled_usec", 0)) / 1e3)
+            return {"nr_throttled": int(stat["nr_throttled"]), "throttled_ms": throttled_ms}
+    return {}
+
+
+def _throttled(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+    if not before or not after:
+        return None
+    return {key: round(after[key] - before[key], 3) for key in after}
+
+
 def _wait_for_images(pod: BenchPod, fns: list[Function]) -> None:
     deadline = time.monotonic() + 60
     while any(not pod.code_image_ready(fn) for fn in fns):
@@ -102,12 +142,15 @@ def provided_vs_native(pod: BenchPod, plan: Plan) -> dict[str, Any]:
     for fn in (native, custom):
         pod.invoke(fn)
     native_runs, custom_runs = [], []
+    before = {fn.name: _sandbox_cpu_stat(pod, fn) for fn in (native, custom)}
     for _ in range(plan.reps):
         native_runs.append(_wrk(pod.controller_url, [native.path], 1, plan))
         custom_runs.append(_wrk(pod.controller_url, [custom.path], 1, plan))
     warm = {"native_p50_ms": _med(native_runs, "p50_ms"), "provided_p50_ms": _med(custom_runs, "p50_ms"),
             "native_p99_ms": _med(native_runs, "p99_ms"), "provided_p99_ms": _med(custom_runs, "p99_ms")}
     warm["ratio_p50"] = ratio(warm["provided_p50_ms"], warm["native_p50_ms"])
+    warm["throttled"] = {"native": _throttled(before[native.name], _sandbox_cpu_stat(pod, native)),
+                         "provided": _throttled(before[custom.name], _sandbox_cpu_stat(pod, custom))}
     count = max(2, min(3, plan.cold_python))
     cold_native = [pod.create_function(f"bprovcn{i}", "python3", {"index.py": f"# {i}\n" + PY_TRIVIAL})
                    for i in range(count)]
