@@ -21,8 +21,12 @@ class FrameError(Exception):
     """The peer sent something that is not a valid frame, or closed the stream mid-frame."""
 
 
+# One encoder for every frame: json.dumps with arguments builds a new JSONEncoder on each call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _ENCODER.encode(message).encode()
     if len(body) > MAX_FRAME:
         raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(body)) + body

@@ -42,6 +42,7 @@ INIT_TIMEOUT = 10.0  # Lambda's init phase limit
 DEADLINE_GRACE = 0.5  # the controller cuts the call at the deadline; this is our own backstop
 OUTPUT_TAIL = 4096
 BOOTSTRAP = "bootstrap"
+READ_SIZE = 262144
 
 INVALID_REQUEST_ID = "InvalidRequestID"
 INVALID_STATE = "InvalidStateTransition"
@@ -96,6 +97,7 @@ class RuntimeApiServer:
         self.output_fd = -1
         self.pidfd = -1
         self.output_tail = bytearray()
+        self.read_buffer = memoryview(bytearray(READ_SIZE))  # shared by every connection's reads
         for sock in (listener, api):
             sock.setblocking(False)
             self.selector.register(sock, selectors.EVENT_READ, sock)
@@ -251,8 +253,8 @@ class RuntimeApiServer:
     def finish(self, response: InvokeResponse) -> None:
         invocation, self.current = self.current, None
         assert invocation is not None
-        self.read_output()
         if invocation.request.log:
+            self.read_output()  # what the bootstrap wrote before it answered belongs to this call
             response.logs = invocation.logs[-OUTPUT_TAIL:].decode("utf-8", "replace")
         # This server's peak plus the bootstrap's (while it runs; an ended one is a waited-for child).
         process = self.process
@@ -387,7 +389,7 @@ class RuntimeApiServer:
                                        content_type=content_type))
         else:
             self.finish(InvokeResponse(current.request.id, False, error=_posted_error(request, "Unhandled")))
-        conn.reply(202, {"status": "OK"}, request)
+        conn.accepted(request)
 
     def response_too_large(self, conn: ApiConn, head: Request | None, size: int) -> None:
         conn.send(http_wire.render_error(413, TOO_LARGE, f"Exceeded maximum allowed payload size ({MAX_RESPONSE} "
