@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from funclet.sandbox.network import AddressPool, BridgeNetwork, NetworkError, netns_socket
-from tests.sandbox_harness import sandbox_process, socket_in_netns
+from funclet.sandbox.network import AddressPool, BridgeNetwork, NetworkError
+from tests.sandbox_harness import netns_iproute, sandbox_process, socket_in_netns
 from tests.sandbox_harness import udp_probe as _probe
 
 
@@ -86,7 +86,7 @@ def test_attach_configures_sandbox_netns(net):
             assert host["flags"] & 1
             assert host.get_nested("IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_ISOLATED") == 1
 
-        with netns_socket(pid) as inner:
+        with netns_iproute(pid) as inner:
             links = {link.get("IFLA_IFNAME"): link for link in inner.get_links()}
             assert set(links) == {"lo", "eth0"}
             assert links["lo"]["flags"] & 1 and links["eth0"]["flags"] & 1
