@@ -35,8 +35,8 @@ from pyroute2 import IPRoute
 from easyfaas import frames
 from easyfaas import syscalls as sc
 from runner import control
+from runner.control import zygote_command
 from runner.prepare import host_binds, prepare
-from runner.zygote import zygote_command
 from tests.fakes.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
