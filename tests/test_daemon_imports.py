@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # Loaded at first use only (a scrape, a request that needs them) or never by a daemon.
-NOT_AT_START = ("pyroute2", "psutil", "rich", "unittest", "prometheus_client.exposition",
+NOT_AT_START = ("pyroute2", "psutil", "rich", "unittest", "yaml", "prometheus_client.exposition",
                 "prometheus_client.metrics", "prometheus_client.gc_collector")
 
 
@@ -36,7 +36,7 @@ def modules_after_import(module: str, then: str = "") -> set[str]:
 def test_a_daemon_does_not_load_what_it_uses_only_later(module: str) -> None:
     loaded = modules_after_import(module)
     assert "prometheus_client.registry" in loaded  # the metrics are there, without the exposition
-    early = sorted(m for m in loaded if m in NOT_AT_START or m.split(".")[0] in NOT_AT_START[:4])
+    early = sorted(m for m in loaded if m in NOT_AT_START or m.split(".")[0] in NOT_AT_START[:5])
     assert early == []
 
 
@@ -69,3 +69,13 @@ def test_the_whole_package_is_still_there_for_whoever_asks() -> None:
                                   "import prometheus_client.registry as r\n"
                                   "assert CollectorRegistry is r.CollectorRegistry\n")
     assert "prometheus_client.metrics" in loaded
+
+
+def test_the_runtimes_runner_prepare_writes_are_read_without_a_yaml_parser(tmp_path: Path) -> None:
+    read = ("from runner.prepare import PythonInfo, write_runtimes\n"
+            "from easyfaas.runtimes import RuntimeCatalog\n"
+            f"write_runtimes(__import__('pathlib').Path({str(tmp_path)!r}), "
+            "PythonInfo(sys.executable, sys.base_prefix, sys.version_info[:2]), None)\n"
+            f"catalog = RuntimeCatalog.load({str(tmp_path)!r})\n"
+            "assert {'python3', 'exec', 'provided'} <= set(catalog.names()), catalog.names()\n")
+    assert "yaml" not in modules_after_import("easyfaas.runtimes", read)
