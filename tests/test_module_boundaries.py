@@ -58,7 +58,8 @@ def test_no_test_module_imports_another() -> None:
     files = python_files("tests")
     found = {}
     for path in files:
-        hits = sorted(m for m in imported_modules(path) if m.startswith(("tests.test_", "tests.conftest")))
+        hits = sorted(m for m in imported_modules(path)
+                      if m.startswith(("tests.test_", "tests.conftest", "test_", "conftest")))
         if hits:
             found[str(path.relative_to(ROOT))] = hits
     assert found == {}
