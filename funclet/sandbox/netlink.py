@@ -23,11 +23,13 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
+from funclet.sandbox.netlink_codec import (NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_MULTI,
+                                            NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attr, error_code, message, messages,
+                                            parse_attrs)
+
 __all__ = ["Link", "NetlinkError", "RouteSocket"]
 
-# Message types and flags (linux/netlink.h, linux/rtnetlink.h).
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
+# Message types (linux/rtnetlink.h).
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
@@ -36,13 +38,6 @@ RTM_NEWADDR = 20
 RTM_GETADDR = 22
 RTM_NEWROUTE = 24
 RTM_GETROUTE = 26
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
-NLA_F_NESTED = 0x8000
 
 # Attributes (linux/if_link.h, linux/if_addr.h, linux/rtnetlink.h, linux/veth.h).
 IFLA_IFNAME = 3
@@ -66,12 +61,9 @@ RTPROT_BOOT = 3
 RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 
-_NLMSGHDR = struct.Struct("=IHHII")    # length, type, flags, sequence, port
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, (pad), type, index, flags, change
 _IFADDRMSG = struct.Struct("=BBBBI")   # family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")   # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-_RTATTR = struct.Struct("=HH")         # length, type
-_ERRNO = struct.Struct("=i")
 _RECV_SIZE = 1 << 16  # a dump datagram is at most 32 KiB
 
 
@@ -93,25 +85,8 @@ class Link:
     flags: int
 
 
-def _attr(kind: int, value: bytes) -> bytes:
-    size = _RTATTR.size + len(value)
-    return _RTATTR.pack(size, kind) + value + b"\0" * (-size % 4)
-
-
 def _name(value: str) -> bytes:
     return value.encode() + b"\0"
-
-
-def _attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    """The attributes in ``data`` from ``offset`` on, by type (the nested flag cleared)."""
-    out: dict[int, bytes] = {}
-    while offset + _RTATTR.size <= len(data):
-        size, kind = _RTATTR.unpack_from(data, offset)
-        if size < _RTATTR.size:
-            break
-        out[kind & ~NLA_F_NESTED] = data[offset + _RTATTR.size:offset + size]
-        offset += (size + 3) & ~3
-    return out
 
 
 def _text(value: bytes | None) -> str:
@@ -145,22 +120,20 @@ class RouteSocket:
         """Send one request; yield the (type, payload) of the replies until the kernel is done."""
         self._seq += 1
         seq = self._seq
-        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body)
+        self._sock.send(message(kind, NLM_F_REQUEST | flags, seq, body))
         while True:
             data = self._sock.recv(_RECV_SIZE)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                size, msg_type, msg_flags, msg_seq, _ = _NLMSGHDR.unpack_from(data, offset)
-                if size < _NLMSGHDR.size:
-                    raise NetlinkError(errno.EPROTO, f"{what}: malformed reply")
-                payload = data[offset + _NLMSGHDR.size:offset + size]
-                offset += (size + 3) & ~3
+            try:
+                replies = list(messages(data))
+            except OSError:
+                raise NetlinkError(errno.EPROTO, f"{what}: malformed reply") from None
+            for msg_type, msg_flags, msg_seq, payload in replies:
                 if msg_seq != seq:
                     continue  # the reply to an earlier request that gave up
                 if msg_type == NLMSG_ERROR:
-                    (code,) = _ERRNO.unpack_from(payload)
+                    code = error_code(payload)
                     if code:
-                        raise NetlinkError(-code, what)
+                        raise NetlinkError(code, what)
                     return  # the acknowledgement
                 if msg_type == NLMSG_DONE:
                     return
@@ -179,7 +152,7 @@ class RouteSocket:
 
     def link_index(self, name: str) -> int | None:
         """The index of the link ``name``; None when there is none."""
-        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name))
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, _name(name))
         try:
             for _, payload in self._exchange(RTM_GETLINK, 0, body, f"look up {name}"):
                 return _IFINFOMSG.unpack_from(payload)[2]
@@ -193,31 +166,31 @@ class RouteSocket:
         result = []
         for payload in self._dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), "list links"):
             _, _, index, flags, _ = _IFINFOMSG.unpack_from(payload)
-            attrs = _attrs(payload, _IFINFOMSG.size)
-            info = _attrs(attrs.get(IFLA_LINKINFO, b""))
+            attrs = parse_attrs(payload, _IFINFOMSG.size)
+            info = parse_attrs(attrs.get(IFLA_LINKINFO, b""))
             result.append(Link(index, _text(attrs.get(IFLA_IFNAME)), _text(info.get(IFLA_INFO_KIND)), flags))
         return result
 
     def add_bridge(self, name: str) -> None:
-        linkinfo = _attr(IFLA_INFO_KIND, _name("bridge"))
-        body = (_IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name))
-                + _attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo))
+        linkinfo = attr(IFLA_INFO_KIND, _name("bridge"))
+        body = (_IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, _name(name))
+                + attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo))
         self._command(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}")
 
     def add_veth(self, name: str, *, master: int, peer: str, peer_netns_pid: int) -> None:
         """A veth pair: ``name`` here, enslaved to ``master`` and down; ``peer`` in the netns of
         ``peer_netns_pid``."""
-        peer_msg = (_IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(peer))
-                    + _attr(IFLA_NET_NS_PID, struct.pack("=I", peer_netns_pid)))
-        linkinfo = (_attr(IFLA_INFO_KIND, _name("veth"))
-                    + _attr(IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER, peer_msg)))
-        body = (_IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name))
-                + _attr(IFLA_MASTER, struct.pack("=I", master)) + _attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo))
+        peer_msg = (_IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, _name(peer))
+                    + attr(IFLA_NET_NS_PID, struct.pack("=I", peer_netns_pid)))
+        linkinfo = (attr(IFLA_INFO_KIND, _name("veth"))
+                    + attr(IFLA_INFO_DATA | NLA_F_NESTED, attr(VETH_INFO_PEER, peer_msg)))
+        body = (_IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, _name(name))
+                + attr(IFLA_MASTER, struct.pack("=I", master)) + attr(IFLA_LINKINFO | NLA_F_NESTED, linkinfo))
         self._command(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create veth {name}")
 
     def delete_link(self, name: str) -> bool:
         """Delete the link ``name``; False when there was none."""
-        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name))
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, _name(name))
         try:
             self._command(RTM_DELLINK, 0, body, f"delete {name}")
         except NetlinkError as e:
@@ -232,8 +205,8 @@ class RouteSocket:
 
     def isolate_bridge_port(self, index: int) -> None:
         """Mark the bridge port ``index`` isolated: it talks only to the bridge's non-isolated ports."""
-        protinfo = _attr(IFLA_BRPORT_ISOLATED, b"\1")
-        body = _IFINFOMSG.pack(socket.AF_BRIDGE, 0, index, 0, 0) + _attr(IFLA_PROTINFO | NLA_F_NESTED, protinfo)
+        protinfo = attr(IFLA_BRPORT_ISOLATED, b"\1")
+        body = _IFINFOMSG.pack(socket.AF_BRIDGE, 0, index, 0, 0) + attr(IFLA_PROTINFO | NLA_F_NESTED, protinfo)
         self._command(RTM_SETLINK, 0, body, f"isolate bridge port {index}")
 
     # ---- addresses and routes ---------------------------------------------------------------------
@@ -243,7 +216,7 @@ class RouteSocket:
         for payload in self._dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0), "list addresses"):
             if _IFADDRMSG.unpack_from(payload)[4] != index:
                 continue
-            address = _attrs(payload, _IFADDRMSG.size).get(IFA_ADDRESS)
+            address = parse_attrs(payload, _IFADDRMSG.size).get(IFA_ADDRESS)
             if address and len(address) == 4:
                 result.append(socket.inet_ntoa(address))
         return result
@@ -251,12 +224,12 @@ class RouteSocket:
     def add_ipv4_address(self, index: int, address: str, prefixlen: int) -> None:
         packed = ipaddress.IPv4Address(address).packed
         body = (_IFADDRMSG.pack(socket.AF_INET, prefixlen, 0, RT_SCOPE_UNIVERSE, index)
-                + _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed))
+                + attr(IFA_LOCAL, packed) + attr(IFA_ADDRESS, packed))
         self._command(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add {address}/{prefixlen}")
 
     def add_default_route(self, gateway: str, oif: int) -> None:
         body = (_RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
-                + _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed) + _attr(RTA_OIF, struct.pack("=I", oif)))
+                + attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed) + attr(RTA_OIF, struct.pack("=I", oif)))
         self._command(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, f"add default route via {gateway}")
 
     def default_route_interfaces(self) -> list[int]:
@@ -264,7 +237,7 @@ class RouteSocket:
         result = []
         for payload in self._dump(RTM_GETROUTE, _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0), "list routes"):
             _, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(payload)
-            attrs = _attrs(payload, _RTMSG.size)
+            attrs = parse_attrs(payload, _RTMSG.size)
             if RTA_TABLE in attrs:
                 (table,) = struct.unpack("=I", attrs[RTA_TABLE])
             if dst_len == 0 and table == RT_TABLE_MAIN and RTA_OIF in attrs:
@@ -275,7 +248,7 @@ class RouteSocket:
         body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
         try:
             for _, payload in self._exchange(RTM_GETLINK, 0, body, f"look up link {index}"):
-                return _text(_attrs(payload, _IFINFOMSG.size).get(IFLA_IFNAME)) or None
+                return _text(parse_attrs(payload, _IFINFOMSG.size).get(IFLA_IFNAME)) or None
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
