@@ -7,7 +7,7 @@
  * connection to AWS_LAMBDA_RUNTIME_API (TCP_NODELAY): GET .../invocation/next, the head read up to
  * CRLFCRLF, Content-Length and Lambda-Runtime-Aws-Request-Id taken case-insensitively, the body
  * read, then POST .../invocation/<id>/response with the event back as the result, each request one
- * write. With EASYFAAS_BOOTSTRAP_SAW_ID set, the result is {"event": <event>, "request_id": "<id>"}
+ * write. With BOOTSTRAP_ECHO_REQUEST_ID set, the result is {"event": <event>, "request_id": "<id>"}
  * instead (the parity test checks the id the runtime saw).
  */
 
@@ -158,7 +158,7 @@ static void consume(size_t n) {
 int main(void) {
     int fd = connect_api();
     const char *api = getenv("AWS_LAMBDA_RUNTIME_API");
-    int saw_id = getenv("EASYFAAS_BOOTSTRAP_SAW_ID") != NULL;
+    int saw_id = getenv("BOOTSTRAP_ECHO_REQUEST_ID") != NULL;
     char next[512];
     int next_len = snprintf(next, sizeof next, "GET " BASE "next HTTP/1.1\r\nHost: %s\r\n\r\n", api);
     for (;;) {
