@@ -178,7 +178,9 @@ def _warm_figures(native_runs: list[Any], custom_runs: list[Any]) -> dict[str, A
 
 def _cold_figures(native_ms: list[float], custom_ms: list[float], own_ms: list[float],
                   throttled: list[dict[str, float]]) -> dict[str, Any]:
-    cold = {"native": summary(native_ms), "provided": summary(custom_ms), "bootstrap_own_start": summary(own_ms)}
+    cold = {"native": summary(native_ms), "provided": summary(custom_ms), "bootstrap_own_start": summary(own_ms),
+            "samples_ms": {"native": [round(t, 3) for t in native_ms], "provided": [round(t, 3) for t in custom_ms],
+                           "bootstrap_own_start": [round(t, 3) for t in own_ms]}}
     cold["ratio_p50"] = ratio(cold["provided"]["p50_ms"], cold["native"]["p50_ms"])
     around = [custom - own for custom, own in zip(custom_ms, own_ms)]
     cold["around_bootstrap_p50_ms"] = summary(around)["p50_ms"]
