@@ -32,19 +32,22 @@ def test_a_compiler_that_fails_is_reported_not_raised(tmp_path: Path, monkeypatc
     assert "exit status 1" in why and "no static libc" in why
 
 
+COLD = {"native": {"n": 2, "p50_ms": 10.0}, "provided": {"n": 2, "p50_ms": 15.0},
+        "bootstrap_own_start": {"p50_ms": 1.0}, "ratio_p50": 1.5}
+WARM = {"native_p50_ms": 0.4, "provided_p50_ms": 0.6, "native_p99_ms": 1.0, "provided_p99_ms": 2.5,
+        "ratio_p50": 1.5, "ratio_p99": 2.5}
+
+
 def _table(compiled: dict) -> list[report.Row]:
-    cold = {"native": {"n": 2, "p50_ms": 10.0}, "provided": {"n": 2, "p50_ms": 15.0},
-            "bootstrap_own_start": {"p50_ms": 1.0}, "ratio_p50": 1.5}
-    warm = {"native_p50_ms": 0.4, "provided_p50_ms": 0.6, "native_p99_ms": 1.0, "provided_p99_ms": 2.5,
-            "ratio_p50": 1.5, "ratio_p99": 2.5}
-    python_cold = {**cold, "provided": {"n": 2, "p50_ms": 60.0}, "ratio_p50": 6.0,
+    """The rows of a ``provided`` result: the Python bootstrap's figures at 2.5× / 6×, and ``compiled``."""
+    python_cold = {**COLD, "provided": {"n": 2, "p50_ms": 60.0}, "ratio_p50": 6.0,
                    "bootstrap_own_start": {"p50_ms": 45.0}}
-    return report.rows({"provided": {"warm_c1": {**warm, "ratio_p50": 2.5}, "cold": python_cold,
-                                     "compiled": compiled(warm, cold) if callable(compiled) else compiled}})
+    return report.rows({"provided": {"warm_c1": {**WARM, "ratio_p50": 2.5}, "cold": python_cold,
+                                     "compiled": compiled}})
 
 
 def test_the_two_times_targets_are_judged_on_the_compiled_bootstrap() -> None:
-    table = _table(lambda warm, cold: {"warm_c1": warm, "cold": cold})
+    table = _table({"warm_c1": WARM, "cold": COLD})
     budget = report.budget(table)
     assert budget == {"`provided` warm c=1 p50, compiled bootstrap": True,
                       "`provided` cold start p50 (n=2), compiled bootstrap": True}
