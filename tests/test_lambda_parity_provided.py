@@ -70,6 +70,39 @@ async def test_lambdas_runtime_names_map_to_provided(http: aiohttp.ClientSession
     assert reply.json()["event"] == {"via": runtime}
 
 
+@pytest.fixture(scope="module")
+def c_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """bench/provided_bootstrap.c built as Lambda's provided.al2023 users build theirs: a static binary."""
+    from bench.provided import compile_bootstrap
+
+    binary, why = compile_bootstrap(str(tmp_path_factory.mktemp("c-bootstrap")))
+    if binary is None:
+        pytest.skip(f"the compiled bootstrap cannot be built here: {why}")
+    return binary
+
+
+async def test_compiled_bootstrap_runs_unchanged(http: aiohttp.ClientSession, c_bootstrap: bytes) -> None:
+    """A compiled custom runtime (a static C Runtime API client, as Go, Rust's lambda_runtime and C++
+    runtimes are deployed on provided.al2023) runs unchanged: each call returns the event it posted
+    back, over one keep-alive connection."""
+    name = await deploy_provided(http, {"bootstrap": c_bootstrap}, runtime="provided.al2023")
+    for n in range(3):
+        reply = await call(http, name, {"compiled": True, "n": n})
+        assert reply.status == 200, reply
+        assert reply.json() == {"compiled": True, "n": n}
+
+
+async def test_compiled_bootstrap_sees_the_callers_request_id(http: aiohttp.ClientSession, c_bootstrap: bytes) -> None:
+    """``Lambda-Runtime-Aws-Request-Id``, as a compiled runtime reads it off ``next``, is the request
+    id the caller got back in ``X-easyfaas-Request-Id``."""
+    name = await deploy_provided(http, {"bootstrap": c_bootstrap}, variables={"BOOTSTRAP_ECHO_REQUEST_ID": "1"})
+    for event in ({"a": 1}, [1, 2, 3]):
+        reply = await call(http, name, event)
+        assert reply.status == 200, reply
+        assert reply.json() == {"event": event, "request_id": reply.request_id}
+        assert reply.request_id
+
+
 async def test_environment_of_a_custom_runtime(http: aiohttp.ClientSession) -> None:
     """A custom runtime gets ``AWS_LAMBDA_RUNTIME_API=127.0.0.1:9001``, ``_HANDLER``,
     ``LAMBDA_TASK_ROOT``, the function's variables, and no ``AWS_EXECUTION_ENV``; it runs in
