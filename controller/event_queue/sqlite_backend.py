@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS invocations (
 CREATE INDEX IF NOT EXISTS invocations_due ON invocations(due_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS invocations_account ON invocations(account, seq);
 CREATE INDEX IF NOT EXISTS invocations_finished ON invocations(finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS invocations_dead ON invocations(account, finished_at) WHERE dead = 1;
 """
 _COLUMNS = ("request_id, function, function_arn, account, payload, callback_url, status, attempts, enqueued_at, "
             "started_at, finished_at, result, error, log_result, dead, callback")
@@ -388,7 +389,7 @@ class SQLiteEventQueue:
         if function is not None:
             sql += " AND function = ?"
             args.append(function)
-        rows = await self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
+        rows = await self._read(sql + " ORDER BY finished_at DESC, seq DESC LIMIT ?", (*args, limit))
         return [DeadLetter(_record_of(row), _event_of(row)) for row in rows]
 
     async def dead_letter(self, request_id: str) -> DeadLetter | None:
