@@ -14,9 +14,10 @@ drain one queue.
   ``r.<account>.<function>.<status>.<enqueued µs>.<request id>``, and per dead letter,
   ``d.<account>.<function>.<finished µs>.<request id>`` (account and function as md5 tokens). A
   listing watches only the keys its filters name (a subject filter on the server, names without
-  values), sorts them newest first and reads records until ``Limit`` match. A status change puts
-  the new key before the record and deletes the old one after it, so a key whose record says
-  otherwise is stale (a crash between the two) and is skipped; the record is the truth.
+  values), sorts them newest first and reads records until ``Limit`` match. A change puts the
+  record's key before the record and deletes the old one after it, so a key whose record says
+  otherwise is stale (a crash or a lost answer between the two) and is skipped: the record is
+  the truth; stale keys go with the bucket's TTL.
 
 Order of writes: the message is published first, then its record; a worker that gets a message
 whose record is not there yet creates it. A message whose record says it finished is acked and
@@ -227,34 +228,28 @@ class NatsEventQueue:
                       change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> dict[str, Any] | None:
         """Compare-and-set the record: ``change`` sees the current one (None if absent)."""
         _, records, _ = self._ready()
-        put: set[str] = set()  # index keys put for a change that may not have landed
-        try:
-            for _ in range(20):
-                current, revision = await self._get(request_id)
-                new = change(current)
-                if new is None:
-                    return current
-                old_key = record_index_key(current) if current is not None else None
-                new_key = record_index_key(new)
-                if new_key != old_key and new_key not in put:
-                    await self._put_index(new_key)  # before the record: a listing never misses it
-                    put.add(new_key)
-                data = json.dumps(new, ensure_ascii=False).encode()
-                try:
-                    if revision is None:
-                        await records.create(key_of(request_id), data)
-                    else:
-                        await records.update(key_of(request_id), data, last=revision)
-                except (KeyWrongLastSequenceError, BadRequestError):
-                    continue  # somebody else changed it in between: read it again
-                put.discard(new_key)
-                if old_key is not None and old_key != new_key:
-                    put.add(old_key)  # deleted below, now that the record says otherwise
-                return new
-            raise EventStoreUnavailable(f"the record of {request_id} keeps changing under us")
-        finally:
-            for key in put:
-                await self._drop_index(key)
+        for _ in range(20):
+            current, revision = await self._get(request_id)
+            new = change(current)
+            if new is None:
+                return current
+            new_key = record_index_key(new)
+            # The key goes first, so that a listing never misses the record; it is put even when
+            # unchanged, so a change whose outcome was lost (a restarting server) puts it back.
+            await self._put_index(new_key)
+            data = json.dumps(new, ensure_ascii=False).encode()
+            try:
+                if revision is None:
+                    await records.create(key_of(request_id), data)
+                else:
+                    await records.update(key_of(request_id), data, last=revision)
+            except (KeyWrongLastSequenceError, BadRequestError):
+                continue  # somebody else changed it in between: read it again (a stale key stays)
+            old_key = record_index_key(current) if current is not None else None
+            if old_key is not None and old_key != new_key:
+                await self._drop_index(old_key)
+            return new
+        raise EventStoreUnavailable(f"the record of {request_id} keeps changing under us")
 
     # ---- the queue -----------------------------------------------------------------------------
 
