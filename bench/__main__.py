@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fp["control_plane_loaded"] = footprint.control_plane(pod)
             fp["fit_24gib"] = footprint.fit_in(24 << 30, fp["control_plane_idle"]["total_mib"], fp["python"])
             results["footprint"] = fp
-            results["event_sources"] = event_sources.event_sources(pod, *((20, 2) if args.smoke else (500, 20)))
+            results["event_sources"] = event_sources.event_sources(pod, *((20, 2) if args.smoke else (500, 20)),
+                                                                   sync_seconds=plan.wrk_seconds,
+                                                                   sync_reps=min(plan.reps, 2))
             results["gateway"] = gateway.gateway_vs_direct(pod, plan)  # last: it may restart the controller
         finally:
             _log("stopping the pod")

@@ -117,6 +117,32 @@ def rows(r: dict[str, Any]) -> list[Row]:
         if fit.get("per_sandbox_mib"):
             out.append(Row(f"warm Python sandboxes in 24 GiB (from {fit['measured']})", _f(fit["fit"]),
                            f"{_f(fit['per_sandbox_mib'], 'MiB')} each", "", "", None))
+    out.extend(_event_source_rows(r.get("event_sources") or {}))
+    return out
+
+
+def _event_source_rows(e: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    if "mqtt_msgs_per_s" in e:
+        out.append(Row(f"MQTT QoS 1 published → function finished (n={e['mqtt_messages']}, back to back)",
+                       _f(e["mqtt_msgs_per_s"], "msg/s", 1),
+                       f"p50 {_f(e['mqtt_p50_ms'], 'ms', 1)} / p99 {_f(e['mqtt_p99_ms'], 'ms', 1)}", "", "", None))
+    if "mqtt_paced_p50_ms" in e:
+        out.append(Row(f"MQTT delay at {e['paced_rate']:g} msg/s, p50 / p99",
+                       f"{_f(e['mqtt_paced_p50_ms'], 'ms', 1)} / {_f(e['mqtt_paced_p99_ms'], 'ms', 1)}", "", "", "",
+                       None))
+    if "schedule_p99_ms" in e:
+        out.append(Row(f"schedule due time → enqueued, p99 (n={e['schedule_fires']})", _f(e["schedule_p99_ms"], "ms", 1),
+                       f"p50 {_f(e['schedule_p50_ms'], 'ms', 1)}", "", f"≤ {e['schedule_target_ms']} ms",
+                       e["schedule_p99_ms"] <= e["schedule_target_ms"]))
+    s = e.get("sync_beside_sources")
+    if s:
+        out.append(Row(f"warm c=64 beside a schedule and {s['paced_rate']:g} MQTT msg/s", _f(s["c64_rps_on"], "req/s", 0),
+                       f"no sources {_f(s['c64_rps_off'], 'req/s', 0)}", _x(s["ratio_c64_rps"]), "0.95–1.05×",
+                       0.95 <= s["ratio_c64_rps"] <= 1.05))
+        out.append(Row("warm c=1 p50 beside them", _f(s["c1_p50_ms_on"], "ms", 3),
+                       f"no sources {_f(s['c1_p50_ms_off'], 'ms', 3)}", _x(s["ratio_c1_p50"]), "0.95–1.05×",
+                       0.95 <= s["ratio_c1_p50"] <= 1.05))
     return out
 
 

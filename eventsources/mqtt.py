@@ -15,7 +15,12 @@ exponential back-off; messages cross to the event loop with ``call_soon_threadsa
 
 ``ReplyTopic``: once an event's invocation has finished (its record, polled with back-off: the
 queue has no completion hook and a poll keeps this source the queue's client only), the result is
-published there with the trigger's QoS. Replies pending at a controller's exit are not sent.
+published there with the trigger's QoS, on the trigger's own connection. A QoS 1 reply is paho's
+until the broker's PUBACK: one published while the broker is away (a result that finished during a
+broker restart) waits in the client's outgoing queue and goes out on the reconnect, as do replies
+in flight when the connection dropped (sent again with DUP). ``Replied`` counts the replies the
+broker took (PUBACK; QoS 0: written to the socket, and lost when there is none). Replies pending
+when the trigger changes or the controller exits are not sent.
 """
 
 from __future__ import annotations
@@ -92,7 +97,8 @@ class MqttSubscription:
         self.last_error = ""
         self.received = 0
         self.rejected = 0
-        self.replied = 0
+        self.replied = 0  # replies the broker took
+        self.replies_pending = 0  # invocations awaited, and replies published but not yet taken
         self._generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
@@ -125,6 +131,7 @@ class MqttSubscription:
         client.on_message = self._on_message
         client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         self._client = client
         self._acker = self._loop.create_task(self._acknowledge())
         client.connect_async(cfg.host, cfg.port, keepalive=KEEPALIVE)
@@ -157,7 +164,7 @@ class MqttSubscription:
         return {"State": self.state, "Connected": self.connected,
                 "LastMessageAt": _iso_ms(self.last_message_at) if self.last_message_at else None,
                 "LastError": self.last_error or None, "Received": self.received, "Rejected": self.rejected,
-                "Replied": self.replied}
+                "Replied": self.replied, "RepliesPending": self.replies_pending}
 
     # ---- paho's thread -------------------------------------------------------------------------
 
@@ -189,9 +196,12 @@ class MqttSubscription:
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if self._stopping:
             return
-        detail = f"disconnected from {self.config.broker}: {reason}"
-        self._call(self._note, "error" if self.state == "error" else "reconnecting", False,
-                   self.last_error if self.state == "error" else detail)
+        self._call(self._disconnected, f"disconnected from {self.config.broker}: {reason}")
+
+    def _on_publish(self, _client: paho.Client, _userdata: Any, _mid: int, _reason: Any, _props: Any) -> None:
+        # Only replies are published on this client. Called with paho's outgoing-queue lock held:
+        # nothing here but the hand-over to the event loop.
+        self._call(self._reply_taken)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         self._call(self._received, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
@@ -214,6 +224,18 @@ class MqttSubscription:
         self.state, self.connected = state, connected
         if error or connected:
             self.last_error = error
+
+    def _disconnected(self, detail: str) -> None:
+        # Decided on the loop, after any refusal noted before it: paho's thread cannot read
+        # `state` safely, and a refused CONNACK is followed by a disconnect whose reason says less.
+        if self.state == "error":
+            self._note("error", False, self.last_error)
+        else:
+            self._note("reconnecting", False, detail)
+
+    def _reply_taken(self) -> None:
+        self.replied += 1
+        self.replies_pending = max(0, self.replies_pending - 1)
 
     def _received(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, generation: int,
                   received_at: float) -> None:
@@ -271,26 +293,47 @@ class MqttSubscription:
                 client.ack(head.mid, head.qos)
 
     async def _reply(self, request_id: str, topic: str) -> None:
+        self.replies_pending += 1
+        published = False
+        try:
+            record = await self._finished_record(request_id)
+            if record is None:
+                return
+            if record.get("Status") == "succeeded":
+                result = record.get("Result")
+                payload = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+            else:
+                payload = json.dumps({"requestId": request_id, "status": record.get("Status"),
+                                      "error": record.get("Error")}, ensure_ascii=False)
+            client = self._client
+            if client is None:
+                return
+            # Connected or not: a QoS 1 message is queued by paho and sent after the reconnect.
+            info = client.publish(topic, payload.encode(), qos=self.config.qos)
+            published = self.config.qos == 1 or info.rc == 0
+            log.info("mqtt_reply_published", trigger=self.trigger.trigger_id, request_id=request_id, topic=topic,
+                     connected=self.connected)
+        finally:
+            if not published:
+                self.replies_pending = max(0, self.replies_pending - 1)
+
+    async def _finished_record(self, request_id: str) -> dict[str, Any] | None:
+        """The invocation's record once it finished; None after REPLY_GIVE_UP."""
         started = time.monotonic()
         attempt = 0
         while time.monotonic() - started < REPLY_GIVE_UP:
-            record = await self.intake.outcome(request_id)
+            try:
+                record = await self.intake.outcome(request_id)
+            except Exception as exc:  # noqa: BLE001 - the queue's store is away for now: poll again
+                log.warning("mqtt_reply_outcome_failed", trigger=self.trigger.trigger_id, request_id=request_id,
+                            error=repr(exc))
+                record = None
             if record is not None:
-                break
+                return record
             await asyncio.sleep(REPLY_POLL[min(attempt, len(REPLY_POLL) - 1)])
             attempt += 1
-        else:
-            return
-        if record.get("Status") == "succeeded":
-            result = record.get("Result")
-            payload = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
-        else:
-            payload = json.dumps({"requestId": request_id, "status": record.get("Status"),
-                                  "error": record.get("Error")}, ensure_ascii=False)
-        client = self._client
-        if client is not None:
-            client.publish(topic, payload.encode(), qos=self.config.qos)
-            self.replied += 1
+        log.warning("mqtt_reply_given_up", trigger=self.trigger.trigger_id, request_id=request_id)
+        return None
 
 
 class MqttSource:

@@ -69,4 +69,21 @@ def test_table_lists_each_budget_line(smoke: tuple[dict, str]) -> None:
                   "cold start Python, p99", "cold start Node.js, p50", "cold-start rate", "control plane RSS idle",
                   "USS per warm Python sandbox", "warm Python sandboxes in 24 GiB"):
         assert label in stdout, f"{label!r} missing from the table:\n{stdout}"
-    assert len(r["budget"]) == 9, r["budget"]
+    sources = "skipped" not in r["event_sources"]  # no mosquitto: no event-source rows
+    if sources:
+        for label in ("MQTT QoS 1 published", "schedule due time", "warm c=64 beside a schedule",
+                      "warm c=1 p50 beside them"):
+            assert label in stdout, f"{label!r} missing from the table:\n{stdout}"
+    assert len(r["budget"]) == 9 + (3 if sources else 0), r["budget"]
+
+
+def test_the_sync_path_is_measured_beside_the_event_sources(smoke: tuple[dict, str]) -> None:
+    r, _ = smoke
+    if "skipped" in r["event_sources"]:
+        pytest.skip(r["event_sources"]["skipped"])
+    s = r["event_sources"]["sync_beside_sources"]
+    for value in (s["c64_rps_off"], s["c64_rps_on"], s["c1_p50_ms_off"], s["c1_p50_ms_on"], s["ratio_c64_rps"],
+                  s["ratio_c1_p50"], s["c64_cpu_us_per_req_off"], s["stream"]["controller_cpu_s_per_s"]):
+        assert _finite(value), s
+    assert len(s["phases"]["off"]) == len(s["phases"]["on"]) + 1
+    assert all(p["stream_sent"] > 0 for p in s["phases"]["on"]), s["phases"]

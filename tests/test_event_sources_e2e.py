@@ -4,7 +4,8 @@ event goes through the durable queue (its records are what is counted).
 
 * MQTT QoS 1 messages → one invocation each; ``kill -9`` of the controller mid-stream and a
   Mosquitto restart mid-stream: every message ends up invoked (duplicates allowed, none lost);
-  results come back on the ReplyTopic.
+  a message published after the restart has its result on the ReplyTopic, received by the test's
+  own subscriber (a persistent session: what is published while it reconnects is kept for it).
 * ``@every 1s`` fires; ``kill -9`` of the controller does not fire a due time twice (the records'
   request ids are derived from (trigger, due time)); deleting the trigger stops it.
 * Bad Configs → 400 naming the field; a broker that is down → the status says so; a message over
@@ -25,7 +26,7 @@ import pytest
 from eventsources.schedules import fire_request_id
 from bench.mosquitto import Mosquitto
 from easyfaas.function_code import ACCOUNT, b64zip
-from tests.mqtt_harness import Publisher
+from tests.mqtt_harness import Publisher, Subscriber
 from tests.pod_harness import LivePod, live_pod, records, unique, wait_healthy
 
 pytestmark = pytest.mark.e2e
@@ -117,6 +118,7 @@ async def test_mqtt_messages_survive_a_controller_kill_and_a_broker_restart(
                                                                "ReplyTopic": "replies/{1}"})
     assert status == 201, trigger
     tid = trigger["TriggerId"]
+    replies = Subscriber(broker.port, "replies/#")
     pub = Publisher(broker.port)
     sent: list[str] = []
 
@@ -152,8 +154,17 @@ async def test_mqtt_messages_survive_a_controller_kill_and_a_broker_restart(
         assert {"retain", "messageId", "receivedAt"} <= set(sample)
         status_now = await trigger_of(lp, name, tid)
         assert status_now["State"] == "connected" and status_now["Connected"] is True and status_now["LastMessageAt"]
+        # The reply of a message published after the broker restart, on the subscriber's resumed session.
+        pub.publish("dev/after/temp", "after")
+
+        async def replied_after() -> bool:
+            return any(topic == "replies/after" and json.loads(payload)["echo"]["payload"] == "after"
+                       for topic, payload in list(replies.messages))
+
+        await lp.until(replied_after, timeout=120, what="the reply on replies/after")
     finally:
         pub.close()
+        replies.close()
         await lp.close_clients()
 
 

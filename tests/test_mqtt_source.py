@@ -6,7 +6,8 @@ Covered: the event's shape (text and binary payloads), the PUBACK only after the
 (a source stopped while an enqueue is held gets the message again in its next session), retries of
 a retryable refusal, rejection of an event the intake will never take (the connection goes on),
 a broker that is down or refuses the credentials (State/LastError, then recovery), a broker
-restarted mid-stream (no QoS 1 message lost), and replies on the ReplyTopic.
+restarted mid-stream (no QoS 1 message lost), and replies on the ReplyTopic, also across a broker
+restart (a result that finished while the broker was down is replied once it is back).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class RecordingIntake:
         self.refuse: Refused | None = None
         self.refusals = 0
         self.finished: dict[str, dict[str, Any]] = {}
+        self.answered: set[str] = set()  # request ids whose finished record a caller was given
 
     async def submit(self, trigger: SourceTrigger, event: str, request_id: str) -> Submitted:
         if self.hold is not None:
@@ -68,7 +70,10 @@ class RecordingIntake:
         return False  # the enqueue's own duplicate refusal is what these tests exercise
 
     async def outcome(self, request_id: str) -> dict[str, Any] | None:
-        return self.finished.get(request_id)
+        record = self.finished.get(request_id)
+        if record is not None:
+            self.answered.add(request_id)
+        return record
 
 
 def trigger_of(broker: Mosquitto, topic: str, **config: Any) -> SourceTrigger:
@@ -330,6 +335,50 @@ async def test_results_are_published_on_the_reply_topic(broker: Mosquitto) -> No
         await until(lambda: len(replies.messages) == 2, "the error reply")
         topic, payload = replies.messages[1]
         assert topic == "answer/cellar" and json.loads(payload)["status"] == "failed"
+    finally:
+        pub.close()
+        replies.close()
+        await source.stop()
+
+
+async def test_replies_resume_after_a_broker_restart(broker: Mosquitto) -> None:
+    intake = RecordingIntake()
+    trigger = trigger_of(broker, "ask/+", ReplyTopic="answer/{1}")
+    replies = Subscriber(broker.port, "answer/#")  # a persistent session: it misses nothing while away
+    source = await started(intake, trigger)
+    pub = Publisher(broker.port)
+
+    def replied(device: str) -> list[dict[str, Any]]:
+        return [json.loads(payload) for topic, payload in list(replies.messages) if topic == f"answer/{device}"]
+
+    try:
+        await until(lambda: replies.ready, "the reply subscription")
+        pub.publish("ask/before", "q0")
+        pub.publish("ask/during", "q1")
+        await until(lambda: len(intake.ids) == 2, "two events")
+        intake.finished[intake.ids[0]] = {"Status": "succeeded", "Result": {"n": 0}}
+        await until(lambda: {"n": 0} in replied("before"), "the reply before the restart")
+        pub.close()
+        broker.stop()
+        await until(lambda: source.status(trigger.trigger_id)["Connected"] is False, "the disconnect")
+        # The second invocation finishes while the broker is down: its reply is published then.
+        intake.finished[intake.ids[1]] = {"Status": "succeeded", "Result": {"n": 1}}
+        await until(lambda: intake.ids[1] in intake.answered, "the result read while the broker is down")
+        assert source.status(trigger.trigger_id)["RepliesPending"] == 1
+        broker.start()
+        await until(lambda: {"n": 1} in replied("during"), "the reply held while the broker was down", timeout=90)
+        # A message published after the restart is replied on the subscriber's resumed session.
+        pub = Publisher(broker.port)
+        pub.publish("ask/after", "q2")
+        await until(lambda: len(intake.ids) == 3, "the event after the restart", timeout=90)
+        intake.finished[intake.ids[2]] = {"Status": "succeeded", "Result": {"n": 2}}
+        await until(lambda: {"n": 2} in replied("after"), "the reply after the restart", timeout=90)
+        await until(lambda: source.status(trigger.trigger_id)["Replied"] == 3, "three replies taken by the broker")
+        status = source.status(trigger.trigger_id)
+        assert status["RepliesPending"] == 0 and status["Connected"] is True
+        assert replies.connects >= 2  # the subscriber's own reconnect: the replies came on its resumed session
+        # QoS 1 is at least once: a reply may come twice (DUP), never another invocation's result.
+        assert {json.dumps(r) for r in replied("during")} == {json.dumps({"n": 1})}
     finally:
         pub.close()
         replies.close()

@@ -300,6 +300,65 @@ def test_nodejs_standby_is_prestarted_then_handed_its_function(host: Host, spawn
     assert refused["ok"] is False and "cannot be pre-started" in refused["error"]
 
 
+PROVIDED_BOOTSTRAP = """
+    #!{python} -IS
+    import http.client, json, os
+    host, port = os.environ["AWS_LAMBDA_RUNTIME_API"].split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    base = "/2018-06-01/runtime/invocation/"
+    while True:
+        conn.request("GET", base + "next")
+        reply = conn.getresponse()
+        event = reply.read()
+        request_id = reply.getheader("Lambda-Runtime-Aws-Request-Id")
+        body = json.dumps({{"server": os.getppid(), "event": json.loads(event)}}).encode()
+        conn.request("POST", base + request_id + "/response", body=body)
+        conn.getresponse().read()
+"""
+
+
+def test_provided_runtime_api_server_is_the_standby_runtime(host: Host, spawn: Any, code_dirs: Any) -> None:
+    """The Runtime API server of a `provided` function is the sandbox's standby runtime (the
+    forked Python bootstrap, there before any function is assigned); a bootstrap that fails its
+    init fails the start cleanly, and a reset leaves nothing of either behind."""
+    box, first, _ = spawn()
+    assert first["op"] == "ready"
+    _spare_ready(box)
+    (standby,) = _inner_pids(box) - {1}
+    assert box.request({"op": "ping"}, {"pong"})["spare"] is True
+
+    python = os.path.realpath(VENV_PYTHON)
+    box.mount_task(code_dirs({"bootstrap": PROVIDED_BOOTSTRAP.format(python=python)}))
+    box.mount_runtime("provided")
+    reply, start_ms = box.start("provided", "index.handler")
+    assert reply["ok"] is True and reply["pid"] == standby, reply  # the same process, not a new one
+    print(f"\nstart → started (provided, standby server + bootstrap): {start_ms:.1f} ms")
+    response = box.invoke({"n": 1}, request_id="req-standby-1")
+    assert response["ok"] is True, response
+    assert json.loads(response["result"]) == {"server": standby, "event": {"n": 1}}
+    assert len(_inner_pids(box)) == 3  # the runner, the server, the bootstrap
+
+    before_reset = set(box.processes())
+    box.request({"op": "reset"}, {"reset_done"})
+    assert _after_reset(box) and not (set(box.processes()) - {box.pid}) & before_reset
+
+    # A bootstrap that exits during its init: the start fails with Lambda's error type.
+    (standby,) = _inner_pids(box) - {1}
+    sc.umount(str(box.slot / "task"), sc.MNT_DETACH)
+    box.mount_task(code_dirs({"bootstrap": "#!/bin/sh\necho 'no runtime here' >&2\nexit 3\n"}))
+    reply, _ = box.start("provided", "index.handler")
+    assert reply["ok"] is False and reply["pid"] == standby, reply
+    assert reply["error"]["errorType"] == "Runtime.ExitError"
+    assert "exit status 3" in reply["error"]["errorMessage"]
+    assert "no runtime here" in reply["error"]["errorMessage"]
+    failed = box.invoke(request_id="req-standby-2")
+    assert failed["ok"] is False and failed["fatal"] is True
+    assert failed["error"]["errorType"] == "Runtime.ExitError"
+    before_reset = set(box.processes())
+    box.request({"op": "reset"}, {"reset_done"})
+    assert _after_reset(box) and not (set(box.processes()) - {box.pid}) & before_reset
+
+
 def _inner_pids(box: Any) -> set[int]:
     """Pids of the sandbox's processes as its own pid namespace numbers them."""
     inner = set()

@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS invocations (
     log_result TEXT,
     dead INTEGER NOT NULL DEFAULT 0,
     lease INTEGER,
-    callback TEXT
+    callback TEXT,
+    traceparent TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS invocations_due ON invocations(due_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS invocations_account ON invocations(account, seq);
@@ -62,9 +63,10 @@ CREATE INDEX IF NOT EXISTS invocations_finished ON invocations(finished_at) WHER
 CREATE INDEX IF NOT EXISTS invocations_dead ON invocations(account, finished_at) WHERE dead = 1;
 """
 _COLUMNS = ("request_id, function, function_arn, account, payload, callback_url, status, attempts, enqueued_at, "
-            "started_at, finished_at, result, error, log_result, dead, callback")
+            "started_at, finished_at, result, error, log_result, dead, callback, traceparent")
 _ACTIVE = ("queued", "running")
-_LEASE_COLUMNS = "seq, request_id, function, function_arn, account, payload, callback_url, enqueued_at, attempts"
+_LEASE_COLUMNS = ("seq, request_id, function, function_arn, account, payload, callback_url, enqueued_at, attempts, "
+                  "traceparent")
 
 
 class _Write:
@@ -122,8 +124,11 @@ class SQLiteEventQueue:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
-        if "callback" not in {row[1] for row in db.execute("PRAGMA table_info(invocations)")}:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(invocations)")}
+        if "callback" not in columns:
             db.execute("ALTER TABLE invocations ADD COLUMN callback TEXT")  # a queue made before callbacks
+        if "traceparent" not in columns:  # ... or before trace context
+            db.execute("ALTER TABLE invocations ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''")
         # Whatever was running when the last controller died is queued again: its attempt counts.
         cur = db.execute("UPDATE invocations SET status = 'queued', due_at = ? WHERE status = 'running'",
                          (time.time(),))
@@ -222,9 +227,9 @@ class SQLiteEventQueue:
         try:
             await self._write(lambda db: db.execute(
                 "INSERT INTO invocations (request_id, function, function_arn, account, payload, callback_url, "
-                "status, attempts, enqueued_at, due_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+                "status, attempts, enqueued_at, due_at, traceparent) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
                 (event.request_id, event.function, event.function_arn, event.account, event.payload,
-                 event.callback_url, event.enqueued_at, event.enqueued_at)), single=True)
+                 event.callback_url, event.enqueued_at, event.enqueued_at, event.traceparent)), single=True)
         except sqlite3.IntegrityError:
             self._release(event.function)
             raise ResourceConflict(f"request id {event.request_id} was already accepted") from None
@@ -293,7 +298,7 @@ class SQLiteEventQueue:
                 taken[function] += 1
                 chosen.append((seq, QueuedEvent(request_id=row[1], function=function, function_arn=row[3],
                                                 account=row[4], payload=row[5], callback_url=row[6],
-                                                enqueued_at=row[7]), row[8] + 1))
+                                                enqueued_at=row[7], traceparent=row[9]), row[8] + 1))
             if len(chosen) >= max_count or len(rows) < limit or not more:
                 break
         if not chosen:
@@ -459,11 +464,20 @@ def _json_or_none(value: Any) -> str | None:
 
 def _event_of(row: tuple[Any, ...]) -> QueuedEvent:
     return QueuedEvent(request_id=row[0], function=row[1], function_arn=row[2], account=row[3], payload=row[4],
-                       callback_url=row[5], enqueued_at=row[8])
+                       callback_url=row[5], enqueued_at=row[8], traceparent=row[16])
 
 
 def _record_of(row: tuple[Any, ...]) -> InvocationRecord:
     return InvocationRecord(RequestId=row[0], FunctionArn=row[2], Account=row[3], Status=InvocationStatus(row[6]),
                             Attempts=row[7], EnqueuedAt=row[8], StartedAt=row[9], FinishedAt=row[10],
                             Result=row[11], Error=json.loads(row[12]) if row[12] else None, LogResult=row[13],
-                            DeadLetter=bool(row[14]), Extra={"Callback": json.loads(row[15])} if row[15] else {})
+                            DeadLetter=bool(row[14]), Extra=_extra(json.loads(row[15]) if row[15] else None, row[16]))
+
+
+def _extra(callback: Any, traceparent: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if callback:
+        extra["Callback"] = callback
+    if traceparent:
+        extra["Traceparent"] = traceparent
+    return extra

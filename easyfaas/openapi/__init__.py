@@ -32,7 +32,7 @@ __all__ = ["DOCUMENTS", "PATH", "add_openapi_route", "checked_invoker", "documen
 
 def _read(name: str) -> dict[str, Any]:
     text = resources.files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml's when built in
     if not isinstance(data, dict):
         raise ValueError(f"{name}.yaml: expected a mapping at the top")
     return data

@@ -12,6 +12,7 @@ imported only then.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -33,13 +34,20 @@ def check_file() -> str:
     return "" if value in ("", "0") else value
 
 
+@functools.cache
+def _spec(document_text: str) -> Any:
+    """The validated spec of a document, built once per process: validating the document takes about a
+    second, and every application a test builds checks against the same few documents."""
+    from openapi_core import OpenAPI
+
+    return OpenAPI.from_dict(json.loads(document_text))
+
+
 class ResponseCheck:
     """Validates answers against one document and records those that break it."""
 
     def __init__(self, document: dict[str, Any], name: str, out_path: str) -> None:
-        from openapi_core import OpenAPI
-
-        self.spec = OpenAPI.from_dict(document)
+        self.spec = _spec(json.dumps(document, sort_keys=True))
         self.document = document
         self.name = name
         self.out_path = out_path

@@ -68,16 +68,17 @@ class Connection:
                 self.server.selector.modify(self.sock, selectors.EVENT_READ, self)
 
     def on_readable(self) -> None:
+        buffer = self.server.read_buffer  # one buffer for every read: no 256 KiB allocation per call
         try:
-            data = self.sock.recv(262144)
+            size = self.sock.recv_into(buffer)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            size = 0
+        if not size:
             self.close()
             return
-        self.on_read(data)
+        self.on_read(bytes(buffer[:size]))
 
     def on_read(self, data: bytes) -> None:
         raise NotImplementedError
@@ -117,8 +118,13 @@ class FrameConn(Connection):
         self.buffer = bytearray()
 
     def on_read(self, data: bytes) -> None:
+        if not self.buffer and len(data) >= HEADER.size:
+            (length,) = HEADER.unpack_from(data)
+            if len(data) == HEADER.size + length and length <= MAX_FRAME:
+                self._frame(data[HEADER.size:])  # one whole frame, as a call's frame arrives
+                return
         self.buffer += data
-        while len(self.buffer) >= HEADER.size:
+        while len(self.buffer) >= HEADER.size and not self.closed:
             (length,) = HEADER.unpack_from(self.buffer)
             if length > MAX_FRAME:
                 self.close()
@@ -127,12 +133,15 @@ class FrameConn(Connection):
                 return
             body = bytes(self.buffer[HEADER.size:HEADER.size + length])
             del self.buffer[:HEADER.size + length]
-            try:
-                request = InvokeRequest.from_wire(decode_body(body))
-            except FrameError:
-                self.close()
-                return
-            self.server.enqueue(request, self)
+            self._frame(body)
+
+    def _frame(self, body: bytes) -> None:
+        try:
+            request = InvokeRequest.from_wire(decode_body(body))
+        except FrameError:
+            self.close()
+            return
+        self.server.enqueue(request, self)
 
     def on_close(self) -> None:
         self.server.frame_conns.discard(self)
@@ -170,10 +179,19 @@ class ApiConn(Connection):
                     self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return
             self.server.route(self, request)
+            if not self.parser.buffer:
+                return  # nothing more in this read (the usual case: one request a read)
 
     def reply(self, status: int, payload: dict[str, Any], request: Request) -> None:
         self.send(http_wire.render_json(status, payload, close=not request.keep_alive),
                   close=not request.keep_alive)
+
+    def accepted(self, request: Request) -> None:
+        """202 to an invocation response or error (rendered once, for a kept-alive connection)."""
+        if request.keep_alive:
+            self.send(http_wire.ACCEPTED)
+        else:
+            self.reply(202, {"status": "OK"}, request)
 
     def refuse(self, status: int, error_type: str, message: str, request: Request | None) -> None:
         close = request is None or not request.keep_alive

@@ -123,20 +123,21 @@ class RequestParser:
 
 
 def _parse_head(head: bytes) -> Request:
-    try:
-        text = head.decode("latin-1")
-        lines = text.split("\r\n")
-        method, target, version = lines[0].split(" ")
-    except ValueError:
-        raise BadRequest(400, "malformed request line") from None
+    text = head.decode("latin-1")
+    request_line, _, rest = text.partition("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3:
+        raise BadRequest(400, "malformed request line")
+    method, target, version = parts
     if not version.startswith("HTTP/1."):
         raise BadRequest(400, f"unsupported protocol {version!r}")
     headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest(400, f"malformed header line {line[:60]!r}")
-        headers[name.lower()] = value.strip()
+    if rest:
+        for line in rest.split("\r\n"):
+            name, sep, value = line.partition(":")
+            if not sep or not name or name[0].isspace() or name[-1].isspace():
+                raise BadRequest(400, f"malformed header line {line[:60]!r}")
+            headers[name.lower()] = value.strip()
     return Request(method, target.split("?", 1)[0], headers)
 
 
@@ -154,13 +155,14 @@ def _body_length(headers: dict[str, str]) -> int:
 
 def render(status: int, body: bytes, headers: dict[str, str] | None = None,
            content_type: str = "application/json", close: bool = False) -> bytes:
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", f"Content-Type: {content_type}",
-             f"Content-Length: {len(body)}"]
-    for name, value in (headers or {}).items():
-        lines.append(f"{name}: {value}")
+    """One response, head and body in one buffer: it goes out in one write (one segment)."""
+    head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n")
+    if headers:
+        head += "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+        head += "Connection: close\r\n"
+    return (head + "\r\n").encode("latin-1", "replace") + body
 
 
 def render_json(status: int, payload: dict[str, Any], close: bool = False) -> bytes:
@@ -170,3 +172,8 @@ def render_json(status: int, payload: dict[str, Any], close: bool = False) -> by
 def render_error(status: int, error_type: str, message: str, close: bool = False) -> bytes:
     """Lambda's Runtime API error answer: ``{"errorMessage", "errorType"}``."""
     return render_json(status, {"errorMessage": message, "errorType": error_type}, close=close)
+
+
+#: The answer to an accepted invocation response or error on a kept-alive connection (each call
+#: sends it, so it is rendered once).
+ACCEPTED = render_json(202, {"status": "OK"})

@@ -33,6 +33,7 @@ from easyfaas.frames import InvokeRequest, InvokeResponse
 from runner.runtimes.provided import http_wire
 from runner.runtimes.provided.connections import MAX_RESPONSE, ApiConn, Connection, FrameConn
 from runner.runtimes.provided.http_wire import Request
+from runner.runtimes.python.memory_peak import peak_kb
 
 API_PREFIX = "/2018-06-01/runtime"
 DEFAULT_ADDRESS = "127.0.0.1:9001"
@@ -41,6 +42,7 @@ INIT_TIMEOUT = 10.0  # Lambda's init phase limit
 DEADLINE_GRACE = 0.5  # the controller cuts the call at the deadline; this is our own backstop
 OUTPUT_TAIL = 4096
 BOOTSTRAP = "bootstrap"
+READ_SIZE = 262144
 
 INVALID_REQUEST_ID = "InvalidRequestID"
 INVALID_STATE = "InvalidStateTransition"
@@ -95,6 +97,7 @@ class RuntimeApiServer:
         self.output_fd = -1
         self.pidfd = -1
         self.output_tail = bytearray()
+        self.read_buffer = memoryview(bytearray(READ_SIZE))  # shared by every connection's reads
         for sock in (listener, api):
             sock.setblocking(False)
             self.selector.register(sock, selectors.EVENT_READ, sock)
@@ -250,9 +253,12 @@ class RuntimeApiServer:
     def finish(self, response: InvokeResponse) -> None:
         invocation, self.current = self.current, None
         assert invocation is not None
-        self.read_output()
         if invocation.request.log:
+            self.read_output()  # what the bootstrap wrote before it answered belongs to this call
             response.logs = invocation.logs[-OUTPUT_TAIL:].decode("utf-8", "replace")
+        # This server's peak plus the bootstrap's (while it runs; an ended one is a waited-for child).
+        process = self.process
+        response.memory_peak_kb = peak_kb(process.pid if process is not None and process.returncode is None else 0)
         invocation.conn.answer(response)
 
     def fail_queued(self) -> None:
@@ -383,7 +389,7 @@ class RuntimeApiServer:
                                        content_type=content_type))
         else:
             self.finish(InvokeResponse(current.request.id, False, error=_posted_error(request, "Unhandled")))
-        conn.reply(202, {"status": "OK"}, request)
+        conn.accepted(request)
 
     def response_too_large(self, conn: ApiConn, head: Request | None, size: int) -> None:
         conn.send(http_wire.render_error(413, TOO_LARGE, f"Exceeded maximum allowed payload size ({MAX_RESPONSE} "
