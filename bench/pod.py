@@ -4,7 +4,7 @@ The pod is :class:`easyfaas.pod.Pod` with names of its own (bridge, veths, cgrou
 ``easyfaas.pod_names.PodNames``), the controller at ``--log-level warning`` so that logging is not
 what is measured, warm sandboxes kept for the whole run (``--max-runtime-idle``), and a kernel-leak
 audit after it stops. ``controller_loop`` is the controller's ``--event-loop`` (it runs on uvloop
-unless told otherwise; the funclet stays on asyncio, as pyroute2's async API needs).
+unless told otherwise; the funclet always runs on asyncio).
 """
 
 from __future__ import annotations
