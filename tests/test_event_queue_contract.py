@@ -332,6 +332,44 @@ async def test_sqlite_group_commit_shares_fsyncs(tmp_path: Path) -> None:
         await q.close()
 
 
+async def test_sqlite_lease_of_several_delivers_whole_events_in_due_order(tmp_path: Path) -> None:
+    from controller.event_queue.sqlite_backend import SQLiteEventQueue
+
+    q = SQLiteEventQueue(tmp_path)
+    await q.start()
+    try:
+        events = [dataclasses.replace(event(FN_A if i % 2 else FN_B, payload=f'{{"n": {i}}}'),
+                                      callback_url=f"http://127.0.0.1:9/{i}", enqueued_at=time.time() - 1 + i * 1e-3)
+                  for i in range(6)]
+        for ev in events:
+            await q.enqueue(ev)
+        got = await q.lease(10, lambda fn: 2 if fn == FN_A else 10, 2.0)
+        # FN_A has room for two: its third event stays queued, the others come whole, oldest first.
+        want = [ev for ev in events if ev.function == FN_B] + [ev for ev in events if ev.function == FN_A][:2]
+        want.sort(key=lambda ev: ev.enqueued_at)
+        assert [d.event for d in got] == want
+        assert all(d.attempts == 1 for d in got)
+        left = await q.lease(10, any_room, 2.0)
+        assert [d.event for d in left] == [events[5]] and left[0].attempts == 1
+    finally:
+        await q.close()
+
+
+async def test_sqlite_close_stops_its_thread_and_reader(tmp_path: Path) -> None:
+    import threading
+
+    from controller.event_queue.sqlite_backend import SQLiteEventQueue
+
+    q = SQLiteEventQueue(tmp_path)
+    await q.start()
+    assert any(t.name == "event-queue" for t in threading.enumerate())
+    await q.enqueue(event())
+    await q.close()
+    assert not any(t.name == "event-queue" for t in threading.enumerate())
+    with pytest.raises(Exception, match="not open"):
+        await q.lease(1, any_room, 0.1)
+
+
 async def test_sqlite_prune_drops_old_finished_records(tmp_path: Path) -> None:
     from controller.event_queue.sqlite_backend import SQLiteEventQueue
 

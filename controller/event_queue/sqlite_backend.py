@@ -3,10 +3,14 @@ state directory, owned by one controller.
 
 Every write goes through one writer task that runs all writes pending at that moment in one
 transaction (a group commit): an enqueue returns only after the commit's fsync, but concurrent
-enqueues share it. The database is touched from one thread only (a one-thread executor), so reads
-simply run between commits. A failed commit (disk full) rolls the whole batch back and fails each
-of its writes: nothing half-written. At start, events a crashed predecessor left ``running`` are
-queued again with their attempt counted.
+enqueues share it. Writes run on one thread (a one-thread executor). The reads of a few small
+columns that every event would otherwise pay an executor hop and a loop wake-up for (the
+dispatcher's lease selection, the next due time) run on the event loop through a second,
+query-only connection: WAL lets it read the last commit while a write is under way, in tens of
+µs. Records, listings and the depth, which may carry payloads and results, are read on the
+executor thread. A failed commit (disk full) rolls the whole batch back and fails each of its
+writes: nothing half-written. At start, events a crashed predecessor left ``running`` are queued
+again with their attempt counted.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,8 +96,14 @@ class SQLiteEventQueue:
         self.record_ttl = record_ttl
         self.max_records = max_records
         self.max_batch = max_batch
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="event-queue")
+        # The one thread that touches the writer's connection, fed through a SimpleQueue: a
+        # ThreadPoolExecutor's submit (its idle semaphore, the future chaining) costs the loop more
+        # per hop than the read or write it carries at a low rate.
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any],
+                                            asyncio.AbstractEventLoop] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # query-only, used from the event loop only
         self._pending: list[_Write] = []
         self._wake_writer = asyncio.Event()
         self._work_due = asyncio.Event()
@@ -107,10 +118,15 @@ class SQLiteEventQueue:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._serve, name="event-queue", daemon=True)
+        self._thread.start()
         recovered, active = await self._in_thread(self._open)
         # The events hold callers' payloads: root-only, as stubs' store (SQLite gives its -wal and
         # -shm files the database's mode).
         os.chmod(self.path, 0o600)
+        reader = sqlite3.connect(self.path, isolation_level=None)
+        reader.execute("PRAGMA query_only=1")
+        self._reader = reader
         for function, count in active:
             self._active[function] = count
             self._active_total += count
@@ -147,15 +163,38 @@ class SQLiteEventQueue:
             if not write.future.done():
                 write.future.set_exception(EventStoreUnavailable("the event queue is closing"))
         self._pending.clear()
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            reader.close()
         if self._db is not None:
             db, self._db = self._db, None
             await self._in_thread(db.close)
-        self._executor.shutdown(wait=True)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
 
     # ---- plumbing ------------------------------------------------------------------------------
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        if self._thread is None:
+            raise EventStoreUnavailable("the event queue is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((fn, args, future, loop))
+        return await future
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, future, loop = job
+            try:
+                outcome: tuple[bool, Any] = (True, fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                outcome = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_resolve, future, outcome)
+            except RuntimeError:
+                pass  # the loop is closed: nobody awaits the answer any more
 
     async def _write(self, run: Callable[[sqlite3.Connection], T], *, single: bool = False) -> T:
         """Run ``run`` in the next group commit; ``single``: it runs one statement (or raises before)."""
@@ -275,19 +314,19 @@ class SQLiteEventQueue:
     async def _lease_once(self, max_count: int, room: Room) -> tuple[list[Delivery], float | None]:
         now = time.time()
         taken: dict[str, int] = defaultdict(int)
-        chosen: list[tuple[int, QueuedEvent, int]] = []  # (seq, event, attempts with this lease)
+        chosen: list[int] = []  # seqs, in due order
         seen: set[int] = set()
         full: set[str] = set()
         # A function with no room must not hide the events of others behind it: look past it.
+        # The selection reads only (seq, function) on the loop; the write below takes the rows.
         for _ in range(4):
             exclude = ",".join("?" * len(full))
             limit = max_count - len(chosen) + len(seen)  # the chosen are still queued: skip them
-            rows = await self._read(f"SELECT {_LEASE_COLUMNS} FROM invocations WHERE status = 'queued' "
-                                    f"AND due_at <= ? AND function NOT IN ({exclude}) ORDER BY due_at LIMIT ?",
-                                    (now, *full, limit))
+            rows = self._read_here(f"SELECT seq, function FROM invocations WHERE status = 'queued' "
+                                   f"AND due_at <= ? AND function NOT IN ({exclude}) ORDER BY due_at LIMIT ?",
+                                   (now, *full, limit))
             more = False
-            for row in rows:
-                seq, function = row[0], row[2]
+            for seq, function in rows:
                 if seq in seen:
                     continue
                 if function in full or taken[function] >= room(function):
@@ -296,15 +335,13 @@ class SQLiteEventQueue:
                     continue
                 seen.add(seq)
                 taken[function] += 1
-                chosen.append((seq, QueuedEvent(request_id=row[1], function=function, function_arn=row[3],
-                                                account=row[4], payload=row[5], callback_url=row[6],
-                                                enqueued_at=row[7], traceparent=row[9]), row[8] + 1))
+                chosen.append(seq)
             if len(chosen) >= max_count or len(rows) < limit or not more:
                 break
         if not chosen:
             if full:
                 return [], now + 0.05  # everything due is over its function's room: look again shortly
-            nxt = await self._read("SELECT MIN(due_at) FROM invocations WHERE status = 'queued'", ())
+            nxt = self._read_here("SELECT MIN(due_at) FROM invocations WHERE status = 'queued'", ())
             return [], nxt[0][0] if nxt else None
         self._leases += 1
         generation = self._leases
@@ -312,15 +349,18 @@ class SQLiteEventQueue:
         def run(db: sqlite3.Connection) -> list[Delivery]:
             # Only this queue's dispatcher moves a queued event to running, and no other write takes
             # one out of the queue, so each chosen event is still queued: one statement for them all.
-            params = [(now, generation, seq) for seq, _, _ in chosen]
-            cur = db.executemany("UPDATE invocations SET status = 'running', attempts = attempts + 1, "
-                                 "started_at = ?, lease = ? WHERE seq = ? AND status = 'queued'", params)
-            if cur.rowcount == len(chosen):
-                return [Delivery(event, attempts, (seq, generation)) for seq, event, attempts in chosen]
-            leased = db.execute("SELECT seq FROM invocations WHERE lease = ? AND status = 'running'",
-                                (generation,)).fetchall()
-            mine = {row[0] for row in leased}
-            return [Delivery(event, attempts, (seq, generation)) for seq, event, attempts in chosen if seq in mine]
+            # The rows are read in the same transaction: the lease and what it delivers are one hop.
+            db.executemany("UPDATE invocations SET status = 'running', attempts = attempts + 1, "
+                           "started_at = ?, lease = ? WHERE seq = ? AND status = 'queued'",
+                           [(now, generation, seq) for seq in chosen])
+            marks = ",".join("?" * len(chosen))
+            rows = db.execute(f"SELECT {_LEASE_COLUMNS}, lease, status FROM invocations WHERE seq IN ({marks})",
+                              chosen).fetchall()
+            mine = {row[0]: row for row in rows if row[10] == generation and row[11] == "running"}
+            return [Delivery(QueuedEvent(request_id=row[1], function=row[2], function_arn=row[3], account=row[4],
+                                         payload=row[5], callback_url=row[6], enqueued_at=row[7],
+                                         traceparent=row[9]), row[8], (seq, generation))
+                    for seq in chosen if (row := mine.get(seq)) is not None]
 
         return await self._write(run, single=True), None
 
@@ -369,6 +409,16 @@ class SQLiteEventQueue:
         if db is None:
             raise EventStoreUnavailable("the event queue is not open")
         return await self._in_thread(lambda: db.execute(sql, args).fetchall())
+
+    def _read_here(self, sql: str, args: tuple[Any, ...] | list[Any]) -> list[tuple[Any, ...]]:
+        """A read of a few rows on the event loop (see the module docstring)."""
+        reader = self._reader
+        if reader is None:
+            raise EventStoreUnavailable("the event queue is not open")
+        try:
+            return reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise EventStoreUnavailable(f"the event queue could not be read: {exc}") from exc
 
     async def record(self, request_id: str) -> InvocationRecord | None:
         rows = await self._read(f"SELECT {_COLUMNS} FROM invocations WHERE request_id = ?", (request_id,))
@@ -456,6 +506,16 @@ class SQLiteEventQueue:
             return gone
 
         return await self._write(run)
+
+
+def _resolve(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _json_or_none(value: Any) -> str | None:
