@@ -36,6 +36,7 @@ from easyfaas.errors import InvalidInvokeCaller, InvalidParameterValue, RequestT
 from easyfaas.event_invoke import CALLBACK_URL, MAX_EVENT_SIZE, InvocationRecord, InvocationStatus
 from easyfaas.http import ACCOUNT_ID, REQUEST_ID
 from easyfaas.outbound import OutboundGuard
+from easyfaas.trace import TRACEPARENT, parse_traceparent
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +73,13 @@ class EventIntake:
             check_callback_url(callback)
             if self.guard is not None and self.guard.enabled:
                 await self.guard.check_url(callback, CALLBACK_URL)
+        # The caller's trace context goes with the event: each attempt runs as a child span of it.
+        traceparent = (headers.get(TRACEPARENT) or "").strip()
+        if traceparent and parse_traceparent(traceparent) is None:
+            traceparent = ""  # a malformed one starts a new trace, as on a synchronous call
         queued = QueuedEvent(request_id=request_id, function=str(brn.unqualified()), function_arn=str(brn),
-                             account=caller or fn.record.Configuration.Uid, payload=event, callback_url=callback)
+                             account=caller or fn.record.Configuration.Uid, payload=event, callback_url=callback,
+                             traceparent=traceparent)
         started = time.perf_counter()
         await self.queue.enqueue(queued)
         log.info("invoke_async_accepted", request_id=request_id, function=str(brn),

@@ -80,16 +80,20 @@ def parse_function_ref(ref: str, qualifier: str | None, caller: str) -> Brn:
     return brn
 
 
-def log_tail(request_id: str, version: str, logs: str, duration_ms: float, memory_mb: int) -> str:
+def log_tail(request_id: str, version: str, logs: str, duration_ms: float, memory_mb: int,
+             max_memory_mb: int = 0) -> str:
     """Base64 of the last 4 KiB of the invocation's log text (X-Bce-Log-Result)."""
-    return base64.b64encode(_tail_bytes(log_text(request_id, version, logs, duration_ms, memory_mb))).decode()
+    return base64.b64encode(_tail_bytes(log_text(request_id, version, logs, duration_ms, memory_mb,
+                                                 max_memory_mb))).decode()
 
 
-def log_text(request_id: str, version: str, logs: str, duration_ms: float, memory_mb: int) -> str:
+def log_text(request_id: str, version: str, logs: str, duration_ms: float, memory_mb: int,
+             max_memory_mb: int = 0) -> str:
     if logs and not logs.endswith("\n"):
         logs += "\n"
     return (f"START RequestID: {request_id} Version: {version}\n{logs}END RequestID: {request_id}\n"
-            f"REPORT RequestID: {request_id}\tDuration: {duration_ms:.3f} ms\tMemory Size: {memory_mb} MB\n")
+            f"REPORT RequestID: {request_id}\tDuration: {duration_ms:.3f} ms\tMemory Size: {memory_mb} MB\t"
+            f"Max Memory Used: {max_memory_mb} MB\n")
 
 
 def _tail_bytes(text: str) -> bytes:
@@ -307,9 +311,12 @@ class Invoker:
                 result = await self._call(fn, lease, event, request_id, want_log, trace)
                 if lease.cold:
                     result.init_ms = acquired * 1000
-                stats = lease.sandbox.container.ResourceStats
-                if stats is not None:
-                    result.memory_peak_mb = stats.MemoryPeak >> 20
+                if not result.memory_peak_mb:
+                    # No figure in the frame (a runtime that did not answer, or does not report
+                    # one): the funclet's last sample of the sandbox's cgroup, whatever its age.
+                    stats = lease.sandbox.container.ResourceStats
+                    if stats is not None:
+                        result.memory_peak_mb = stats.MemoryPeak >> 20
                 return result, ("cold" if lease.cold else "warm"), lease.sandbox.id
             except ChannelUnavailable as exc:
                 # Nothing reached the runtime (its socket is gone): recycle the slot, try once more.
@@ -369,12 +376,16 @@ class Invoker:
         duration_ms = (time.perf_counter() - started) * 1000
         logs = response.logs or ""
         if response.ok:
-            return InvokeResult(True, response.result, response.content_type, logs, duration_ms)
-        error = response.error or {}
-        if response.fatal:
-            self.pool.recycle(slot, lease.generation, f"fatal runtime error: {error.get('errorType', '')}")
-        # The runtime's error object verbatim: it is the function's answer.
-        return InvokeResult(False, json.dumps(error, ensure_ascii=False), CONTENT_TYPE_JSON, logs, duration_ms)
+            result = InvokeResult(True, response.result, response.content_type, logs, duration_ms)
+        else:
+            error = response.error or {}
+            if response.fatal:
+                self.pool.recycle(slot, lease.generation, f"fatal runtime error: {error.get('errorType', '')}")
+            # The runtime's error object verbatim: it is the function's answer.
+            result = InvokeResult(False, json.dumps(error, ensure_ascii=False), CONTENT_TYPE_JSON, logs, duration_ms)
+        # The runtime process's own high-water mark, in MB rounded up (Lambda's "Max Memory Used").
+        result.memory_peak_mb = (response.memory_peak_kb + 1023) >> 10
+        return result
 
     def _respond(self, result: InvokeResult, fn: ResolvedFunction, request_id: str, tail: bool,
                  to_body: bool) -> InvokeReply:
@@ -384,7 +395,8 @@ class Invoker:
         text = ""
         if tail or to_body:
             cfg = fn.record.Configuration
-            text = log_text(request_id, cfg.Version, result.logs, result.duration_ms, cfg.MemorySize)
+            text = log_text(request_id, cfg.Version, result.logs, result.duration_ms, cfg.MemorySize,
+                            result.memory_peak_mb)
             if tail:
                 headers[LOG_RESULT] = base64.b64encode(_tail_bytes(text)).decode()
         if to_body:

@@ -165,6 +165,9 @@ class InvokeResponse:
     Not ok: ``error`` is a function error object (:class:`FunctionError`'s wire form,
     ``{"errorMessage", "errorType", "stackTrace"}``); ``fatal`` says the runtime cannot serve again
     (the controller recycles the sandbox). ``logs`` is present only when asked.
+    ``memory_peak_kb``: the runtime process's high-water resident memory so far, in KiB (its own
+    plus its children's, as the runtime can see them): the invocation's "Max Memory Used". Left out
+    of the frame when 0 (unknown).
     """
 
     id: str
@@ -174,6 +177,7 @@ class InvokeResponse:
     error: dict[str, Any] | None = None
     fatal: bool = False
     logs: str | None = None
+    memory_peak_kb: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.id, "ok": self.ok}
@@ -185,6 +189,8 @@ class InvokeResponse:
             body["fatal"] = self.fatal
         if self.logs is not None:
             body["logs"] = self.logs
+        if self.memory_peak_kb:
+            body["memory_peak_kb"] = self.memory_peak_kb
         return body
 
     @classmethod
@@ -192,7 +198,7 @@ class InvokeResponse:
         """Strict read: raises FrameError when a field has the wrong type (a broken runtime).
 
         Only ``ok`` (and ``error`` when not ok) must be present; a missing ``content_type`` of a
-        result is CONTENT_TYPE_TEXT.
+        result is CONTENT_TYPE_TEXT, a missing ``memory_peak_kb`` 0.
         """
         ok = body.get("ok")
         if not isinstance(ok, bool):
@@ -207,9 +213,13 @@ class InvokeResponse:
         content_type = body.get("content_type")
         if content_type is not None and not isinstance(content_type, str):
             raise FrameError("response frame with a non-text 'content_type'")
+        memory = body.get("memory_peak_kb", 0)
+        if not isinstance(memory, int) or isinstance(memory, bool) or memory < 0:
+            raise FrameError("response frame with a 'memory_peak_kb' that is not a non-negative integer")
         return cls(id=_text(body.get("id")), ok=ok, result=result,
                    content_type=content_type or (CONTENT_TYPE_TEXT if ok else ""),
-                   error=error if isinstance(error, dict) else None, fatal=body.get("fatal") is True, logs=logs)
+                   error=error if isinstance(error, dict) else None, fatal=body.get("fatal") is True, logs=logs,
+                   memory_peak_kb=memory)
 
 
 # ---- function errors --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from easyfaas.keys import PodCredentials
 from easyfaas.logging import setup_logging
 from easyfaas.metrics import TRIGGER_HEADER, TriggerMetrics, add_observability_routes, new_registry
 from easyfaas.tls import server_tls
+from easyfaas.trace import TRACEPARENT
 from httptrigger.endpoint import GatewayEndpoint, gateway_security
 from httptrigger.gateway import InvokeCall
 
@@ -58,10 +59,13 @@ def controller_call(controller: str, session: aiohttp.ClientSession,
     base = _base_url(controller)
     function_error = FUNCTION_ERROR.lower()
 
-    async def call(brn: str, account_id: str, event: bytes, request_id: str) -> tuple[int, Mapping[str, str], bytes]:
+    async def call(brn: str, account_id: str, event: bytes, request_id: str,
+                   traceparent: str) -> tuple[int, Mapping[str, str], bytes]:
         url = f"{base}/v1/functions/{quote(brn, safe=':$')}/invocations"
         headers = {ACCOUNT_ID: account_id, REQUEST_ID: request_id, "Content-Type": "application/json",
                    TRIGGER_HEADER: "http", **(credentials.headers() if credentials is not None else {})}
+        if traceparent:
+            headers[TRACEPARENT] = traceparent
         name = function_of(brn)[1]
         if metrics is not None:
             metrics.fired("http", name)

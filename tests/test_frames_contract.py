@@ -65,14 +65,15 @@ def test_request_read_is_tolerant(body: dict[str, Any], expected: InvokeRequest)
     assert InvokeRequest.from_wire(body) == expected
 
 
+memory = st.integers(min_value=0, max_value=2**40)
 responses = st.one_of(
     st.builds(InvokeResponse, id=texts, ok=st.just(True), result=texts,
               content_type=st.sampled_from([CONTENT_TYPE_TEXT, CONTENT_TYPE_JSON]),
-              logs=st.none() | texts),
+              logs=st.none() | texts, memory_peak_kb=memory),
     st.builds(InvokeResponse, id=texts, ok=st.just(False),
               error=st.fixed_dictionaries({"errorMessage": texts, "errorType": texts,
                                            "stackTrace": st.lists(texts, max_size=3)}),
-              fatal=st.booleans(), logs=st.none() | texts),
+              fatal=st.booleans(), logs=st.none() | texts, memory_peak_kb=memory),
 )
 
 
@@ -81,6 +82,8 @@ def test_response_round_trips_through_json(response: InvokeResponse) -> None:
     wire = json.loads(frames.encode(response.to_wire())[frames.HEADER.size:])
     assert InvokeResponse.from_wire(wire) == response
     assert ("logs" in wire) == (response.logs is not None)
+    # An unknown peak (0) stays off the wire.
+    assert ("memory_peak_kb" in wire) == (response.memory_peak_kb != 0)
 
 
 def test_response_defaults() -> None:
@@ -89,6 +92,7 @@ def test_response_defaults() -> None:
     assert InvokeResponse("a", True, "r").to_wire()["content_type"] == CONTENT_TYPE_TEXT
     failed = InvokeResponse.from_wire({"id": "a", "ok": False, "error": {}})
     assert (failed.ok, failed.fatal, failed.error, failed.logs) == (False, False, {}, None)
+    assert failed.memory_peak_kb == 0  # a runtime that does not report its memory
 
 
 @pytest.mark.parametrize("body, reason", [
@@ -99,6 +103,10 @@ def test_response_defaults() -> None:
     ({"id": "a", "ok": True, "result": 42}, "non-text 'result'"),
     ({"id": "a", "ok": True, "result": "", "logs": ["x"]}, "non-text 'result' or 'logs'"),
     ({"id": "a", "ok": True, "result": "", "content_type": 5}, "content_type"),
+    ({"id": "a", "ok": True, "result": "", "memory_peak_kb": "40M"}, "memory_peak_kb"),
+    ({"id": "a", "ok": True, "result": "", "memory_peak_kb": -1}, "memory_peak_kb"),
+    ({"id": "a", "ok": True, "result": "", "memory_peak_kb": 1.5}, "memory_peak_kb"),
+    ({"id": "a", "ok": True, "result": "", "memory_peak_kb": True}, "memory_peak_kb"),
 ])
 def test_response_read_is_strict(body: dict[str, Any], reason: str) -> None:
     with pytest.raises(FrameError, match=reason):
@@ -121,6 +129,9 @@ def test_function_error_wire_form() -> None:
 PY_HANDLER = """
     def handler(event, context):
         print("log line")
+        if event.get("alloc_mb"):
+            hog = bytearray(event["alloc_mb"] << 20)
+            hog[::4096] = b"x" * len(hog[::4096])  # touched, so resident
         if event.get("mode") == "string":
             return "plain text \u00fc"
         if event.get("mode") == "fail":
@@ -132,6 +143,7 @@ PY_HANDLER = """
 NODE_HANDLER = """
     exports.handler = async (event, context) => {
       console.log("log line");
+      if (event.alloc_mb) { const hog = Buffer.alloc(event.alloc_mb << 20, 1); globalThis.hog = hog; }
       if (event.mode === "string") return "plain text \u00fc";
       if (event.mode === "fail") { const e = new Error("it failed"); e.name = "ValueError"; throw e; }
       return { echo: event, request_id: context.requestId, aws_request_id: context.awsRequestId,
@@ -195,6 +207,18 @@ def test_function_error(runtime: RuntimeProcess) -> None:
     error = FunctionError.from_wire(response.error)
     assert (error.type, error.message) == ("ValueError", "it failed")
     assert isinstance(error.stack_trace, list)
+
+
+def test_memory_peak_is_the_runtime_process_high_water_mark(runtime: RuntimeProcess) -> None:
+    small = _invoke(runtime, _request({}, 6))
+    assert small.ok and 1024 <= small.memory_peak_kb < 200 << 10  # a runtime's own few MiB
+    big = _invoke(runtime, _request({"alloc_mb": 40}, 7))
+    assert big.ok, big.error
+    assert big.memory_peak_kb >= small.memory_peak_kb + (40 << 10) - 1024
+    # A high-water mark: it stays after the memory is given back.
+    assert _invoke(runtime, _request({}, 8)).memory_peak_kb >= big.memory_peak_kb
+    failed = _invoke(runtime, _request({"mode": "fail"}, 9))
+    assert not failed.ok and failed.memory_peak_kb >= big.memory_peak_kb
 
 
 def test_string_result_and_no_logs_unless_asked(runtime: RuntimeProcess) -> None:

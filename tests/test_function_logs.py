@@ -9,6 +9,7 @@ log files on disk.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -68,6 +69,22 @@ async def test_sync_invocation_without_tail_is_kept_with_lambda_lines(env: Env) 
     assert second.group(1) == "r-2" and second.group(2) is None, "a warm invocation has none"
     # What the caller sent as traceparent reaches the lines, as X-Ray's header.
     assert lines[0]["trace_id"].startswith("Root=1-")
+
+
+async def test_max_memory_used_is_the_runtime_s_own_figure(env: Env) -> None:
+    # The frame's memory_peak_kb, in MB rounded up: in the kept REPORT line and in the Log-Type tail.
+    resp = await env.invoke("hello", {"memory_peak_kb": 41000, "log": "big"},
+                            headers={**H, "X-easyfaas-Request-Id": "m-1", "Log-Type": "Tail"})
+    assert resp.status == 200
+    tail = base64.b64decode(resp.headers["X-Bce-Log-Result"]).decode()
+    assert tail.endswith("Memory Size: 128 MB\tMax Memory Used: 41 MB\n"), tail
+    await env.invoke("hello", {"memory_peak_kb": 1}, headers={**H, "X-easyfaas-Request-Id": "m-2"})
+    reports = {l["request_id"]: l["message"] for l in await logs_of(env) if l["message"].startswith("REPORT")}
+    assert "\tMax Memory Used: 41 MB\t" in reports["m-1"]
+    assert "\tMax Memory Used: 1 MB\t" in reports["m-2"]
+    # A frame whose figure is not a count of KiB is not a valid response (a broken runtime).
+    resp = await env.invoke("hello", {"memory_peak_kb": "lots"})
+    assert resp.status == 500 and resp.headers["X-easyfaas-Function-Error"] == "Unhandled"
 
 
 async def test_async_invocation_is_kept(env: Env) -> None:

@@ -30,9 +30,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 
 ECHO = """\
-import base64, json, time
+import base64, json, os, time
 def handler(event, context):
     path = event.get('rawPath') or event.get('path') or ''
+    if path.endswith('/trace'):
+        return {'statusCode': 200, 'body': os.environ.get('_X_AMZN_TRACE_ID', '')}
     if path.endswith('/fail'):
         raise ValueError('secret detail of the failure')
     if path.endswith('/slow'):
@@ -126,6 +128,36 @@ async def test_function_urls(gw_pod: Pod, http: aiohttp.ClientSession, echo: str
         assert r.status == 404 and await r.json() == {"message": "Not Found"}
     async with http.get(f"{gw}/{ACCOUNT}/nosuch{secrets.token_hex(2)}") as r:
         assert r.status == 404 and await r.json() == {"message": "Not Found"}
+
+
+CALLER_TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def traced_get(http: aiohttp.ClientSession, url: str, traceparent: str | None) -> tuple[str, str]:
+    """(the function's _X_AMZN_TRACE_ID, the answer's traceparent) of GET ``url`` (a /trace path)."""
+    async with http.get(url, headers={"traceparent": traceparent} if traceparent else {}) as r:
+        assert r.status == 200, await r.text()
+        return await r.text(), r.headers["traceparent"]
+
+
+def assert_one_span(xray: str, traceparent: str, trace_id: str | None = None) -> None:
+    """The function ran as the span the answer names, in ``trace_id``'s trace (any, when None)."""
+    version, trace, span, flags = traceparent.split("-")
+    assert version == "00" and (trace_id is None or trace == trace_id)
+    assert xray == f"Root=1-{trace[:8]}-{trace[8:]};Parent={span};Sampled={int(flags == '01')}"
+
+
+async def test_traceparent_through_the_gateway(gw_pod: Pod, http: aiohttp.ClientSession, echo: str) -> None:
+    gw = gw_pod.gateway_url  # type: ignore[attr-defined]
+    caller_trace = CALLER_TRACE.split("-")[1]
+    for url in (f"{gw}/{echo}/v2/trace", f"{gw}/{echo}/v1/trace", f"{gw}/{ACCOUNT}/{echo}/trace"):
+        xray, back = await traced_get(http, url, CALLER_TRACE)
+        assert_one_span(xray, back, caller_trace)
+        assert back.split("-")[2] != CALLER_TRACE.split("-")[2], "the invocation is a span of its own"
+        # Without one, the answer still names the trace the invocation started.
+        xray, back = await traced_get(http, url, None)
+        assert_one_span(xray, back)
+        assert back.split("-")[1] != caller_trace and back.endswith("-00")
 
 
 async def test_errors_as_each_product_answers_them(gw_pod: Pod, http: aiohttp.ClientSession, echo: str) -> None:
@@ -231,6 +263,8 @@ async def test_standalone_httptrigger_process(gw_pod: Pod, http: aiohttp.ClientS
             assert time.monotonic() < deadline and proc.poll() is None, "python -m httptrigger did not come up"
             await asyncio.sleep(0.2)
         assert ev["version"] == "1.0" and ev["pathParameters"] == {"id": "3"}
+        xray, back = await traced_get(http, f"http://127.0.0.1:{port}/{echo}/v2/trace", CALLER_TRACE)
+        assert_one_span(xray, back, CALLER_TRACE.split("-")[1])
         async with http.get(f"http://127.0.0.1:{port}/{echo}/v2/fail") as r:
             assert r.status == 500 and await r.json() == {"message": "Internal Server Error"}
     finally:

@@ -178,7 +178,7 @@ async def test_httptrigger_counts_firings_and_errors() -> None:
     add_observability_routes(app, registry, healthz_route=True)
     async with aiohttp.ClientSession() as session, TestClient(TestServer(app, host="127.0.0.1")) as client:
         call = httptrigger.app.controller_call(f"127.0.0.1:{free_port()}", session, metrics)
-        status, _, _ = await call("brn:cloud:faas:bj:" + "a" * 32 + ":function:fn:$LATEST", "someone", b"{}", "r-1")
+        status, _, _ = await call("brn:cloud:faas:bj:" + "a" * 32 + ":function:fn:$LATEST", "someone", b"{}", "r-1", "")
         assert status == 503
         text = await (await client.get("/metrics")).text()
         assert value(text, "easyfaas_trigger_firings_total", trigger="http", function="fn") == 1

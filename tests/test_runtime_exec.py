@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import textwrap
 import time
@@ -142,3 +143,20 @@ def test_large_output_comes_back_whole(start_exec: Any) -> None:
     rt.read_status()
     blob = "z" * (5 * 1024 * 1024)
     assert rt.invoke(blob)["result"] == blob
+
+
+def test_memory_peak_counts_the_invocation_s_process(start_exec: Any) -> None:
+    # A child's peak counts once it is waited for (RUSAGE_CHILDREN), on top of the runtime's own.
+    rt = start_exec(f"""
+        #!{os.path.realpath(sys.executable)}
+        import sys
+        size = int(sys.stdin.read() or 0) << 20
+        hog = b"x" * size
+        print(len(hog))
+    """)
+    assert rt.read_status() == {"ok": True}
+    small = rt.invoke("0")
+    assert small["ok"] and small["memory_peak_kb"] > 0
+    big = rt.invoke("60")
+    assert big["ok"] and big["result"].strip() == str(60 << 20)
+    assert big["memory_peak_kb"] >= (60 << 10) and big["memory_peak_kb"] > small["memory_peak_kb"]

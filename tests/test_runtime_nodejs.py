@@ -51,6 +51,7 @@ def test_callback_hello_world(start_node: Any) -> None:
     assert rt.read_status() == {"ok": True}
     assert rt.status_closed()
     response = rt.invoke(id="n1")
+    assert response.pop("memory_peak_kb") > 0  # the process's peak memory (tests/test_frames_contract.py)
     assert response == {"id": "n1", "ok": True, "result": "Hello world!",
                         "content_type": "text/plain; charset=utf-8", "logs": ""}
 

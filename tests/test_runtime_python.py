@@ -173,6 +173,7 @@ def test_string_result_is_verbatim_text(start_python: Any) -> None:
     assert rt.read_status() == {"ok": True}
     assert rt.status_closed()
     response = rt.invoke({"name": "world"}, id="abc")
+    assert response.pop("memory_peak_kb") > 0  # the process's peak memory (tests/test_frames_contract.py)
     assert response == {"id": "abc", "ok": True, "result": "Hello world",
                         "content_type": "text/plain; charset=utf-8", "logs": ""}
 

@@ -2,8 +2,10 @@
 through the controller (frame ``trace_id``, the response's ``traceparent``, the kept log lines).
 
 Real parts for the round trip: tests/test_controller_api.py's environment (the controller
-application on a real server, frame-speaking runtimes on unix sockets). The real Python runtime's
-``_X_AMZN_TRACE_ID`` is checked end to end in tests/test_metrics_prometheus.py.
+application on a real server, frame-speaking runtimes on unix sockets). An asynchronous invocation
+carries the caller's trace through the queue (tests/test_async_api.py's environment). The real
+runtimes' ``_X_AMZN_TRACE_ID`` is checked end to end in tests/test_metrics_prometheus.py and
+tests/test_observability_e2e.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import AsyncIterator
 import pytest
 
 from easyfaas.trace import TraceContext, continue_trace, parse_traceparent
-from tests.fakes.controller_app import H, Env, make_env
+from tests.fakes.controller_app import H, AsyncEnv, Env, make_async_env, make_env
 
 W3C = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -80,3 +82,32 @@ async def test_a_trace_is_started_when_none_comes(env: Env) -> None:
     error = await env.invoke("nothere", headers={**H, "traceparent": W3C})
     assert error.status == 404
     assert error.headers["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+
+
+@pytest.fixture
+async def async_env() -> AsyncIterator[AsyncEnv]:
+    e, cleanup = await make_async_env()
+    try:
+        yield e
+    finally:
+        await cleanup()
+
+
+async def test_an_asynchronous_invocation_continues_the_caller_s_trace(async_env: AsyncEnv) -> None:
+    rid = await async_env.enqueue("hello", {"log": "later"}, {"traceparent": W3C, "X-easyfaas-Request-Id": "at-1"})
+    record = await async_env.finished(rid)
+    assert record["Status"] == "succeeded" and record["Traceparent"] == W3C
+    frame = next(r for r in async_env.requests_seen() if r["request_id"] == "at-1")
+    root, parent, sampled = frame["trace_id"].split(";")
+    assert (root, sampled) == ("Root=1-4bf92f35-77b34da6a3ce929d0e0e4736", "Sampled=1")
+    assert re.fullmatch(r"Parent=[0-9a-f]{16}", parent) and parent != "Parent=00f067aa0ba902b7", "a span of its own"
+    resp = await async_env.client.get("/v1/functions/hello/logs", headers=H, params={"request_id": "at-1"})
+    lines = [json.loads(line) for line in (await resp.text()).splitlines()]
+    assert "later" in [line["message"] for line in lines]
+    assert {line["trace_id"] for line in lines} == {frame["trace_id"]}
+    # No traceparent, or a malformed one: nothing kept, each attempt starts a trace of its own.
+    for n, headers in enumerate(({}, {"traceparent": "garbage"})):
+        rid = await async_env.enqueue("hello", {}, {**headers, "X-easyfaas-Request-Id": f"at-{n + 2}"})
+        assert "Traceparent" not in await async_env.finished(rid)
+        frame = next(r for r in async_env.requests_seen() if r["request_id"] == rid)
+        assert frame["trace_id"].startswith("Root=1-") and "4bf92f35" not in frame["trace_id"]

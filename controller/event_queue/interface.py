@@ -25,7 +25,12 @@ from easyfaas.event_invoke import InvocationRecord, InvocationStatus
 
 @dataclass(frozen=True)
 class QueuedEvent:
-    """An asynchronous invocation as accepted: everything needed to run it later, in any pod."""
+    """An asynchronous invocation as accepted: everything needed to run it later, in any pod.
+
+    ``traceparent``: the caller's W3C trace context (easyfaas/trace.py); each attempt runs as a new
+    span of that trace, a child of the caller's. Empty when the caller sent none (each attempt then
+    starts a trace of its own).
+    """
 
     request_id: str
     function: str  # the unqualified BRN: the unit of bounds, filters and per-function settings
@@ -34,18 +39,22 @@ class QueuedEvent:
     payload: str
     enqueued_at: float = field(default_factory=time.time)
     callback_url: str = ""
+    traceparent: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"RequestId": self.request_id, "Function": self.function, "FunctionArn": self.function_arn,
+        data = {"RequestId": self.request_id, "Function": self.function, "FunctionArn": self.function_arn,
                 "Account": self.account, "Payload": self.payload, "EnqueuedAt": self.enqueued_at,
                 "CallbackUrl": self.callback_url}
+        if self.traceparent:
+            data["Traceparent"] = self.traceparent
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueuedEvent:
         return cls(request_id=str(data["RequestId"]), function=str(data["Function"]),
                    function_arn=str(data["FunctionArn"]), account=str(data["Account"]),
                    payload=str(data["Payload"]), enqueued_at=float(data["EnqueuedAt"]),
-                   callback_url=str(data.get("CallbackUrl") or ""))
+                   callback_url=str(data.get("CallbackUrl") or ""), traceparent=str(data.get("Traceparent") or ""))
 
 
 @dataclass

@@ -324,7 +324,8 @@ class NatsEventQueue:
             return None
         now = time.time()
         event = QueuedEvent(letter.event.request_id, letter.event.function, letter.event.function_arn,
-                            letter.event.account, letter.event.payload, now, letter.event.callback_url)
+                            letter.event.account, letter.event.payload, now, letter.event.callback_url,
+                            letter.event.traceparent)
         fresh = _new_record(event)
         await self._modify(request_id, lambda cur: fresh)
         try:
@@ -357,10 +358,13 @@ class NatsEventQueue:
 
 
 def _new_record(event: QueuedEvent) -> dict[str, Any]:
-    return {"RequestId": event.request_id, "Function": event.function, "FunctionArn": event.function_arn,
-            "Account": event.account, "Status": InvocationStatus.QUEUED.value, "Attempts": 0,
-            "EnqueuedAt": event.enqueued_at, "StartedAt": None, "FinishedAt": None, "Result": None, "Error": None,
-            "LogResult": None, "DeadLetter": False}
+    record = {"RequestId": event.request_id, "Function": event.function, "FunctionArn": event.function_arn,
+              "Account": event.account, "Status": InvocationStatus.QUEUED.value, "Attempts": 0,
+              "EnqueuedAt": event.enqueued_at, "StartedAt": None, "FinishedAt": None, "Result": None,
+              "Error": None, "LogResult": None, "DeadLetter": False}
+    if event.traceparent:
+        record["Traceparent"] = event.traceparent
+    return record
 
 
 def _record_of(rec: dict[str, Any]) -> InvocationRecord:
@@ -369,5 +373,5 @@ def _record_of(rec: dict[str, Any]) -> InvocationRecord:
                             EnqueuedAt=rec["EnqueuedAt"], StartedAt=rec.get("StartedAt"),
                             FinishedAt=rec.get("FinishedAt"), Result=rec.get("Result"), Error=rec.get("Error"),
                             LogResult=rec.get("LogResult"), DeadLetter=bool(rec.get("DeadLetter")),
-                            Extra={"Callback": rec["Callback"]} if rec.get("Callback") else {})
+                            Extra={key: rec[key] for key in ("Callback", "Traceparent") if rec.get(key)})
 

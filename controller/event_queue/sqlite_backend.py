@@ -54,14 +54,15 @@ CREATE TABLE IF NOT EXISTS invocations (
     log_result TEXT,
     dead INTEGER NOT NULL DEFAULT 0,
     lease INTEGER,
-    callback TEXT
+    callback TEXT,
+    traceparent TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS invocations_due ON invocations(due_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS invocations_account ON invocations(account, seq);
 CREATE INDEX IF NOT EXISTS invocations_finished ON invocations(finished_at) WHERE finished_at IS NOT NULL;
 """
 _COLUMNS = ("request_id, function, function_arn, account, payload, callback_url, status, attempts, enqueued_at, "
-            "started_at, finished_at, result, error, log_result, dead, callback")
+            "started_at, finished_at, result, error, log_result, dead, callback, traceparent")
 _ACTIVE = ("queued", "running")
 
 
@@ -118,8 +119,11 @@ class SQLiteEventQueue:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
-        if "callback" not in {row[1] for row in db.execute("PRAGMA table_info(invocations)")}:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(invocations)")}
+        if "callback" not in columns:
             db.execute("ALTER TABLE invocations ADD COLUMN callback TEXT")  # a queue made before callbacks
+        if "traceparent" not in columns:  # ... or before trace context
+            db.execute("ALTER TABLE invocations ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''")
         # Whatever was running when the last controller died is queued again: its attempt counts.
         cur = db.execute("UPDATE invocations SET status = 'queued', due_at = ? WHERE status = 'running'",
                          (time.time(),))
@@ -211,9 +215,9 @@ class SQLiteEventQueue:
         try:
             await self._write(lambda db: db.execute(
                 "INSERT INTO invocations (request_id, function, function_arn, account, payload, callback_url, "
-                "status, attempts, enqueued_at, due_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+                "status, attempts, enqueued_at, due_at, traceparent) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
                 (event.request_id, event.function, event.function_arn, event.account, event.payload,
-                 event.callback_url, event.enqueued_at, event.enqueued_at)))
+                 event.callback_url, event.enqueued_at, event.enqueued_at, event.traceparent)))
         except sqlite3.IntegrityError:
             self._release(event.function)
             raise ResourceConflict(f"request id {event.request_id} was already accepted") from None
@@ -439,11 +443,20 @@ def _json_or_none(value: Any) -> str | None:
 
 def _event_of(row: tuple[Any, ...]) -> QueuedEvent:
     return QueuedEvent(request_id=row[0], function=row[1], function_arn=row[2], account=row[3], payload=row[4],
-                       callback_url=row[5], enqueued_at=row[8])
+                       callback_url=row[5], enqueued_at=row[8], traceparent=row[16])
 
 
 def _record_of(row: tuple[Any, ...]) -> InvocationRecord:
     return InvocationRecord(RequestId=row[0], FunctionArn=row[2], Account=row[3], Status=InvocationStatus(row[6]),
                             Attempts=row[7], EnqueuedAt=row[8], StartedAt=row[9], FinishedAt=row[10],
                             Result=row[11], Error=json.loads(row[12]) if row[12] else None, LogResult=row[13],
-                            DeadLetter=bool(row[14]), Extra={"Callback": json.loads(row[15])} if row[15] else {})
+                            DeadLetter=bool(row[14]), Extra=_extra(json.loads(row[15]) if row[15] else None, row[16]))
+
+
+def _extra(callback: Any, traceparent: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if callback:
+        extra["Callback"] = callback
+    if traceparent:
+        extra["Traceparent"] = traceparent
+    return extra

@@ -33,6 +33,7 @@ from controller.registry import ResolvedFunction
 from easyfaas.brn import LATEST, Brn, BrnError, account_hash
 from easyfaas.errors import FaasError
 from easyfaas.event_invoke import Condition, EventInvokeConfig, InvocationStatus, destination_record
+from easyfaas.trace import continue_trace
 
 log = structlog.get_logger(__name__)
 
@@ -175,7 +176,9 @@ class EventWorkers:
         try:
             fn = await self._resolve(ev)
             self._learn_limit(ev.function, fn)
-            result, source, slot = await self.invoker.run(fn, ev.account, ev.payload, ev.request_id, True)
+            # Each attempt is a new span, a child of the caller's.
+            result, source, slot = await self.invoker.run(fn, ev.account, ev.payload, ev.request_id, True,
+                                                          trace=continue_trace(ev.traceparent or None))
         except FunctionInitError as exc:
             result = InvokeResult(False, json.dumps(exc.error, ensure_ascii=False), "application/json", "", 0.0)
             source, slot = "cold", ""
@@ -200,7 +203,8 @@ class EventWorkers:
         tail = None
         if fn is not None:
             cfg = fn.record.Configuration
-            tail = log_tail(ev.request_id, cfg.Version, result.logs, result.duration_ms, cfg.MemorySize)
+            tail = log_tail(ev.request_id, cfg.Version, result.logs, result.duration_ms, cfg.MemorySize,
+                            result.memory_peak_mb)
         log.info("invoke_async", request_id=ev.request_id, function=ev.function_arn, slot=slot, source=source,
                  attempt=d.attempts, status=200 if result.ok else 500,
                  duration_ms=round((time.perf_counter() - started) * 1000, 3))
@@ -299,7 +303,7 @@ class EventWorkers:
         qualified = dest if dest.qualifier else dest.with_qualifier(LATEST)
         event = QueuedEvent(request_id=str(uuid.uuid4()), function=str(dest.unqualified()),
                             function_arn=str(qualified), account=ev.account,
-                            payload=json.dumps(record, ensure_ascii=False))
+                            payload=json.dumps(record, ensure_ascii=False), traceparent=ev.traceparent)
         try:
             await self.queue.enqueue(event)
         except Exception as exc:  # noqa: BLE001 - the event itself is settled; the destination is best effort

@@ -16,7 +16,8 @@ class FrameRuntime:
     ``{"sleep": s}`` wait s seconds first; ``{"crash": true}`` close without answering;
     ``{"garbage": true}`` answer with a frame that is not JSON; ``{"half": true}`` send half a frame
     and close; ``{"fail": msg}`` a function error; ``{"fatal": true}`` a fatal error;
-    ``{"return": v}`` return v; ``{"log": text}`` captured output; anything else: echo the event.
+    ``{"return": v}`` return v; ``{"log": text}`` captured output; ``{"memory_peak_kb": n}`` reports n
+    as the runtime's peak memory; anything else: echo the event.
     """
 
     def __init__(self, path: str) -> None:
@@ -81,6 +82,8 @@ class FrameRuntime:
                 else:
                     reply = {"id": frame["id"], "ok": True, "result": frame["event"],
                              "content_type": "application/json", "logs": logs}
+                if "memory_peak_kb" in event:
+                    reply["memory_peak_kb"] = event["memory_peak_kb"]
                 writer.write(encode(reply))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -384,11 +384,46 @@ function encode(message) {
   return Buffer.concat([header, body]);
 }
 
+// memory_peak_kb: the process's high-water resident memory (ru_maxrss, KiB), the invocation's
+// "Max Memory Used"; one getrusage per response. exec keeps the parent's resident set at fork as
+// the new program's ru_maxrss: while ours is still that inherited figure, VmHWM of
+// /proc/self/status (this process's own; the file kept open) is read instead
+// (runner/runtimes/python/memory_peak.py).
+const statusBuffer = Buffer.alloc(8192);
+let statusFd = -1;
+
+function ownPeakKb() {
+  try {
+    const n = fs.readSync(statusFd, statusBuffer, 0, statusBuffer.length, 0);
+    const match = /\nVmHWM:\s*(\d+)/.exec(statusBuffer.toString('latin1', 0, n));
+    return match ? parseInt(match[1], 10) : 0;
+  } catch (err) {
+    return 0;
+  }
+}
+
+const inheritedMaxRss = (() => {
+  const rss = process.resourceUsage().maxRSS;
+  try { statusFd = fs.openSync('/proc/self/status', 'r'); } catch (err) { return 0; }
+  const own = ownPeakKb(); // read after: ours can only have grown since
+  if (own && rss > own) return rss;
+  fs.closeSync(statusFd);
+  statusFd = -1;
+  return 0;
+})();
+
+function memoryPeakKb() {
+  const rss = process.resourceUsage().maxRSS;
+  return rss > inheritedMaxRss ? rss : (ownPeakKb() || rss);
+}
+
 function encodeResponse(response) {
+  const memoryPeak = memoryPeakKb();
+  response.memory_peak_kb = memoryPeak;
   try {
     return encode(response);
   } catch (err) {
-    return encode({ id: response.id, ok: false, fatal: false,
+    return encode({ id: response.id, ok: false, fatal: false, memory_peak_kb: memoryPeak,
       error: { errorMessage: String(err.message), errorType: 'Runtime.ResponseSizeTooLarge', stackTrace: [] } });
   }
 }

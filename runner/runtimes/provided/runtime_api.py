@@ -33,6 +33,7 @@ from easyfaas.frames import InvokeRequest, InvokeResponse
 from runner.runtimes.provided import http_wire
 from runner.runtimes.provided.connections import MAX_RESPONSE, ApiConn, Connection, FrameConn
 from runner.runtimes.provided.http_wire import Request
+from runner.runtimes.python.memory_peak import peak_kb
 
 API_PREFIX = "/2018-06-01/runtime"
 DEFAULT_ADDRESS = "127.0.0.1:9001"
@@ -255,6 +256,9 @@ class RuntimeApiServer:
         if invocation.request.log:
             self.read_output()  # what the bootstrap wrote before it answered belongs to this call
             response.logs = invocation.logs[-OUTPUT_TAIL:].decode("utf-8", "replace")
+        # This server's peak plus the bootstrap's (while it runs; an ended one is a waited-for child).
+        process = self.process
+        response.memory_peak_kb = peak_kb(process.pid if process is not None and process.returncode is None else 0)
         invocation.conn.answer(response)
 
     def fail_queued(self) -> None:

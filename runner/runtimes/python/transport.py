@@ -21,6 +21,7 @@ from typing import Callable
 from easyfaas.frames import (HEADER, MAX_FRAME, FrameError, InvokeRequest, InvokeResponse, decode_body, encode,
                              recv_frame)
 from runner.runtimes.python.errors import INTERNAL_ERROR, MARSHAL_ERROR, RESPONSE_TOO_LARGE, error_object, make_error
+from runner.runtimes.python.memory_peak import peak_kb
 
 Invoke = Callable[[InvokeRequest], InvokeResponse]
 _RETRYABLE_ACCEPT_ERRNOS = (23, 24, 105, 12)  # ENFILE, EMFILE, ENOBUFS, ENOMEM: back off, retry
@@ -36,13 +37,16 @@ def answer(conn: socket.socket, request: InvokeRequest, invoke: Invoke) -> bool:
         traceback.print_exc(file=sys.__stderr__)
         response = InvokeResponse(request.id, False, error=error_object(exc, INTERNAL_ERROR),
                                   logs="" if request.log else None)
+    # Measured after the handler (and an exec invocation's process, waited for) ran.
+    memory = response.memory_peak_kb = peak_kb()
     try:
         payload = encode(response.to_wire())
     except FrameError as exc:
-        payload = encode(InvokeResponse(request.id, False, error=make_error(str(exc), RESPONSE_TOO_LARGE)).to_wire())
+        payload = encode(InvokeResponse(request.id, False, error=make_error(str(exc), RESPONSE_TOO_LARGE),
+                                        memory_peak_kb=memory).to_wire())
     except (TypeError, ValueError) as exc:
         payload = encode(InvokeResponse(request.id, False, error=make_error(
-            f"Unable to marshal response: {exc}", MARSHAL_ERROR)).to_wire())
+            f"Unable to marshal response: {exc}", MARSHAL_ERROR), memory_peak_kb=memory).to_wire())
     try:
         conn.sendall(payload)
     except OSError:
