@@ -70,6 +70,8 @@ class MainThread:
         self.invoke = invoke
         self._selector = selectors.DefaultSelector()
         self._buffers: dict[socket.socket, bytearray] = {}
+        self._read_buffer = bytearray(_RECV_SIZE)
+        self._read_view = memoryview(self._read_buffer)
 
     def run(self) -> None:
         selector = self._selector
@@ -104,17 +106,19 @@ class MainThread:
 
     def _serve(self, sock: socket.socket) -> None:
         """Read what ``sock`` has and answer every whole frame in it; close it at EOF or on garbage."""
+        # Into one buffer kept for every read: a fresh bytes object of _RECV_SIZE per call is an
+        # mmap, mremap and munmap each time.
         try:
-            data = sock.recv(_RECV_SIZE)
+            n = sock.recv_into(self._read_buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self._close(sock)
             return
         buf = self._buffers[sock]
-        buf += data
+        buf += self._read_view[:n]
         while len(buf) >= _HEADER_SIZE:
             (length,) = HEADER.unpack_from(buf)
             if length > MAX_FRAME:
