@@ -82,12 +82,15 @@ class MainThread:
             except Exception:  # noqa: BLE001 - a handler's signal handler fired while idle
                 traceback.print_exc(file=sys.__stderr__)
                 continue
-            for key, _ in ready:
-                sock = key.fileobj
-                if sock is self.listener:
-                    self._accept()
-                elif sock in self._buffers:  # not closed by an earlier event of this round
-                    self._serve(sock)  # type: ignore[arg-type]
+            try:
+                for key, _ in ready:
+                    sock = key.fileobj
+                    if sock is self.listener:
+                        self._accept()
+                    elif sock in self._buffers:  # not closed by an earlier event of this round
+                        self._serve(sock)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - a handler's signal handler fired between invocations
+                traceback.print_exc(file=sys.__stderr__)
 
     def _accept(self) -> None:
         try:
