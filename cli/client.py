@@ -19,7 +19,7 @@ from email.message import Message
 from typing import Any, Iterator, Mapping
 
 from easyfaas.errors import FaasError, error_from_dict
-from easyfaas.http import ACCOUNT_ID
+from easyfaas.http_vocabulary import ACCOUNT_ID
 
 from cli.exits import CliError, ExitCode, exit_code_for_status
 from cli.settings import Settings

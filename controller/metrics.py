@@ -19,12 +19,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Protocol
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from controller.pool.records import Phase
-from easyfaas.metrics import MAX_SERIES, OVERFLOW, Buckets, Tally, histogram_family
+from easyfaas.metrics import (MAX_SERIES, OVERFLOW, Buckets, Collector, CollectorRegistry, CounterMetricFamily,
+                              GaugeMetricFamily, Metric, Tally, histogram_family)
 
 if TYPE_CHECKING:
     from controller.code_prefetch import CodePrefetcher

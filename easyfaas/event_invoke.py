@@ -38,7 +38,7 @@ class InvocationStatus(str, enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self in (InvocationStatus.SUCCEEDED, InvocationStatus.FAILED, InvocationStatus.EXPIRED)
+        return self is not InvocationStatus.QUEUED and self is not InvocationStatus.RUNNING
 
 
 class Condition(str, enum.Enum):

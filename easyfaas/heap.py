@@ -1,6 +1,6 @@
 """The daemons' garbage-collector setting: what start-up built is kept out of later collections.
 
-A full (generation 2) collection walks every tracked object. In the funclet, with pyroute2, aiohttp
+A full (generation 2) collection walks every tracked object. In the funclet, with its libraries
 and a pool of sandboxes loaded, one took 30 ms, and the cold start that met it waited for it: the
 single 30-110 ms outliers among the benchmark's cold starts. Objects that live as long as the process
 need no collecting, so once a daemon is up they move to the collector's permanent generation, and a

@@ -1,8 +1,7 @@
 """aiohttp pieces shared by the public HTTP services (stubs, controller, funclet, httptrigger).
 
-* :data:`REQUEST_ID` & co.: the invoke API's vocabulary, defined once for callers and the
-  controller: the original's header names, their values (``INVOKE_TYPE_EVENT``, ``LOG_TYPE_TAIL``,
-  ``FUNCTION_ERROR_UNHANDLED``), the query parameters, and the platform's JSON content type.
+* :data:`REQUEST_ID` & co.: the invoke API's vocabulary (defined in easyfaas/http_vocabulary.py,
+  which clients import without aiohttp), re-exported here.
 * :func:`request_id_middleware`: every request gets an external request id (taken from
   ``X-easyfaas-Request-Id`` or a new UUID), bound into structlog's context and echoed back.
 * :func:`error_middleware`: every error leaves as the FaasError JSON body; tracebacks go to the log,
@@ -33,36 +32,25 @@ from easyfaas.errors import (
 
 log = structlog.get_logger(__name__)
 
-# ---- the invoke API's vocabulary (callers and the controller import these) ----------------------
-
-REQUEST_ID = "X-easyfaas-Request-Id"
-ACCOUNT_ID = "X-easyfaas-Account-Id"
-FUNCTION_ERROR = "X-easyfaas-Function-Error"
-EXEC_TIME = "X-easyfaas-Function-Exectime"
-LOG_RESULT = "X-Bce-Log-Result"
-#: request header (or ``?logType=``): LOG_TYPE_TAIL asks for the log tail in LOG_RESULT
-LOG_TYPE = "Log-Type"
-#: request header (or ``?logToBody=true``): answer a JSON envelope with the log text and payload
-LOG_TO_BODY = "Log-To-Body"
-INVOKE_TYPE = "X-easyfaas-Invoke-Type"
-
-#: INVOKE_TYPE of an asynchronous invocation (answered 202 at once); compared case-insensitively
-INVOKE_TYPE_EVENT = "event"
-#: INVOKE_TYPE of a synchronous invocation, the default
-INVOKE_TYPE_REQUEST_RESPONSE = "RequestResponse"
-#: LOG_TYPE asking for the log tail; compared case-insensitively
-LOG_TYPE_TAIL = "Tail"
-#: FUNCTION_ERROR's value when the function failed (its error object is the body)
-FUNCTION_ERROR_UNHANDLED = "Unhandled"
-
-#: query parameters of the invoke route (and, for QUERY_QUALIFIER, of stubs' function routes)
-QUERY_QUALIFIER = "Qualifier"
-QUERY_LOG_TYPE = "logType"        # same as the LOG_TYPE header
-QUERY_LOG_TO_BODY = "logToBody"   # same as the LOG_TO_BODY header
-
-CONTENT_TYPE = "Content-Type"
-#: content type of every JSON body the platform writes itself (errors, envelopes)
-JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+from easyfaas.http_vocabulary import (  # noqa: F401 - re-exported: the services import them from here
+    REQUEST_ID,
+    ACCOUNT_ID,
+    FUNCTION_ERROR,
+    EXEC_TIME,
+    LOG_RESULT,
+    LOG_TYPE,
+    LOG_TO_BODY,
+    INVOKE_TYPE,
+    INVOKE_TYPE_EVENT,
+    INVOKE_TYPE_REQUEST_RESPONSE,
+    LOG_TYPE_TAIL,
+    FUNCTION_ERROR_UNHANDLED,
+    QUERY_QUALIFIER,
+    QUERY_LOG_TYPE,
+    QUERY_LOG_TO_BODY,
+    CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
+)
 
 #: where request_id_middleware stores the request's external id
 REQUEST_ID_KEY = web.RequestKey("request_id", str)

@@ -10,6 +10,11 @@ name is under ``easyfaas_``.
 Hot paths count into plain Python objects (:class:`Tally`, :class:`Buckets`); collectors turn them
 into metric families when Prometheus scrapes, so a request pays a few integer additions and no
 lock, label lookup or formatting.
+
+prometheus-client is loaded without its package's ``__init__`` (which brings its HTTP servers,
+push gateway client and metric classes, about 1 MiB of each daemon's resident memory): the
+registry and metric-family modules at start, the exposition format at the first scrape. The
+services' metric modules import those names from here.
 """
 
 from __future__ import annotations
@@ -18,13 +23,18 @@ import bisect
 from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client import exposition
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
 
-__all__ = ["BEFORE_SCRAPE", "FAAS_BUCKETS", "MAX_SERIES", "MEMORY_BUCKETS", "METRICS_REGISTRY", "OVERFLOW",
+from easyfaas.daemon_imports import package_without_its_exports
+
+package_without_its_exports("prometheus_client")
+
+from prometheus_client.metrics_core import (  # noqa: E402
+    CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric)
+from prometheus_client.process_collector import ProcessCollector  # noqa: E402
+from prometheus_client.registry import Collector, CollectorRegistry  # noqa: E402
+
+__all__ = ["BEFORE_SCRAPE", "Collector", "CollectorRegistry", "CounterMetricFamily", "GaugeMetricFamily", "Metric",
+           "FAAS_BUCKETS", "MAX_SERIES", "MEMORY_BUCKETS", "METRICS_REGISTRY", "OVERFLOW",
            "TRIGGERS", "TRIGGER_HEADER", "Buckets", "ReadinessCheck", "Tally", "TriggerMetrics",
            "add_observability_routes", "histogram_family", "new_registry", "trigger_of"]
 
@@ -39,10 +49,6 @@ OVERFLOW = "_other"
 #: The request header a trigger names itself in (the conventions' ``faas.trigger`` values).
 TRIGGER_HEADER = "X-easyfaas-Trigger"
 TRIGGERS = frozenset({"datasource", "http", "pubsub", "timer", "other"})
-
-# The text format generate_latest writes, 0.0.4, which every Prometheus reads (newer clients' own
-# default names 1.0.0, the escaping scheme older servers do not know).
-CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
 METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 READINESS = web.AppKey("readiness", object)
@@ -152,10 +158,15 @@ def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 # ---- routes ----------------------------------------------------------------------------------------
 
 async def metrics(request: web.Request) -> web.Response:
+    from prometheus_client import exposition  # at the first scrape (see the module's docstring)
+
     for refresh in request.app.get(BEFORE_SCRAPE, ()):
         await refresh()
-    body = generate_latest(request.app[METRICS_REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    body = exposition.generate_latest(request.app[METRICS_REGISTRY])
+    # The text format generate_latest writes, 0.0.4, which every Prometheus reads (newer clients'
+    # own default names 1.0.0, the escaping scheme older servers do not know).
+    content_type = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def _always_ready(_: web.Application) -> tuple[bool, dict[str, Any]]:

@@ -17,12 +17,11 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from easyfaas.brn import function_of
-from easyfaas.metrics import MAX_SERIES, MEMORY_BUCKETS, OVERFLOW, Buckets, add_observability_routes, histogram_family
+from easyfaas.metrics import (MAX_SERIES, MEMORY_BUCKETS, OVERFLOW, Buckets, Collector, CollectorRegistry,
+                              CounterMetricFamily, GaugeMetricFamily, Metric, add_observability_routes,
+                              histogram_family)
 from easyfaas.models import SandboxState
 from funclet.pool import SandboxPool
 

@@ -19,8 +19,7 @@ from typing import Any, Callable, Collection
 import structlog
 
 from runner import control
-from runner.control import Op, SandboxSpec
-from runner.zygote import zygote_command
+from runner.control import Op, SandboxSpec, zygote_command
 
 log = structlog.get_logger(__name__)
 

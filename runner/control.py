@@ -162,3 +162,9 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def zygote_command(python: str, repo_root: str, fd: int) -> list[str]:
+    """argv that starts the zygote (``runner/zygote.py``) on inherited socket fd ``fd`` (stdlib only: -I -S)."""
+    code = f"import sys; sys.path.insert(0, {repo_root!r}); import runner.zygote as z; z.main({int(fd)})"
+    return [python, "-I", "-S", "-c", code]

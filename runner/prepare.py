@@ -1,7 +1,8 @@
 """`runner prepare`: write the language runtimes and the sandbox root skeleton for this host.
 
-Runtimes go to ``<runtime-dir>/<name>/runtime.yaml`` (+ bootstrap files); stubs serves them as
-runtime configurations. The root skeleton (``<rootfs-dir>/etc``: passwd, group, hosts,
+Runtimes go to ``<runtime-dir>/<name>/runtime.yaml`` (+ bootstrap files), written as JSON (which
+is YAML, and what the daemons read without a YAML parser); stubs serves them as runtime
+configurations. The root skeleton (``<rootfs-dir>/etc``: passwd, group, hosts,
 resolv.conf, nsswitch.conf) is bound read-only onto the sandbox's ``/etc``. Every write is atomic
 (temporary file + rename), and running it again gives the same result.
 
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
 log = structlog.get_logger(__name__)
 
@@ -161,7 +161,7 @@ def write_runtimes(runtime_dir: Path, python: PythonInfo, node: str | None) -> l
     configs = runtime_configurations(runtime_dir, python, node)
     for name, config in configs.items():
         target = runtime_dir / name
-        write_atomic(target / "runtime.yaml", yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
+        write_atomic(target / "runtime.yaml", json.dumps(config, indent=2).encode() + b"\n")
         if config["Launch"] == "fork-python":
             # The exec fallback (`python -I -S /var/runtime/bootstrap.py`) has no repository: the
             # modules it imports travel next to it, as the same `easyfaas` and `runner` packages.

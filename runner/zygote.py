@@ -1,6 +1,6 @@
 """The zygote: a small, stdlib-only Python process that forks one sandbox init per spawn request.
 
-The funclet starts it once (``zygote_command``) with one end of a SOCK_SEQPACKET socketpair. It
+The funclet starts it once (``runner.control.zygote_command``) with one end of a SOCK_SEQPACKET socketpair. It
 pre-imports the runner and the Python runtime, so a sandbox costs a fork (~1.5 ms) instead of an
 interpreter start (~40 ms), and forked Python runtimes share its pages.
 
@@ -26,12 +26,6 @@ import runner.runtimes.python.bootstrap  # noqa: F401
 from easyfaas import syscalls as sc
 from runner import control
 from runner.control import Op
-
-
-def zygote_command(python: str, repo_root: str, fd: int) -> list[str]:
-    """argv that starts the zygote on inherited socket fd ``fd`` (stdlib only: -I -S)."""
-    code = f"import sys; sys.path.insert(0, {repo_root!r}); import runner.zygote as z; z.main({int(fd)})"
-    return [python, "-I", "-S", "-c", code]
 
 
 def main(sock_fd: int) -> NoReturn:

@@ -10,10 +10,8 @@ import os
 from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
-from easyfaas.metrics import Tally, add_observability_routes, new_registry
+from easyfaas.metrics import Collector, Metric, Tally, add_observability_routes, new_registry
 from stubs.store import FunctionStore
 
 __all__ = ["StubsMetrics", "add_stubs_observability"]

@@ -15,8 +15,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from easyfaas import syscalls
-from funclet.sandbox.network import netns_socket
-from tests.sandbox_harness import sandbox_process
+from tests.sandbox_harness import netns_iproute, sandbox_process
 
 def _write(path: str, value: str) -> None:
     with open(path, "w") as f:
@@ -79,7 +78,7 @@ def outside() -> Iterator[Outside]:
             # Replies to masqueraded traffic come in here and are forwarded to the bridge.
             _write(f"/proc/sys/net/ipv4/conf/{host_ifname}/forwarding", "1")
             ipr.addr("add", index=index, address=f"2001:db8:{n:x}::1", prefixlen=64, flags=0x80)  # nodad
-        with netns_socket(pid) as inner:
+        with netns_iproute(pid) as inner:
             inner.link("set", index=1, state="up")
             (eth0,) = inner.link_lookup(ifname="eth0")
             for host in (2, 3):

@@ -1,12 +1,14 @@
 """Helpers for the Lambda parity tests (tests/test_lambda_parity*.py): an HTTP session on the
 session pod (the ``http`` fixture, which the test modules import), deploying
 and calling a function through the public HTTP contract with its log tail (:class:`Reply`), zips of
-a directory tree, ``pip install --target`` for vendored packages, and Lambda's own event shapes."""
+a directory tree, ``pip install --target`` for vendored packages, Lambda's own event shapes, and
+the small stdlib Runtime API client that ``provided`` bootstraps start from (:func:`python_bootstrap`)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,37 @@ from tests.pod_harness import unique
 
 PIP = [sys.executable, "-m", "pip"]
 ISO_MS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+PYTHON = os.path.realpath(sys.executable)  # bound into every sandbox (runner.prepare.host_binds)
+
+# A minimal Runtime API client the parity tests' Python bootstraps share (stdlib, one keep-alive connection).
+CLIENT = f"""#!{PYTHON} -IS
+import http.client, json, os, socket, sys, time
+API = os.environ["AWS_LAMBDA_RUNTIME_API"]
+BASE = "/2018-06-01/runtime"
+conn = http.client.HTTPConnection(*API.split(":"))
+
+def api(method, path, body=None, headers=None):
+    conn.request(method, path, body=body, headers=headers or {{}})
+    reply = conn.getresponse()
+    data = reply.read()
+    try:
+        data = json.loads(data)
+    except ValueError:
+        data = data.decode()
+    return reply.status, data, reply
+
+def next_event():
+    status, event, reply = api("GET", BASE + "/invocation/next")
+    return event, reply.getheader("Lambda-Runtime-Aws-Request-Id")
+
+def respond(request_id, result):
+    return api("POST", f"{{BASE}}/invocation/{{request_id}}/response", json.dumps(result),
+               {{"Content-Type": "application/json"}})[:2]
+"""
+
+
+def python_bootstrap(body: str) -> dict[str, str]:
+    return {"bootstrap": CLIENT + body}
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Real sandboxes without a pod, for tests that play the funclet (as root): a zygote on a host of
 prepared runtimes (``host``, one per module), sandboxes spawned through it (``spawn``), code
 directories to bind into them (``code_dirs``), and forked children in network namespaces of their
-own with sockets inside them.
+own with sockets (and pyroute2's ``IPRoute``, to look at them from inside) in them.
 
 The fixtures are shared through ``pytest_plugins`` in tests/conftest.py. The host makes the slots
 dir a shared mount, starts the zygote with ``zygote_command`` and spawns sandboxes with a
@@ -30,12 +30,13 @@ from typing import Any
 
 import pytest
 import yaml
+from pyroute2 import IPRoute
 
 from easyfaas import frames
 from easyfaas import syscalls as sc
 from runner import control
+from runner.control import zygote_command
 from runner.prepare import host_binds, prepare
-from runner.zygote import zygote_command
 from tests.fakes.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -332,6 +333,25 @@ def socket_in_netns(pid: int, kind: int = socket.SOCK_DGRAM) -> Iterator[socket.
         os.close(target)
     with sock:
         yield sock
+
+
+@contextmanager
+def netns_iproute(pid: int) -> Iterator[IPRoute]:
+    """pyroute2's ``IPRoute`` on a netlink socket inside the netns of ``pid``: a view of the sandbox's
+    network independent of the funclet's own netlink client."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        sc.setns(target, sc.CLONE_NEWNET)
+        try:
+            ipr = IPRoute(groups=0)
+        finally:
+            sc.setns(own, sc.CLONE_NEWNET)
+    finally:
+        os.close(own)
+        os.close(target)
+    with ipr:
+        yield ipr
 
 
 def udp_probe(sender: socket.socket, receiver: socket.socket, dst: str, timeout: float = 0.5) -> bool:

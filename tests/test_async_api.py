@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from typing import Any, AsyncIterator
 
@@ -15,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from controller.async_api import EVENT_QUEUE
+from controller.async_api import EVENT_QUEUE, EVENT_WORKERS
 from controller.event_queue import QueuedEvent
 from controller.options import parse_controller_options
 from tests.fakes.controller_app import EVENT, H, AsyncEnv, make_async_env
@@ -158,6 +159,30 @@ async def test_throttle_requeues_without_counting_the_attempt() -> None:
         body = await e.finished(rid)
         assert (await sync).status == 200
         assert body["Status"] == "succeeded" and body["Attempts"] == 1
+    finally:
+        await cleanup()
+
+
+async def test_an_event_leased_ahead_goes_back_uncounted_when_the_controller_stops() -> None:
+    # Room for two of the function's events (2 sandboxes, share 1), one worker to run them.
+    e, cleanup = await make_async_env("--event-workers", "1", "--event-concurrency-share", "1", containers=2)
+    try:
+        queue = e.client.app[EVENT_QUEUE]
+        workers = e.client.app[EVENT_WORKERS]
+        first = await e.enqueue("hello", {"sleep": 3.0})
+        await until(lambda: e.requests_seen() != [], timeout=5.0)
+        second = await e.enqueue("hello", {"n": 2})
+        # The one worker is busy: the second is leased ahead and waits for it.
+        await until(lambda: workers.in_flight == 2, timeout=5.0)
+        status, body = await e.record(second)
+        assert status == 200 and body["Status"] == "running" and body["Attempts"] == 1
+        await e.client.close()  # a clean stop: the running event finishes, the waiting one goes back
+        db = sqlite3.connect(queue.path)
+        try:
+            rows = dict(db.execute("SELECT request_id, status || ':' || attempts FROM invocations"))
+        finally:
+            db.close()
+        assert rows == {first: "succeeded:1", second: "queued:0"}
     finally:
         await cleanup()
 

@@ -74,7 +74,27 @@ def test_table_lists_each_budget_line(smoke: tuple[dict, str]) -> None:
         for label in ("MQTT QoS 1 published", "schedule due time", "warm c=64 beside a schedule",
                       "warm c=1 p50 beside them"):
             assert label in stdout, f"{label!r} missing from the table:\n{stdout}"
-    assert len(r["budget"]) == 9 + (3 if sources else 0), r["budget"]
+    compiled = "skipped" not in r["provided"]["compiled"]  # no cc: the compiled bootstrap's rows say skipped
+    labels = (("`provided` warm c=1 p50, compiled bootstrap", "`provided` cold start p50") if compiled
+              else ("`provided` vs native, compiled bootstrap",))
+    for label in (*labels, "`provided` with a Python bootstrap", "bootstrap's own start"):
+        assert label in stdout, f"{label!r} missing from the table:\n{stdout}"
+    assert len(r["budget"]) == 9 + (2 if compiled else 0) + (3 if sources else 0), r["budget"]
+
+
+def test_provided_is_measured_with_both_bootstraps(smoke: tuple[dict, str]) -> None:
+    r, _ = smoke
+    p = r["provided"]
+    compiled = p["compiled"]
+    if shutil.which("cc") is None:
+        assert "cc" in compiled["skipped"], compiled
+    else:
+        assert "skipped" not in compiled, compiled
+    for figures in (p, compiled) if "skipped" not in compiled else (p,):
+        w, cold = figures["warm_c1"], figures["cold"]
+        for value in (w["provided_p50_ms"], w["native_p50_ms"], w["ratio_p50"], cold["provided"]["p50_ms"],
+                      cold["native"]["p50_ms"], cold["ratio_p50"], cold["bootstrap_own_start"]["p50_ms"]):
+            assert _finite(value), figures
 
 
 def test_the_sync_path_is_measured_beside_the_event_sources(smoke: tuple[dict, str]) -> None:

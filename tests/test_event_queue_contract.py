@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.event_queue.interface import EventQueue, Outcome, QueuedEvent
+from controller.event_queue.interface import Delivery, EventQueue, Outcome, QueuedEvent
 from easyfaas.errors import ResourceConflict
 from easyfaas.event_invoke import EventQueueFull, InvocationStatus
 from tests.nats_harness import NatsServer
@@ -214,6 +214,75 @@ async def test_records_newest_first_with_filters(queue: EventQueue) -> None:
     assert len(await queue.records(account=ACCOUNT, status=InvocationStatus.QUEUED)) == 3
 
 
+async def lease_n(q: EventQueue, n: int) -> list[Delivery]:
+    got: list[Delivery] = []
+    while len(got) < n:
+        more = await q.lease(n - len(got), any_room, 5.0)
+        assert more, f"only {len(got)} of {n} events came up"
+        got.extend(more)
+    return got
+
+
+async def test_listing_is_newest_first_filtered_and_limited_through_status_changes(queue: EventQueue) -> None:
+    mine: list[QueuedEvent] = []
+    for i in range(12):
+        ev = event(FN_A if i % 2 == 0 else FN_B)
+        await queue.enqueue(ev)
+        mine.append(ev)
+        if i in (3, 8):
+            await queue.enqueue(event(FN_A, account="acct2"))
+        await asyncio.sleep(0.002)
+    newest = [ev.request_id for ev in reversed(mine)]
+    of_a = [ev.request_id for ev in reversed(mine) if ev.function == FN_A]
+
+    # The oldest four run: two succeed, one fails (a dead letter), one is still running.
+    leased = {d.event.request_id: d for d in await lease_n(queue, 4)}
+    assert set(leased) == {ev.request_id for ev in mine[:4]}
+    first = [ev.request_id for ev in mine[:4]]
+    await queue.finish(leased[first[0]], Outcome(InvocationStatus.SUCCEEDED, result="0"))
+    await queue.finish(leased[first[2]], Outcome(InvocationStatus.SUCCEEDED, result="2"))
+    await queue.finish(leased[first[1]], Outcome(InvocationStatus.FAILED, error={"errorType": "E"}))
+
+    async def ids(**kw: object) -> list[str]:
+        return [r.RequestId for r in await queue.records(account=ACCOUNT, **kw)]  # type: ignore[arg-type]
+
+    assert await ids() == newest  # each record once, whatever its status went through
+    assert await ids(limit=5) == newest[:5]
+    assert await ids(function=FN_A) == of_a
+    assert await ids(function=FN_A, limit=2) == of_a[:2]
+    assert await ids(status=InvocationStatus.SUCCEEDED) == [first[2], first[0]]
+    assert await ids(status=InvocationStatus.SUCCEEDED, limit=1) == [first[2]]
+    assert await ids(status=InvocationStatus.SUCCEEDED, function=FN_B) == []
+    assert await ids(status=InvocationStatus.FAILED) == [first[1]]
+    assert await ids(status=InvocationStatus.RUNNING) == [first[3]]
+    assert await ids(status=InvocationStatus.QUEUED, limit=3) == newest[:3]
+    assert await ids(status=InvocationStatus.QUEUED, function=FN_B) == [i for i in newest[:8] if i not in of_a]
+    others = await queue.records(account="acct2")
+    assert len(others) == 2 and all(r.Account == "acct2" for r in others)
+
+    # Dead letters: newest failure first, Limit and the function filter honoured.
+    await queue.finish(leased[first[3]], Outcome(InvocationStatus.FAILED, error={"errorType": "E"}))
+    await asyncio.sleep(0.002)
+    late = {d.event.account: d for d in await lease_n(queue, 2)}  # the next due: acct2's first, then ours
+    assert set(late) == {ACCOUNT, "acct2"}
+    for d in late.values():
+        await queue.finish(d, Outcome(InvocationStatus.EXPIRED, error={"errorType": "Age"}))
+    dead_order = [late[ACCOUNT].event.request_id, first[3], first[1]]
+    assert [dl.event.request_id for dl in await queue.dead_letters(account=ACCOUNT)] == dead_order
+    assert [dl.event.request_id for dl in await queue.dead_letters(account=ACCOUNT, limit=2)] == dead_order[:2]
+    assert [dl.event.request_id for dl in await queue.dead_letters(account=ACCOUNT, function=FN_B)] == \
+        [i for i in dead_order if i not in of_a]
+    assert [dl.event.request_id for dl in await queue.dead_letters(account="acct2")] == \
+        [late["acct2"].event.request_id]
+
+    # A redriven dead letter leaves the dead letters and is listed once more, as queued.
+    assert await queue.redrive(first[1]) is not None
+    assert first[1] not in [dl.event.request_id for dl in await queue.dead_letters(account=ACCOUNT)]
+    assert (await ids()).count(first[1]) == 1
+    assert first[1] in await ids(status=InvocationStatus.QUEUED)
+    assert first[1] not in await ids(status=InvocationStatus.FAILED)
+
+
 async def test_duplicate_request_id_is_refused(queue: EventQueue) -> None:
     ev = event()
     await queue.enqueue(ev)
@@ -300,6 +369,44 @@ async def test_nats_buckets_made_with_other_settings_are_used(tmp_path: Path) ->
             assert rec is not None and rec.Status is InvocationStatus.QUEUED
         finally:
             await second.close()
+    finally:
+        server.stop()
+
+
+async def test_nats_listing_skips_stale_index_keys_and_indexes_older_records(tmp_path: Path) -> None:
+    from controller.event_queue.nats_backend import INDEX_BUCKET, NatsEventQueue, record_index_key
+
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        q = NatsEventQueue(server.url)
+        await q.start()
+        try:
+            old, new = event(), event()
+            await q.enqueue(old)
+            await q.enqueue(new)
+            d = await lease_one(q)
+            await q.finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+            # A crash between an index key and its record's change leaves a key the record denies.
+            rec, _ = await q._get(old.request_id)
+            assert rec is not None
+            await q._put_index(record_index_key({**rec, "Status": InvocationStatus.FAILED.value}))
+            assert await q.records(account=ACCOUNT, status=InvocationStatus.FAILED) == []
+            assert [r.RequestId for r in await q.records(account=ACCOUNT)] == [new.request_id, old.request_id]
+            # Records kept before the index existed (an older controller) are indexed at start.
+            assert q._js is not None
+            await q._js.delete_key_value(INDEX_BUCKET)
+        finally:
+            await q.close()
+        q = NatsEventQueue(server.url)
+        await q.start()
+        try:
+            listed = await q.records(account=ACCOUNT)
+            assert [r.RequestId for r in listed] == [new.request_id, old.request_id]
+            assert [r.RequestId for r in await q.records(account=ACCOUNT, status=InvocationStatus.SUCCEEDED)] == \
+                [old.request_id]
+        finally:
+            await q.close()
     finally:
         server.stop()
 

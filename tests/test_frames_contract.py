@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from easyfaas import frames
 from easyfaas.frames import (CONTENT_TYPE_JSON, CONTENT_TYPE_TEXT, FrameError, FunctionError, FunctionErrorType,
                              InvokeRequest, InvokeResponse)
-from test_runtime_python import REPO, RuntimeProcess, python_runtime_argv, runtime_env
+from tests.runtime_harness import REPO, RuntimeProcess, python_runtime_argv, runtime_env
 
 NODE = shutil.which("node") or "/usr/bin/node"
 NODE_BOOTSTRAP = str(REPO / "runner" / "runtimes" / "nodejs" / "bootstrap.js")

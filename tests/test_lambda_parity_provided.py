@@ -8,9 +8,7 @@ Each test names the Lambda behaviour it mirrors (/work/shared/reference/event-co
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +17,10 @@ import aiohttp
 import pytest
 
 from easyfaas.function_code import brn
-from tests.lambda_harness import (ISO_MS, call, deploy, http, log_lines, pip_install_into,  # noqa: F401 - http: fixture
-                                  zip_of_dir)
+from tests.lambda_harness import (ISO_MS, PYTHON, call, deploy, http, log_lines, pip_install_into,  # noqa: F401 - http: fixture
+                                  python_bootstrap, zip_of_dir)
 
 pytestmark = pytest.mark.e2e
-
-PYTHON = os.path.realpath(sys.executable)  # bound into every sandbox (runner.prepare.host_binds)
 
 SHELL_BOOTSTRAP = """#!/bin/sh
 set -eu
@@ -38,37 +34,6 @@ while true; do
   curl -sS "http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation/$REQUEST_ID/response" -d "$RESPONSE" >/dev/null
 done
 """
-
-# A minimal Runtime API client the Python bootstraps below share (stdlib, one keep-alive connection).
-CLIENT = f"""#!{PYTHON} -IS
-import http.client, json, os, socket, sys, time
-API = os.environ["AWS_LAMBDA_RUNTIME_API"]
-BASE = "/2018-06-01/runtime"
-conn = http.client.HTTPConnection(*API.split(":"))
-
-def api(method, path, body=None, headers=None):
-    conn.request(method, path, body=body, headers=headers or {{}})
-    reply = conn.getresponse()
-    data = reply.read()
-    try:
-        data = json.loads(data)
-    except ValueError:
-        data = data.decode()
-    return reply.status, data, reply
-
-def next_event():
-    status, event, reply = api("GET", BASE + "/invocation/next")
-    return event, reply.getheader("Lambda-Runtime-Aws-Request-Id")
-
-def respond(request_id, result):
-    return api("POST", f"{{BASE}}/invocation/{{request_id}}/response", json.dumps(result),
-               {{"Content-Type": "application/json"}})[:2]
-"""
-
-
-def python_bootstrap(body: str) -> dict[str, str]:
-    return {"bootstrap": CLIENT + body}
-
 
 async def deploy_provided(http: aiohttp.ClientSession, files: dict[str, str], runtime: str = "provided",
                           **kwargs: object) -> str:
@@ -103,6 +68,39 @@ async def test_lambdas_runtime_names_map_to_provided(http: aiohttp.ClientSession
     reply = await call(http, name, {"via": runtime})
     assert reply.status == 200, reply
     assert reply.json()["event"] == {"via": runtime}
+
+
+@pytest.fixture(scope="module")
+def c_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """bench/provided_bootstrap.c built as Lambda's provided.al2023 users build theirs: a static binary."""
+    from bench.provided import compile_bootstrap
+
+    binary, why = compile_bootstrap(str(tmp_path_factory.mktemp("c-bootstrap")))
+    if binary is None:
+        pytest.skip(f"the compiled bootstrap cannot be built here: {why}")
+    return binary
+
+
+async def test_compiled_bootstrap_runs_unchanged(http: aiohttp.ClientSession, c_bootstrap: bytes) -> None:
+    """A compiled custom runtime (a static C Runtime API client, as Go, Rust's lambda_runtime and C++
+    runtimes are deployed on provided.al2023) runs unchanged: each call returns the event it posted
+    back, over one keep-alive connection."""
+    name = await deploy_provided(http, {"bootstrap": c_bootstrap}, runtime="provided.al2023")
+    for n in range(3):
+        reply = await call(http, name, {"compiled": True, "n": n})
+        assert reply.status == 200, reply
+        assert reply.json() == {"compiled": True, "n": n}
+
+
+async def test_compiled_bootstrap_sees_the_callers_request_id(http: aiohttp.ClientSession, c_bootstrap: bytes) -> None:
+    """``Lambda-Runtime-Aws-Request-Id``, as a compiled runtime reads it off ``next``, is the request
+    id the caller got back in ``X-easyfaas-Request-Id``."""
+    name = await deploy_provided(http, {"bootstrap": c_bootstrap}, variables={"BOOTSTRAP_ECHO_REQUEST_ID": "1"})
+    for event in ({"a": 1}, [1, 2, 3]):
+        reply = await call(http, name, event)
+        assert reply.status == 200, reply
+        assert reply.json() == {"event": event, "request_id": reply.request_id}
+        assert reply.request_id
 
 
 async def test_environment_of_a_custom_runtime(http: aiohttp.ClientSession) -> None:

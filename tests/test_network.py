@@ -6,6 +6,7 @@ between this test's own namespaces and its own bridge.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
@@ -16,8 +17,9 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from funclet.sandbox.network import AddressPool, BridgeNetwork, NetworkError, netns_socket
-from tests.sandbox_harness import sandbox_process, socket_in_netns
+from funclet.sandbox.netlink import NetlinkError, RouteSocket
+from funclet.sandbox.network import AddressPool, BridgeNetwork, NetworkError
+from tests.sandbox_harness import netns_iproute, sandbox_process, socket_in_netns
 from tests.sandbox_harness import udp_probe as _probe
 
 
@@ -86,7 +88,7 @@ def test_attach_configures_sandbox_netns(net):
             assert host["flags"] & 1
             assert host.get_nested("IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_ISOLATED") == 1
 
-        with netns_socket(pid) as inner:
+        with netns_iproute(pid) as inner:
             links = {link.get("IFLA_IFNAME"): link for link in inner.get_links()}
             assert set(links) == {"lo", "eth0"}
             assert links["lo"]["flags"] & 1 and links["eth0"]["flags"] & 1
@@ -176,3 +178,29 @@ def test_cleanup_stale_and_teardown(net):
             assert net.bridge not in _link_names()
         finally:
             successor.close()
+
+
+def test_route_socket_agrees_with_pyroute2_and_reports_the_kernels_errors(net):
+    with RouteSocket() as rs, IPRoute(groups=0) as ipr:
+        (bridge,) = ipr.link_lookup(ifname=net.bridge)
+        assert rs.link_index(net.bridge) == bridge
+        assert rs.link_name(bridge) == net.bridge
+        assert rs.ipv4_addresses(bridge) == [net.gateway]
+        mine = {link.name: link for link in rs.links()}
+        assert mine[net.bridge].kind == "bridge" and mine[net.bridge].index == bridge
+        assert mine["lo"].kind == "" and mine["lo"].index == ipr.link_lookup(ifname="lo")[0]
+        defaults = sorted(r.get("RTA_OIF") for r in ipr.get_default_routes(family=socket.AF_INET) if r.get("RTA_OIF"))
+        assert sorted(rs.default_route_interfaces()) == defaults
+
+        missing = f"{net.veth_prefix}x"
+        assert rs.link_index(missing) is None
+        assert rs.delete_link(missing) is False
+        with pytest.raises(NetlinkError) as exc:
+            rs.add_bridge(net.bridge)
+        assert exc.value.code == errno.EEXIST
+        with pytest.raises(NetlinkError) as exc:
+            rs.add_ipv4_address(bridge, net.gateway, net.prefixlen)
+        assert exc.value.code == errno.EEXIST
+        with pytest.raises(NetlinkError) as exc:
+            rs.set_up(0x7FFFFFF0)  # no such index
+        assert exc.value.code == errno.ENODEV

@@ -16,8 +16,7 @@ import aiohttp
 import pytest
 
 from easyfaas.function_code import ACCOUNT
-from tests.lambda_harness import call, deploy, http  # noqa: F401 - http: fixture
-from tests.test_lambda_parity_provided import python_bootstrap
+from tests.lambda_harness import call, deploy, http, python_bootstrap  # noqa: F401 - http: fixture
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from runner.prepare import PrepareError, describe_python, host_binds, prepare
-from test_runtime_python import RuntimeProcess, runtime_env
+from tests.runtime_harness import RuntimeProcess, runtime_env
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"

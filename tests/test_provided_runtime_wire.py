@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from easyfaas import frames
-from tests.test_runtime_python import RuntimeProcess, python_runtime_argv, runtime_env, task_root  # noqa: F401
+from tests.runtime_harness import RuntimeProcess, python_runtime_argv, runtime_env, task_root  # noqa: F401
 
 PYTHON = os.path.realpath(sys.executable)
 

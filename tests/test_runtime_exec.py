@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from test_runtime_python import RuntimeProcess, python_runtime_argv, runtime_env
+from tests.runtime_harness import RuntimeProcess, python_runtime_argv, runtime_env
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 from easyfaas import frames
-from test_runtime_python import REPO, RuntimeProcess, runtime_env
+from tests.runtime_harness import REPO, RuntimeProcess, runtime_env
 
 NODE = shutil.which("node") or "/usr/bin/node"
 BOOTSTRAP = str(REPO / "runner" / "runtimes" / "nodejs" / "bootstrap.js")

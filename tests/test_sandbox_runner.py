@@ -503,7 +503,7 @@ def test_zygote_dies_with_its_parent(host: Host) -> None:
     script = textwrap.dedent(f"""
         import os, socket, subprocess, sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from runner.zygote import zygote_command
+        from runner.control import zygote_command
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         proc = subprocess.Popen(zygote_command({str(VENV_PYTHON)!r}, {str(REPO)!r}, theirs.fileno()),
                                 pass_fds=(theirs.fileno(),))

@@ -1065,9 +1065,9 @@ def test_sandboxes_cannot_reach_each_other(hostile: Function, peer: Function, cl
 
 
 def _neighbour_state(pid: int, address: str) -> str:
-    from funclet.sandbox.network import netns_socket
+    from tests.sandbox_harness import netns_iproute
 
-    with netns_socket(pid) as ipr:
+    with netns_iproute(pid) as ipr:
         for entry in ipr.get_neighbours(family=socket.AF_INET):
             if entry.get("NDA_DST") == address:
                 state = entry["state"]

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from easyfaas.http import EXEC_TIME, FUNCTION_ERROR, INVOKE_TYPE, LOG_RESULT, LOG_TYPE, REQUEST_ID
+from easyfaas.http_vocabulary import EXEC_TIME, FUNCTION_ERROR, INVOKE_TYPE, LOG_RESULT, LOG_TYPE, REQUEST_ID
 
 from cli.client import CONTROLLER, raise_for_error
 from cli.exits import CliError, ExitCode, UsageError

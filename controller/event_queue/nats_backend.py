@@ -10,6 +10,14 @@ drain one queue.
 * Records: key-value bucket ``easyfaas-invocations`` (one key per request id, the bucket's TTL is
   the record retention), updated by compare-and-set; dead letters (record and event) in
   ``easyfaas-dead-letters``.
+* Listing: the bucket ``easyfaas-invocation-index`` has an empty key per record and status,
+  ``r.<account>.<function>.<status>.<enqueued µs>.<request id>``, and per dead letter,
+  ``d.<account>.<function>.<finished µs>.<request id>`` (account and function as md5 tokens). A
+  listing watches only the keys its filters name (a subject filter on the server, names without
+  values), sorts them newest first and reads records until ``Limit`` match. A change puts the
+  record's key before the record and deletes the old one after it, so a key whose record says
+  otherwise is stale (a crash or a lost answer between the two) and is skipped: the record is
+  the truth; stale keys go with the bucket's TTL.
 
 Order of writes: the message is published first, then its record; a worker that gets a message
 whose record is not there yet creates it. A message whose record says it finished is acked and
@@ -19,6 +27,7 @@ never run again. For the publish acknowledgement to mean "on disk", run nats-ser
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -47,6 +56,7 @@ SUBJECT_PREFIX = "easyfaas.events."
 CONSUMER = "easyfaas-workers"
 RECORDS_BUCKET = "easyfaas-invocations"
 DEAD_LETTERS_BUCKET = "easyfaas-dead-letters"
+INDEX_BUCKET = "easyfaas-invocation-index"
 NO_ROOM_DELAY = 0.2
 
 
@@ -57,6 +67,25 @@ def subject_of(function: str) -> str:
 def key_of(request_id: str) -> str:
     # Request ids are [A-Za-z0-9._:-]; KV keys do not take ':' but do take '=' (never in an id).
     return request_id.replace(":", "=")
+
+
+def _token(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def _micros(epoch: float | None) -> str:
+    return f"{round((epoch or 0.0) * 1e6):017d}"  # fixed width: sorts as text
+
+
+def record_index_key(rec: dict[str, Any]) -> str:
+    """The listing key of a record in its current status."""
+    return (f"r.{_token(rec['Account'])}.{_token(rec['Function'])}.{rec['Status']}.{_micros(rec['EnqueuedAt'])}."
+            f"{key_of(rec['RequestId'])}")
+
+
+def dead_letter_index_key(rec: dict[str, Any]) -> str:
+    return (f"d.{_token(rec['Account'])}.{_token(rec['Function'])}.{_micros(rec.get('FinishedAt'))}."
+            f"{key_of(rec['RequestId'])}")
 
 
 class NatsEventQueue:
@@ -78,6 +107,7 @@ class NatsEventQueue:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._records: KeyValue | None = None
         self._dead: KeyValue | None = None
+        self._index: KeyValue | None = None
         self._names: dict[str, str] = {}  # subject → function, for the depth report
 
     # ---- lifetime ------------------------------------------------------------------------------
@@ -108,7 +138,24 @@ class NatsEventQueue:
             max_bytes=self.max_records_bytes))
         self._dead = await self._bucket(KeyValueConfig(
             bucket=DEAD_LETTERS_BUCKET, ttl=self.record_ttl, history=1, storage=StorageType.FILE))
+        self._index = await self._bucket(KeyValueConfig(
+            bucket=INDEX_BUCKET, ttl=self.record_ttl, history=1, storage=StorageType.FILE))
+        await self._index_existing()
         log.info("event_queue_opened", backend="nats", url=self.url)
+
+    async def _index_existing(self) -> None:
+        """Records and dead letters kept before the index bucket existed get their keys, once."""
+        js, records, dead = self._ready()
+        if (await js.stream_info(f"KV_{INDEX_BUCKET}")).state.messages:
+            return
+        count = 0
+        for bucket, key_of_item in ((records, record_index_key),
+                                    (dead, lambda item: dead_letter_index_key(item["Record"]))):
+            for item in await self._all(bucket):
+                await self._put_index(key_of_item(item))
+                count += 1
+        if count:
+            log.info("event_index_built", keys=count)
 
     async def _bucket(self, config: KeyValueConfig) -> KeyValue:
         assert self._js is not None
@@ -135,6 +182,36 @@ class NatsEventQueue:
             raise EventStoreUnavailable("the event queue is not open")
         return self._js, self._records, self._dead
 
+    # ---- the listing index ---------------------------------------------------------------------
+
+    async def _put_index(self, key: str) -> None:
+        if self._index is None:
+            raise EventStoreUnavailable("the event queue is not open")
+        await self._index.put(key, b"")
+
+    async def _drop_index(self, key: str) -> None:
+        if self._index is None:
+            return
+        try:
+            await self._index.delete(key)
+        except Exception as exc:  # noqa: BLE001 - a stale key is skipped by listings and goes with the TTL
+            log.warning("event_index_delete_failed", key=key, error=str(exc) or type(exc).__name__)
+
+    async def _index_keys(self, pattern: str) -> list[str]:
+        """The live keys of the index matching ``pattern`` (filtered by the server, names only)."""
+        if self._index is None:
+            raise EventStoreUnavailable("the event queue is not open")
+        watcher = await self._index.watch(pattern, ignore_deletes=True, meta_only=True)
+        keys = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                keys.append(entry.key)
+        finally:
+            await watcher.stop()
+        return keys
+
     # ---- records -------------------------------------------------------------------------------
 
     async def _get(self, request_id: str) -> tuple[dict[str, Any] | None, int | None]:
@@ -156,15 +233,22 @@ class NatsEventQueue:
             new = change(current)
             if new is None:
                 return current
+            new_key = record_index_key(new)
+            # The key goes first, so that a listing never misses the record; it is put even when
+            # unchanged, so a change whose outcome was lost (a restarting server) puts it back.
+            await self._put_index(new_key)
             data = json.dumps(new, ensure_ascii=False).encode()
             try:
                 if revision is None:
                     await records.create(key_of(request_id), data)
                 else:
                     await records.update(key_of(request_id), data, last=revision)
-                return new
             except (KeyWrongLastSequenceError, BadRequestError):
-                continue  # somebody else changed it in between: read it again
+                continue  # somebody else changed it in between: read it again (a stale key stays)
+            old_key = record_index_key(current) if current is not None else None
+            if old_key is not None and old_key != new_key:
+                await self._drop_index(old_key)
+            return new
         raise EventStoreUnavailable(f"the record of {request_id} keeps changing under us")
 
     # ---- the queue -----------------------------------------------------------------------------
@@ -249,6 +333,7 @@ class NatsEventQueue:
             "Result": outcome.result, "Error": outcome.error, "LogResult": outcome.log_result,
             "DeadLetter": outcome.status is not InvocationStatus.SUCCEEDED})
         if outcome.status is not InvocationStatus.SUCCEEDED and rec is not None:
+            await self._put_index(dead_letter_index_key(rec))
             await dead.put(key_of(delivery.event.request_id),
                            json.dumps({"Record": rec, "Event": delivery.event.to_dict()}, ensure_ascii=False).encode())
         msg: Msg = delivery.token
@@ -291,41 +376,78 @@ class NatsEventQueue:
 
     async def records(self, *, account: str, function: str | None = None,
                       status: InvocationStatus | None = None, limit: int = 50) -> list[InvocationRecord]:
-        _, records, _ = self._ready()
-        found = [rec for rec in await self._all(records) if rec["Account"] == account
-                 and (function is None or rec["Function"] == function)
-                 and (status is None or rec["Status"] == status.value)]
-        found.sort(key=lambda rec: rec["EnqueuedAt"], reverse=True)
-        return [_record_of(rec) for rec in found[:limit]]
+        pattern = (f"r.{_token(account)}.{_token(function) if function else '*'}."
+                   f"{status.value if status else '*'}.>")
+
+        def fresh(key: str, rec: dict[str, Any] | None) -> bool:
+            return (rec is not None and rec["Account"] == account and record_index_key(rec) == key
+                    and (function is None or rec["Function"] == function)
+                    and (status is None or rec["Status"] == status.value))
+
+        async def read(request_id: str) -> dict[str, Any] | None:
+            return (await self._get(request_id))[0]
+
+        found = await self._newest(pattern, 4, read, fresh, limit)
+        return [_record_of(rec) for rec in found]
 
     async def dead_letters(self, *, account: str, function: str | None = None,
                            limit: int = 50) -> list[DeadLetter]:
-        _, _, dead = self._ready()
-        found = [item for item in await self._all(dead) if item["Record"]["Account"] == account
-                 and (function is None or item["Record"]["Function"] == function)]
-        found.sort(key=lambda item: item["Record"].get("FinishedAt") or 0, reverse=True)
-        return [DeadLetter(_record_of(i["Record"]), QueuedEvent.from_dict(i["Event"])) for i in found[:limit]]
+        pattern = f"d.{_token(account)}.{_token(function) if function else '*'}.>"
 
-    async def dead_letter(self, request_id: str) -> DeadLetter | None:
+        def fresh(key: str, item: dict[str, Any] | None) -> bool:
+            return (item is not None and item["Record"]["Account"] == account
+                    and dead_letter_index_key(item["Record"]) == key
+                    and (function is None or item["Record"]["Function"] == function))
+
+        found = await self._newest(pattern, 3, self._dead_item, fresh, limit)
+        return [DeadLetter(_record_of(i["Record"]), QueuedEvent.from_dict(i["Event"])) for i in found]
+
+    async def _newest(self, pattern: str, time_at: int, read: Callable[[str], Any],
+                      fresh: Callable[[str, Any], bool], limit: int) -> list[Any]:
+        """Up to ``limit`` items behind the index keys matching ``pattern``, newest first.
+
+        ``time_at`` is the position of the time token in the key, the request id follows it.
+        Items are read a batch at a time, as many as are still missing: a stale key only costs its
+        read.
+        """
+        keyed = []
+        for key in await self._index_keys(pattern):
+            parts = key.split(".", time_at + 1)
+            if len(parts) == time_at + 2:
+                keyed.append((parts[time_at], parts[time_at + 1].replace("=", ":"), key))
+        keyed.sort(reverse=True)
+        found: list[Any] = []
+        at = 0
+        while at < len(keyed) and len(found) < limit:
+            batch = keyed[at:at + limit - len(found)]
+            at += len(batch)
+            items = await asyncio.gather(*(read(request_id) for _, request_id, _ in batch))
+            found.extend(item for (_, _, key), item in zip(batch, items) if fresh(key, item))
+        return found[:limit]
+
+    async def _dead_item(self, request_id: str) -> dict[str, Any] | None:
         _, _, dead = self._ready()
         try:
             entry = await dead.get(key_of(request_id))
         except KeyNotFoundError:
             return None
-        if not entry.value:
+        return json.loads(entry.value) if entry.value else None
+
+    async def dead_letter(self, request_id: str) -> DeadLetter | None:
+        item = await self._dead_item(request_id)
+        if item is None:
             return None
-        item = json.loads(entry.value)
         return DeadLetter(_record_of(item["Record"]), QueuedEvent.from_dict(item["Event"]))
 
     async def redrive(self, request_id: str) -> InvocationRecord | None:
         js, _, dead = self._ready()
-        letter = await self.dead_letter(request_id)
-        if letter is None:
+        item = await self._dead_item(request_id)
+        if item is None:
             return None
+        letter = QueuedEvent.from_dict(item["Event"])
         now = time.time()
-        event = QueuedEvent(letter.event.request_id, letter.event.function, letter.event.function_arn,
-                            letter.event.account, letter.event.payload, now, letter.event.callback_url,
-                            letter.event.traceparent)
+        event = QueuedEvent(letter.request_id, letter.function, letter.function_arn, letter.account, letter.payload,
+                            now, letter.callback_url, letter.traceparent)
         fresh = _new_record(event)
         await self._modify(request_id, lambda cur: fresh)
         try:
@@ -334,13 +456,16 @@ class NatsEventQueue:
         except nats.js.errors.APIError as exc:
             raise EventQueueFull(f"the event queue refused the redrive: {exc.description or exc}") from None
         await dead.delete(key_of(request_id))
+        await self._drop_index(dead_letter_index_key(item["Record"]))
         return _record_of(fresh)
 
     async def delete_dead_letter(self, request_id: str) -> bool:
         _, _, dead = self._ready()
-        if await self.dead_letter(request_id) is None:
+        item = await self._dead_item(request_id)
+        if item is None:
             return False
         await dead.delete(key_of(request_id))
+        await self._drop_index(dead_letter_index_key(item["Record"]))
         return True
 
     async def note_callback(self, request_id: str, outcome: dict[str, Any]) -> None:

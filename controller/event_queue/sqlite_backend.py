@@ -60,18 +60,23 @@ CREATE TABLE IF NOT EXISTS invocations (
 CREATE INDEX IF NOT EXISTS invocations_due ON invocations(due_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS invocations_account ON invocations(account, seq);
 CREATE INDEX IF NOT EXISTS invocations_finished ON invocations(finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS invocations_dead ON invocations(account, finished_at) WHERE dead = 1;
 """
 _COLUMNS = ("request_id, function, function_arn, account, payload, callback_url, status, attempts, enqueued_at, "
             "started_at, finished_at, result, error, log_result, dead, callback, traceparent")
 _ACTIVE = ("queued", "running")
+_LEASE_COLUMNS = ("seq, request_id, function, function_arn, account, payload, callback_url, enqueued_at, attempts, "
+                  "traceparent")
 
 
 class _Write:
-    __slots__ = ("run", "future")
+    __slots__ = ("run", "future", "single")
 
-    def __init__(self, run: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]) -> None:
+    def __init__(self, run: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], single: bool) -> None:
         self.run = run
         self.future = future
+        # One statement: SQLite undoes a failed statement by itself, so it needs no savepoint.
+        self.single = single
 
 
 class SQLiteEventQueue:
@@ -152,11 +157,12 @@ class SQLiteEventQueue:
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, run: Callable[[sqlite3.Connection], T], *, single: bool = False) -> T:
+        """Run ``run`` in the next group commit; ``single``: it runs one statement (or raises before)."""
         if self._writer is None:
             raise EventStoreUnavailable("the event queue is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(run, future))
+        self._pending.append(_Write(run, future, single))
         self._wake_writer.set()
         return await future
 
@@ -193,6 +199,12 @@ class SQLiteEventQueue:
             for write in batch:
                 # A write's own error (a duplicate id) fails that write only; a storage error
                 # (sqlite3.OperationalError: disk full, I/O) rolls back the whole batch below.
+                if write.single:
+                    try:
+                        results.append((True, write.run(db)))
+                    except (sqlite3.IntegrityError, LookupError, ValueError) as exc:
+                        results.append((False, exc))
+                    continue
                 db.execute("SAVEPOINT w")
                 try:
                     results.append((True, write.run(db)))
@@ -217,7 +229,7 @@ class SQLiteEventQueue:
                 "INSERT INTO invocations (request_id, function, function_arn, account, payload, callback_url, "
                 "status, attempts, enqueued_at, due_at, traceparent) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
                 (event.request_id, event.function, event.function_arn, event.account, event.payload,
-                 event.callback_url, event.enqueued_at, event.enqueued_at, event.traceparent)))
+                 event.callback_url, event.enqueued_at, event.enqueued_at, event.traceparent)), single=True)
         except sqlite3.IntegrityError:
             self._release(event.function)
             raise ResourceConflict(f"request id {event.request_id} was already accepted") from None
@@ -263,29 +275,32 @@ class SQLiteEventQueue:
     async def _lease_once(self, max_count: int, room: Room) -> tuple[list[Delivery], float | None]:
         now = time.time()
         taken: dict[str, int] = defaultdict(int)
-        chosen: list[tuple[QueuedEvent, int]] = []
+        chosen: list[tuple[int, QueuedEvent, int]] = []  # (seq, event, attempts with this lease)
+        seen: set[int] = set()
         full: set[str] = set()
         # A function with no room must not hide the events of others behind it: look past it.
         for _ in range(4):
             exclude = ",".join("?" * len(full))
-            rows = await self._read(f"SELECT {_COLUMNS} FROM invocations WHERE status = 'queued' AND due_at <= ? "
-                                    f"AND function NOT IN ({exclude}) ORDER BY due_at LIMIT ?",
-                                    (now, *full, max_count * 2))
-            if not rows:
-                break
-            seen = {e.request_id for e, _ in chosen}
+            limit = max_count - len(chosen) + len(seen)  # the chosen are still queued: skip them
+            rows = await self._read(f"SELECT {_LEASE_COLUMNS} FROM invocations WHERE status = 'queued' "
+                                    f"AND due_at <= ? AND function NOT IN ({exclude}) ORDER BY due_at LIMIT ?",
+                                    (now, *full, limit))
+            more = False
             for row in rows:
-                event = _event_of(row)
-                if event.request_id in seen or len(chosen) >= max_count:
+                seq, function = row[0], row[2]
+                if seq in seen:
                     continue
-                if taken[event.function] >= room(event.function):
-                    full.add(event.function)
+                if function in full or taken[function] >= room(function):
+                    full.add(function)
+                    more = True  # events of others may wait behind this function's
                     continue
-                taken[event.function] += 1
-                chosen.append((event, row[7] + 1))
-            if len(chosen) >= max_count or len(rows) < max_count * 2 and not full:
+                seen.add(seq)
+                taken[function] += 1
+                chosen.append((seq, QueuedEvent(request_id=row[1], function=function, function_arn=row[3],
+                                                account=row[4], payload=row[5], callback_url=row[6],
+                                                enqueued_at=row[7], traceparent=row[9]), row[8] + 1))
+            if len(chosen) >= max_count or len(rows) < limit or not more:
                 break
-            full.update(fn for fn, n in taken.items() if n >= room(fn))
         if not chosen:
             if full:
                 return [], now + 0.05  # everything due is over its function's room: look again shortly
@@ -295,51 +310,56 @@ class SQLiteEventQueue:
         generation = self._leases
 
         def run(db: sqlite3.Connection) -> list[Delivery]:
-            leased = []
-            for event, attempts in chosen:
-                # Only this queue's own dispatcher leases, but a redrive or delete may have come between.
-                cur = db.execute("UPDATE invocations SET status = 'running', attempts = attempts + 1, "
-                                 "started_at = ?, lease = ? WHERE request_id = ? AND status = 'queued'",
-                                 (now, generation, event.request_id))
-                if cur.rowcount == 1:
-                    leased.append(Delivery(event, attempts, generation))
-            return leased
+            # Only this queue's dispatcher moves a queued event to running, and no other write takes
+            # one out of the queue, so each chosen event is still queued: one statement for them all.
+            params = [(now, generation, seq) for seq, _, _ in chosen]
+            cur = db.executemany("UPDATE invocations SET status = 'running', attempts = attempts + 1, "
+                                 "started_at = ?, lease = ? WHERE seq = ? AND status = 'queued'", params)
+            if cur.rowcount == len(chosen):
+                return [Delivery(event, attempts, (seq, generation)) for seq, event, attempts in chosen]
+            leased = db.execute("SELECT seq FROM invocations WHERE lease = ? AND status = 'running'",
+                                (generation,)).fetchall()
+            mine = {row[0] for row in leased}
+            return [Delivery(event, attempts, (seq, generation)) for seq, event, attempts in chosen if seq in mine]
 
-        return await self._write(run), None
+        return await self._write(run, single=True), None
 
     lease_expires = False  # one owner: a lease lasts until it is finished or the controller restarts
 
     async def touch(self, delivery: Delivery) -> None:
         return None
 
-    def _settle(self, delivery: Delivery, sql: str, args: tuple[Any, ...]) -> Callable[[sqlite3.Connection], None]:
+    async def _settle(self, delivery: Delivery, sql: str, args: tuple[Any, ...]) -> None:
+        seq, generation = delivery.token
+        sql += " WHERE seq = ? AND status = 'running' AND lease = ?"
+        args = (*args, seq, generation)
+
         def run(db: sqlite3.Connection) -> None:
-            cur = db.execute(sql + " WHERE request_id = ? AND status = 'running' AND lease = ?",
-                             (*args, delivery.event.request_id, delivery.token))
-            if cur.rowcount != 1:
+            if db.execute(sql, args).rowcount != 1:
                 raise LookupError(f"event {delivery.event.request_id} is not leased by this holder")
-        return run
+
+        await self._write(run, single=True)
 
     async def finish(self, delivery: Delivery, outcome: Outcome) -> None:
         if not outcome.status.finished:
             raise ValueError(f"finish needs a final status, not {outcome.status.value}")
         dead = outcome.status is not InvocationStatus.SUCCEEDED
-        await self._write(self._settle(
+        await self._settle(
             delivery, "UPDATE invocations SET status = ?, finished_at = ?, result = ?, error = ?, log_result = ?, "
                       "dead = ?", (outcome.status.value, time.time(), outcome.result, _json_or_none(outcome.error),
-                                   outcome.log_result, int(dead))))
+                                   outcome.log_result, int(dead)))
         self._release(delivery.event.function)
 
     async def retry(self, delivery: Delivery, delay: float, outcome: Outcome) -> None:
-        await self._write(self._settle(
+        await self._settle(
             delivery, "UPDATE invocations SET status = 'queued', due_at = ?, error = ?, log_result = ?",
-            (time.time() + delay, _json_or_none(outcome.error), outcome.log_result)))
+            (time.time() + delay, _json_or_none(outcome.error), outcome.log_result))
         self._work_due.set()
 
     async def requeue(self, delivery: Delivery, delay: float) -> None:
-        await self._write(self._settle(
+        await self._settle(
             delivery, "UPDATE invocations SET status = 'queued', due_at = ?, attempts = attempts - 1",
-            (time.time() + delay,)))
+            (time.time() + delay,))
         self._work_due.set()
 
     # ---- records and dead letters --------------------------------------------------------------
@@ -374,7 +394,7 @@ class SQLiteEventQueue:
         if function is not None:
             sql += " AND function = ?"
             args.append(function)
-        rows = await self._read(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit))
+        rows = await self._read(sql + " ORDER BY finished_at DESC, seq DESC LIMIT ?", (*args, limit))
         return [DeadLetter(_record_of(row), _event_of(row)) for row in rows]
 
     async def dead_letter(self, request_id: str) -> DeadLetter | None:
@@ -395,7 +415,7 @@ class SQLiteEventQueue:
                               "log_result = NULL WHERE request_id = ? AND dead = 1",
                               (now, now, request_id)).rowcount
         try:
-            changed = await self._write(run)
+            changed = await self._write(run, single=True)
         except BaseException:
             self._release(letter.event.function)
             raise
@@ -407,12 +427,13 @@ class SQLiteEventQueue:
 
     async def delete_dead_letter(self, request_id: str) -> bool:
         changed = await self._write(lambda db: db.execute(
-            "DELETE FROM invocations WHERE request_id = ? AND dead = 1", (request_id,)).rowcount)
+            "DELETE FROM invocations WHERE request_id = ? AND dead = 1", (request_id,)).rowcount, single=True)
         return bool(changed)
 
     async def note_callback(self, request_id: str, outcome: dict[str, Any]) -> None:
         await self._write(lambda db: db.execute("UPDATE invocations SET callback = ? WHERE request_id = ?",
-                                                (json.dumps(outcome, ensure_ascii=False), request_id)))
+                                                (json.dumps(outcome, ensure_ascii=False), request_id)),
+                          single=True)
 
     async def depth(self) -> QueueDepth:
         now = time.time()

@@ -4,6 +4,10 @@
 * Sync first: a function's asynchronous invocations in flight are bounded to
   ``--event-concurrency-share`` of its concurrency (its reserved concurrency, else the pool's
   sandboxes × its ``PodConcurrentQuota``), and all of them to ``--event-workers``.
+* The dispatcher leases up to ``prefetch`` events beyond the free workers, so that a worker whose
+  event is over starts the next one at once instead of waiting for a lease's round trip to the
+  queue. A prefetched event is leased (its attempt counts, it is in flight for the share bound);
+  one still waiting for a worker when the controller stops is put back without counting.
 * A throttle (429) or a platform error (5xx) puts the event back without counting the attempt,
   with a back-off from 1 s (or the retry base when smaller) doubling up to 5 minutes.
 * A function error, a timeout, an OOM or an init error is a failed attempt: retried after
@@ -17,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 import uuid
@@ -45,20 +50,24 @@ SETTLE_ATTEMPTS = 30
 class EventWorkers:
     def __init__(self, queue: EventQueue, invoker: Invoker, settings: EventInvokeConfigSource,
                  callbacks: CallbackSender, *, workers: int = 64, share: float = 0.5, retry_base: float = 60.0,
-                 heartbeat: float = 10.0) -> None:
+                 heartbeat: float = 10.0, prefetch: int | None = None) -> None:
         self.queue = queue
         self.invoker = invoker
         self.settings = settings
         self.callbacks = callbacks
         self.workers = workers
+        self.prefetch = workers if prefetch is None else max(0, prefetch)
         self.share = share
         self.retry_base = retry_base
         self.throttle_base = min(1.0, retry_base)
         self.heartbeat = heartbeat
-        # Events running in the pool, per function (the share bound) and in total (--event-workers);
-        # an event whose run is over no longer counts while its outcome is being committed.
+        # Events leased and not yet run to the end, per function (the share bound) and in total
+        # (at most workers + prefetch); an event whose run is over no longer counts while its
+        # outcome is being committed.
         self._in_flight: dict[str, int] = {}
         self._running = 0
+        self._busy = 0  # workers running an event (at most --event-workers)
+        self._slot_waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
         self._limits: dict[str, int] = {}  # learned from each function's metadata as it runs
         self._throttles: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,6 +96,7 @@ class EventWorkers:
         redelivers it after its ack wait.
         """
         await self.stop_leasing()
+        self._wake_slot_waiters()
         if self._tasks:
             log.info("draining_async_invocations", count=len(self._tasks))
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
@@ -115,9 +125,12 @@ class EventWorkers:
         self._limits[function] = max(1, int(concurrency * self.share))
 
     async def _dispatch(self) -> None:
+        window = self.workers + self.prefetch
+        # With every worker busy, top the prefetched events up in batches rather than one by one.
+        batch = max(1, self.prefetch // 4)
         while not self._closing:
-            free = self.workers - self._running
-            if free <= 0:
+            free = window - self._running
+            if free <= 0 or (free < batch and self._running >= self.workers):
                 self._room_freed.clear()
                 await self._room_freed.wait()
                 continue
@@ -139,13 +152,21 @@ class EventWorkers:
 
     async def _run_counted(self, d: Delivery) -> None:
         ran = asyncio.Event()
+        worker = False
         try:
-            await self._run(d, ran)
+            worker = await self._wait_for_worker(d)
+            if worker:
+                await self._run(d, ran)
+            else:
+                # Prefetched, and the controller stops before a worker was free: not an attempt.
+                await self._settle(d, lambda: self.queue.requeue(d, 0.0))
         finally:
             if not ran.is_set():
-                self._ran(d.event.function)
+                self._ran(d.event.function, worker)
 
-    def _ran(self, function: str) -> None:
+    def _ran(self, function: str, worker: bool = True) -> None:
+        if worker:
+            self._free_worker()
         self._running -= 1
         left = self._in_flight.get(function, 1) - 1
         if left > 0:
@@ -153,6 +174,46 @@ class EventWorkers:
         else:
             self._in_flight.pop(function, None)
         self._room_freed.set()
+
+    async def _wait_for_worker(self, d: Delivery) -> bool:
+        if not self.queue.lease_expires or self._busy < self.workers and not self._slot_waiters:
+            return await self._take_worker()
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(d))
+        try:
+            return await self._take_worker()
+        finally:
+            heartbeat.cancel()
+
+    async def _take_worker(self) -> bool:
+        """Wait for a free worker (first come, first served); False once the controller is stopping."""
+        if self._closing:
+            return False
+        if self._busy < self.workers and not self._slot_waiters:
+            self._busy += 1
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self._free_worker()  # the worker it was handed goes to the next in line
+            raise
+
+    def _free_worker(self) -> None:
+        """A worker is free: hand it to the first event waiting for one, else it stays free."""
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self._busy -= 1
+
+    def _wake_slot_waiters(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(False)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

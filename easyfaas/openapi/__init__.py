@@ -17,7 +17,6 @@ import json
 from importlib import resources
 from typing import Any
 
-import yaml
 from aiohttp import web
 
 from easyfaas.auth import OPEN_PATHS
@@ -31,6 +30,8 @@ __all__ = ["DOCUMENTS", "PATH", "add_openapi_route", "checked_invoker", "documen
 
 
 def _read(name: str) -> dict[str, Any]:
+    import yaml  # with the first document built (see add_openapi_route)
+
     text = resources.files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
     data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml's when built in
     if not isinstance(data, dict):

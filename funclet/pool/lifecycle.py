@@ -47,7 +47,8 @@ class Lifecycle:
         self.network = network
         self.zygote = zygote
         self._binds, self._symlinks = host_binds
-        # pyroute2 sockets opened inside sandbox netns must only be used from this one thread
+        # The network setns()es this thread into sandbox netns to open netlink sockets there: one
+        # thread, never the loop's
         self._net_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="funclet-net")
 
     async def net(self, fn: Callable[..., Any], *args: Any) -> Any:

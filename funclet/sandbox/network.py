@@ -1,4 +1,4 @@
-"""Sandbox networking: one Linux bridge on the host, one veth pair per sandbox, by netlink (pyroute2).
+"""Sandbox networking: one Linux bridge on the host, one veth pair per sandbox, by netlink (``netlink.py``).
 
 Each sandbox (a process that unshared its own network namespace) gets ``eth0`` with an address
 from the bridge subnet and a default route via the bridge; the host end ``<prefix><slot>`` is an
@@ -14,12 +14,11 @@ and the replies must be forwarded from the outgoing interface too, which is the 
 open forwarding between the host's other networks. ``set_egress`` logs a warning when the default
 route's interface does not forward.
 
-No process is spawned and pyroute2's forking netns helpers are not used: to configure the inside
-of a sandbox, the calling thread setns()es into the sandbox netns just long enough to open a
+No process is spawned: to configure the inside of a sandbox, the calling thread setns()es into the sandbox netns just long enough to open a
 netlink socket (a socket stays bound to the netns it was created in), then setns()es back.
 
-Threading: setns() switches only the calling thread, and pyroute2's sync ``IPRoute`` is bound to
-the thread that created it. The daemon therefore runs every call on a ``BridgeNetwork`` in one
+Threading: setns() switches only the calling thread, and a netlink socket is used by one thread at
+a time. The daemon therefore runs every call on a ``BridgeNetwork`` in one
 dedicated worker thread (a single-thread executor), never on the event loop thread.
 
 Teardown is normally the kernel's: when the sandbox's netns dies, its veth pair goes with it
@@ -29,65 +28,22 @@ so ``detach`` only releases the address unless asked.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import ipaddress
 import os
-import sys
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
-
-
-def _pyroute2_without_its_exports() -> None:
-    """Let ``import pyroute2.<submodule>`` load that submodule without the package's ``__init__``.
-
-    pyroute2's ``__init__`` re-exports every API it has (NDB, IPDB, WireGuard, nl80211, IPVS,
-    conntrack, plan9, ...): about 5 MiB of the funclet's resident memory, for the one class (IPRoute)
-    used here. The package is registered as an empty module on the same path; its ``__init__`` runs
-    only when something asks it for a name it lacks (``from pyroute2 import NDB``), so every other
-    importer still sees the whole package.
-    """
-    if "pyroute2" in sys.modules:
-        return
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
-        return  # not installed as a plain package: the import below says so
-    package = types.ModuleType("pyroute2")
-    package.__spec__ = spec
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__file__ = spec.origin
-    package.__package__ = "pyroute2"
-    loader = spec.loader
-
-    def __getattr__(name: str) -> Any:
-        if importlib.util.find_spec(f"pyroute2.{name}") is not None:
-            return importlib.import_module(f"pyroute2.{name}")  # a submodule (``from pyroute2 import config``)
-        del package.__getattr__  # the package's own __init__ runs once, then defines the names
-        loader.exec_module(package)
-        return getattr(package, name)
-
-    package.__getattr__ = __getattr__  # type: ignore[method-assign]
-    sys.modules["pyroute2"] = package
-
-
-_pyroute2_without_its_exports()
-
-from pyroute2.iproute.linux import IPRoute  # noqa: E402  # the class ``from pyroute2 import IPRoute`` gives
-from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 
 from easyfaas import syscalls
 from easyfaas.egress import EgressPolicy
 from funclet.sandbox.firewall import BridgeFirewall
+from funclet.sandbox.netlink import NetlinkError, RouteSocket
 
 log = structlog.get_logger(__name__)
 
 IFNAMSIZ = 16
-ENODEV = 19
 EEXIST = 17
 
 
@@ -101,11 +57,6 @@ class SandboxNic:
     address: str
     prefixlen: int
     gateway: str
-
-
-def _ignore_missing(exc: NetlinkError) -> None:
-    if exc.code != ENODEV:
-        raise exc
 
 
 class AddressPool:
@@ -143,8 +94,8 @@ class AddressPool:
 
 
 @contextmanager
-def netns_socket(pid: int) -> Iterator[IPRoute]:
-    """``with netns_socket(pid) as ipr:`` — an IPRoute whose socket lives in the netns of ``pid``.
+def netns_socket(pid: int) -> Iterator[RouteSocket]:
+    """``with netns_socket(pid) as ipr:`` — a netlink socket that lives in the netns of ``pid``.
 
     Only the calling thread switches netns, and only while the socket is created.
     """
@@ -157,7 +108,7 @@ def netns_socket(pid: int) -> Iterator[IPRoute]:
         try:
             syscalls.setns(target, syscalls.CLONE_NEWNET)
             try:
-                ipr = IPRoute(groups=0)
+                ipr = RouteSocket()
             finally:
                 # Always back: the thread must never stay in a sandbox netns.
                 syscalls.setns(own, syscalls.CLONE_NEWNET)
@@ -186,15 +137,14 @@ class BridgeNetwork:
         self.prefixlen = self.interface.network.prefixlen
         self.veth_prefix = veth_prefix
         self._pool = AddressPool(self.interface)
-        self._ipr: IPRoute | None = None
+        self._ipr: RouteSocket | None = None
         self._bridge_index: int | None = None
         self._forwarding_checked = False
 
     @property
-    def ipr(self) -> IPRoute:
+    def ipr(self) -> RouteSocket:
         if self._ipr is None:
-            # groups=0: no multicast subscriptions, so events never pile up in the socket buffer.
-            self._ipr = IPRoute(groups=0)
+            self._ipr = RouteSocket()
         return self._ipr
 
     def host_ifname(self, slot_index: int) -> str:
@@ -204,8 +154,7 @@ class BridgeNetwork:
         return name
 
     def _lookup(self, ifname: str) -> int | None:
-        found = self.ipr.link_lookup(ifname=ifname)
-        return found[0] if found else None
+        return self.ipr.link_index(ifname)
 
     def setup(self) -> None:
         """Create the bridge if missing, give it the gateway address, its firewall, bring it up (idempotent)."""
@@ -215,19 +164,20 @@ class BridgeNetwork:
         index = self._lookup(self.bridge)
         if index is None:
             try:
-                self.ipr.link("add", ifname=self.bridge, kind="bridge")
+                self.ipr.add_bridge(self.bridge)
             except NetlinkError as e:
                 if e.code != EEXIST:
                     raise NetworkError(f"cannot create bridge {self.bridge}: {e}") from e
             index = self._lookup(self.bridge)
+            if index is None:
+                raise NetworkError(f"bridge {self.bridge} vanished as it was created")
         _disable_ipv6(self.bridge)
         if self.firewall is not None:
             # Only with the firewall in front: it decides what of the sandboxes' traffic is routed.
             _write_sysctl(f"/proc/sys/net/ipv4/conf/{self.bridge}/forwarding", "1")
-        addresses = {a.get("IFA_ADDRESS") for a in self.ipr.get_addr(index=index, family=2)}
-        if self.gateway not in addresses:
-            self.ipr.addr("add", index=index, address=self.gateway, prefixlen=self.prefixlen)
-        self.ipr.link("set", index=index, state="up")
+        if self.gateway not in self.ipr.ipv4_addresses(index):
+            self.ipr.add_ipv4_address(index, self.gateway, self.prefixlen)
+        self.ipr.set_up(index)
         self._bridge_index = index
         log.info("bridge_ready", bridge=self.bridge, address=f"{self.gateway}/{self.prefixlen}")
 
@@ -243,15 +193,19 @@ class BridgeNetwork:
                 self.firewall.bind_port(host, address)
             self._add_veth(host, pid)
             index = self._lookup(host)
+            if index is None:
+                raise NetworkError(f"veth {host} vanished as it was created")
             # Isolated: the port may only talk to non-isolated ports (the bridge itself).
-            self.ipr.brport("set", index=index, isolated=1)
-            self.ipr.link("set", index=index, state="up")
+            self.ipr.isolate_bridge_port(index)
+            self.ipr.set_up(index)
             with netns_socket(pid) as inner:
-                inner.link("set", index=1, state="up")  # lo is always ifindex 1 in a new netns
-                eth0 = inner.link_lookup(ifname="eth0")[0]
-                inner.addr("add", index=eth0, address=address, prefixlen=self.prefixlen)
-                inner.link("set", index=eth0, state="up")
-                inner.route("add", dst="0.0.0.0/0", gateway=self.gateway, oif=eth0)
+                inner.set_up(1)  # lo is always ifindex 1 in a new netns
+                eth0 = inner.link_index("eth0")
+                if eth0 is None:
+                    raise NetworkError(f"the sandbox of pid {pid} has no eth0")
+                inner.add_ipv4_address(eth0, address, self.prefixlen)
+                inner.set_up(eth0)
+                inner.add_default_route(self.gateway, eth0)
         except BaseException:
             self._pool.release(address)
             try:
@@ -267,8 +221,7 @@ class BridgeNetwork:
         # Created down and already enslaved; it comes up only once the port is isolated.
         for attempt in (1, 2):
             try:
-                self.ipr.link("add", ifname=host, kind="veth", master=self._bridge_index,
-                              peer={"ifname": "eth0", "net_ns_pid": pid})
+                self.ipr.add_veth(host, master=self._bridge_index, peer="eth0", peer_netns_pid=pid)
                 return
             except NetlinkError as e:
                 if e.code == EEXIST and attempt == 1:
@@ -279,14 +232,7 @@ class BridgeNetwork:
                 raise NetworkError(f"cannot create veth {host} for pid {pid}: {e}") from e
 
     def _delete_link(self, ifname: str) -> bool:
-        try:
-            self.ipr.link("del", ifname=ifname)
-            return True
-        except NetlinkError as e:
-            _ignore_missing(e)
-            return False
-        except IndexError:  # pyroute2 could not resolve the name: already gone
-            return False
+        return self.ipr.delete_link(ifname)
 
     def detach(self, nic: SandboxNic, *, delete_link: bool = False) -> None:
         """Release the address and the port's firewall rules; delete the host veth only if asked
@@ -321,10 +267,8 @@ class BridgeNetwork:
         if self._forwarding_checked:
             return
         self._forwarding_checked = True
-        for route in self.ipr.get_default_routes(family=2):
-            index = route.get("RTA_OIF")
-            links = self.ipr.get_links(index) if index else []
-            name = links[0].get("IFLA_IFNAME") if links else None
+        for index in self.ipr.default_route_interfaces():
+            name = self.ipr.link_name(index)
             if name and _read_sysctl(f"/proc/sys/net/ipv4/conf/{name}/forwarding") == "0":
                 log.warning("egress_replies_not_forwarded", interface=name,
                             hint=f"sysctl -w net.ipv4.conf.{name}.forwarding=1")
@@ -343,13 +287,10 @@ class BridgeNetwork:
     def cleanup_stale(self) -> int:
         """Delete leftover host veths named ``<prefix>*`` (a crashed predecessor's)."""
         removed = 0
-        for link in self.ipr.get_links():
-            name = link.get("IFLA_IFNAME") or ""
-            if not name.startswith(self.veth_prefix):
+        for link in self.ipr.links():
+            if not link.name.startswith(self.veth_prefix) or link.kind != "veth":
                 continue
-            if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "veth":
-                continue
-            if self._delete_link(name):
+            if self._delete_link(link.name):
                 removed += 1
         if removed:
             log.info("veth_stale_removed", prefix=self.veth_prefix, count=removed)

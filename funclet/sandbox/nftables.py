@@ -14,6 +14,11 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from funclet.sandbox.netlink_codec import (NLATTR, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+                                            NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attr, error_code, messages, nested,
+                                            parse_attrs)
+from funclet.sandbox.netlink_codec import message as netlink_message
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
@@ -25,16 +30,6 @@ NFT_MSG_NEWCHAIN = 3
 NFT_MSG_NEWRULE = 6
 NFT_MSG_GETRULE = 7
 NFT_MSG_DELRULE = 8
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
-NLM_F_APPEND = 0x800
-NLA_F_NESTED = 0x8000
 NFPROTO_UNSPEC = 0
 NFPROTO_INET = 1
 NFPROTO_IPV4 = 2
@@ -88,9 +83,7 @@ NFTA_DATA_VALUE, NFTA_DATA_VERDICT = 1, 2
 NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 1, 2
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 
-_NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("=BBH")
-_NLATTR = struct.Struct("=HH")
 
 
 class FirewallError(OSError):
@@ -99,29 +92,20 @@ class FirewallError(OSError):
 
 # ---- netlink encoding ----------------------------------------------------------------------------
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    data = _NLATTR.pack(_NLATTR.size + len(payload), kind) + payload
-    return data + b"\0" * (-len(data) % 4)
-
-
-def _nested(kind: int, *attrs: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
-
-
 def _str(kind: int, value: str) -> bytes:
-    return _attr(kind, value.encode() + b"\0")
+    return attr(kind, value.encode() + b"\0")
 
 
 def _be32(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack("!i" if value < 0 else "!I", value))
+    return attr(kind, struct.pack("!i" if value < 0 else "!I", value))
 
 
 def _expr(name: str, *attrs: bytes) -> bytes:
-    return _nested(NFTA_LIST_ELEM, _str(NFTA_EXPR_NAME, name), _nested(NFTA_EXPR_DATA, *attrs))
+    return nested(NFTA_LIST_ELEM, _str(NFTA_EXPR_NAME, name), nested(NFTA_EXPR_DATA, *attrs))
 
 
 def _counter() -> bytes:
-    return _nested(NFTA_LIST_ELEM, _str(NFTA_EXPR_NAME, "counter"))
+    return nested(NFTA_LIST_ELEM, _str(NFTA_EXPR_NAME, "counter"))
 
 
 def _meta(key: int) -> bytes:
@@ -130,7 +114,7 @@ def _meta(key: int) -> bytes:
 
 def _cmp(op: int, value: bytes) -> bytes:
     return _expr("cmp", _be32(NFTA_CMP_SREG, NFT_REG_1), _be32(NFTA_CMP_OP, op),
-                 _nested(NFTA_CMP_DATA, _attr(NFTA_DATA_VALUE, value)))
+                 nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, value)))
 
 
 def _ifname(name: str) -> bytes:
@@ -140,7 +124,7 @@ def _ifname(name: str) -> bytes:
 def _verdict(code: int, chain: str = "") -> bytes:
     verdict = _be32(NFTA_VERDICT_CODE, code) + (_str(NFTA_VERDICT_CHAIN, chain) if chain else b"")
     return _expr("immediate", _be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT),
-                 _nested(NFTA_IMMEDIATE_DATA, _nested(NFTA_DATA_VERDICT, verdict)))
+                 nested(NFTA_IMMEDIATE_DATA, nested(NFTA_DATA_VERDICT, verdict)))
 
 
 def match_iifname(name: str, op: int = NFT_CMP_EQ) -> bytes:
@@ -176,8 +160,8 @@ def _payload(base: int, offset: int, length: int) -> bytes:
 def _mask(mask: bytes) -> bytes:
     return _expr("bitwise", _be32(NFTA_BITWISE_SREG, NFT_REG_1), _be32(NFTA_BITWISE_DREG, NFT_REG_1),
                  _be32(NFTA_BITWISE_LEN, len(mask)),
-                 _nested(NFTA_BITWISE_MASK, _attr(NFTA_DATA_VALUE, mask)),
-                 _nested(NFTA_BITWISE_XOR, _attr(NFTA_DATA_VALUE, bytes(len(mask)))))
+                 nested(NFTA_BITWISE_MASK, attr(NFTA_DATA_VALUE, mask)),
+                 nested(NFTA_BITWISE_XOR, attr(NFTA_DATA_VALUE, bytes(len(mask)))))
 
 
 def _match_ipv4(offset: int, network: ipaddress.IPv4Network, op: int) -> bytes:
@@ -224,7 +208,7 @@ def jump(chain: str) -> bytes:
 
 
 def masquerade() -> bytes:
-    return _nested(NFTA_LIST_ELEM, _str(NFTA_EXPR_NAME, "masq"))
+    return nested(NFTA_LIST_ELEM, _str(NFTA_EXPR_NAME, "masq"))
 
 
 # ---- the netlink conversation --------------------------------------------------------------------
@@ -258,7 +242,7 @@ class NftSocket:
         self.seq += 1
         body = _NFGENMSG.pack(message.family, 0, socket.htons(message.res_id)) + message.payload
         kind = message.kind if message.batch_marker else (NFNL_SUBSYS_NFTABLES << 8) | message.kind
-        return self.seq, _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, message.flags, self.seq, 0) + body
+        return self.seq, netlink_message(kind, message.flags, self.seq, body)
 
     def transaction(self, messages: list[Message]) -> None:
         """Send ``messages`` as one atomic batch; raise FirewallError on the first error."""
@@ -275,7 +259,7 @@ class NftSocket:
         while pending:
             for kind, seq, payload in self._receive():
                 if kind == NLMSG_ERROR:
-                    error = -struct.unpack_from("=i", payload)[0]
+                    error = error_code(payload)
                     pending.discard(seq)
                     if error:
                         raise FirewallError(error, f"nftables: {os.strerror(error)}")
@@ -292,7 +276,7 @@ class NftSocket:
                 if msg_kind == NLMSG_DONE:
                     return replies
                 if msg_kind == NLMSG_ERROR:
-                    error = -struct.unpack_from("=i", body)[0]
+                    error = error_code(body)
                     if error:
                         raise FirewallError(error, f"nftables dump: {os.strerror(error)}")
                     return replies
@@ -300,29 +284,11 @@ class NftSocket:
 
     def _receive(self) -> list[tuple[int, int, bytes]]:
         data = self.sock.recv(1 << 16)
-        out = []
-        offset = 0
-        while offset + _NLMSGHDR.size <= len(data):
-            length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-            if length < _NLMSGHDR.size:
-                break
-            out.append((kind & 0xFF if kind >> 8 == NFNL_SUBSYS_NFTABLES else kind, seq,
-                        data[offset + _NLMSGHDR.size:offset + length]))
-            offset += (length + 3) & ~3
-        return out
-
-
-def parse_attrs(data: bytes) -> dict[int, bytes]:
-    """Top-level netlink attributes of ``data`` by type (the nested flag masked off)."""
-    attrs: dict[int, bytes] = {}
-    offset = 0
-    while offset + _NLATTR.size <= len(data):
-        length, kind = _NLATTR.unpack_from(data, offset)
-        if length < _NLATTR.size:
-            break
-        attrs[kind & ~NLA_F_NESTED] = data[offset + _NLATTR.size:offset + length]
-        offset += (length + 3) & ~3
-    return attrs
+        try:
+            return [(kind & 0xFF if kind >> 8 == NFNL_SUBSYS_NFTABLES else kind, seq, payload)
+                    for kind, _flags, seq, payload in messages(data)]
+        except OSError as exc:
+            raise FirewallError(exc.errno, f"nftables: {exc.strerror}") from None
 
 
 def list_tables(family: int = NFPROTO_INET) -> list[str]:
@@ -355,7 +321,7 @@ def new_chain(family: int, table: str, name: str, hook: int | None = None, prior
     """A base chain (policy accept) on ``hook``, or a regular chain (jump target) when hook is None."""
     payload = _str(NFTA_CHAIN_TABLE, table) + _str(NFTA_CHAIN_NAME, name)
     if hook is not None:
-        payload += (_nested(NFTA_CHAIN_HOOK, _be32(NFTA_HOOK_HOOKNUM, hook), _be32(NFTA_HOOK_PRIORITY, priority))
+        payload += (nested(NFTA_CHAIN_HOOK, _be32(NFTA_HOOK_HOOKNUM, hook), _be32(NFTA_HOOK_PRIORITY, priority))
                     + _be32(NFTA_CHAIN_POLICY, NF_ACCEPT) + _str(NFTA_CHAIN_TYPE, kind))
     return Message(NFT_MSG_NEWCHAIN, _CREATE, family, payload)
 
@@ -364,15 +330,15 @@ def new_rule(family: int, table: str, chain: str, expressions: bytes, *, tag: st
              first: bool = False) -> Message:
     """A rule at the end of ``chain`` (at its start if ``first``), marked with ``tag`` (its userdata)."""
     payload = (_str(NFTA_RULE_TABLE, table) + _str(NFTA_RULE_CHAIN, chain)
-               + _nested(NFTA_RULE_EXPRESSIONS, expressions))
+               + nested(NFTA_RULE_EXPRESSIONS, expressions))
     if tag:
-        payload += _attr(NFTA_RULE_USERDATA, tag.encode())
+        payload += attr(NFTA_RULE_USERDATA, tag.encode())
     return Message(NFT_MSG_NEWRULE, _CREATE | (0 if first else NLM_F_APPEND), family, payload)
 
 
 def delete_rule(family: int, table: str, chain: str, handle: int) -> Message:
     payload = (_str(NFTA_RULE_TABLE, table) + _str(NFTA_RULE_CHAIN, chain)
-               + _attr(NFTA_RULE_HANDLE, struct.pack("!Q", handle)))
+               + attr(NFTA_RULE_HANDLE, struct.pack("!Q", handle)))
     return Message(NFT_MSG_DELRULE, NLM_F_REQUEST | NLM_F_ACK, family, payload)
 
 
@@ -402,11 +368,11 @@ def counter_packets(expressions: bytes) -> int | None:
     """Packets counted by a rule's counter; None if it has none."""
     total: int | None = None
     offset = 0
-    while offset + _NLATTR.size <= len(expressions):
-        length, _kind = _NLATTR.unpack_from(expressions, offset)
-        if length < _NLATTR.size:
+    while offset + NLATTR.size <= len(expressions):
+        length, _kind = NLATTR.unpack_from(expressions, offset)
+        if length < NLATTR.size:
             break
-        expr = parse_attrs(expressions[offset + _NLATTR.size:offset + length])
+        expr = parse_attrs(expressions[offset + NLATTR.size:offset + length])
         if expr.get(NFTA_EXPR_NAME, b"").rstrip(b"\0") == b"counter":
             packets = parse_attrs(expr.get(NFTA_EXPR_DATA, b"")).get(NFTA_COUNTER_PACKETS)
             total = (total or 0) + (struct.unpack("!Q", packets)[0] if packets else 0)
