@@ -150,6 +150,7 @@ class Invoker:
         self.simple_auth = simple_auth
         self.secrets: SecretStore | None = None  # functions' secrets, for their warmups
         self._refs: dict[tuple[str, str | None, str], tuple[str, Brn]] = {}
+        self._log_keys: dict[str, tuple[str, str]] = {}  # BRN → where its logs are kept (_log_key)
         # The durable enqueue of X-easyfaas-Invoke-Type: event (controller/async_api.py sets it).
         self.events: EventIntake | None = None
         # Frame ids only have to be unique on one connection: a counter is enough, and a uuid4 per
@@ -423,7 +424,12 @@ class Invoker:
             self.metrics.invoked(cfg.FunctionName, cfg.Version, trigger, outcome, result.duration_ms / 1000,
                                  None if init_ms is None else init_ms / 1000)
         if self.function_logs is not None:
-            account, name = _log_key(fn.brn)
+            key = self._log_keys.get(fn.brn)
+            if key is None:
+                if len(self._log_keys) >= _REF_CACHE_MAX:
+                    self._log_keys.clear()
+                key = self._log_keys[fn.brn] = _log_key(fn.brn)
+            account, name = key
             self.function_logs.record(account, name, cfg.Version, request_id, result.logs, result.duration_ms,
                                       cfg.MemorySize, result.memory_peak_mb, result.init_ms, trace)
 

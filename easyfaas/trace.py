@@ -25,7 +25,8 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 # Ids need to be unique, not secret: random's generator costs a tenth of os.urandom per call.
-_random = random.Random()
+_getrandbits = random.Random().getrandbits
+_ONE_SPAN = "0" * 15 + "1"
 
 
 class TraceContext:
@@ -61,14 +62,18 @@ def parse_traceparent(value: str | None) -> tuple[str, str, bool] | None:
 
 
 def _span_id() -> str:
-    return f"{_random.getrandbits(64) or 1:016x}"
+    return f"{_getrandbits(64) or 1:016x}"
 
 
 def continue_trace(traceparent: str | None) -> TraceContext:
     """The invocation's span: a child of ``traceparent``, or the root of a new trace."""
-    parsed = parse_traceparent(traceparent)
-    if parsed is None:
-        # X-Ray's layout: the first 8 hex digits are the Unix time in seconds.
-        return TraceContext(f"{int(time.time()):08x}{_random.getrandbits(96):024x}", _span_id(), False)
-    trace_id, _, sampled = parsed
-    return TraceContext(trace_id, _span_id(), sampled)
+    if traceparent:
+        parsed = parse_traceparent(traceparent)
+        if parsed is not None:
+            trace_id, _, sampled = parsed
+            return TraceContext(trace_id, _span_id(), sampled)
+    # X-Ray's layout: the first 8 hex digits are the Unix time in seconds. The trace's random part
+    # and the span id come from one draw: most invocations start a trace, once per request.
+    ids = f"{int(time.time()):08x}{_getrandbits(160):040x}"
+    span_id = ids[32:]
+    return TraceContext(ids[:32], span_id if span_id != _ZERO_SPAN else _ONE_SPAN, False)

@@ -1,16 +1,16 @@
-"""The runtime channel of the Python runtime: frames in on connection threads, answers out.
+"""The runtime channel of the Python runtime: frames in, each answered by the thread that read it.
 
-Connection threads only read and write frames (``easyfaas/frames.py``). With a :class:`MainThread`
-dispatcher every invocation is handed through a queue to the main thread, which runs the handler
-and writes the answer: handlers can use ``signal`` and ``asyncio``'s main-thread loop, and
-concurrent invocations of one runtime run one after another, as in Lambda. The exec mode and a
-runtime whose handler failed to load answer on the connection threads instead. Stdlib only.
+Requests and answers are frames (``easyfaas/frames.py``). With :class:`MainThread` the main thread
+accepts, reads and answers every connection itself and runs the handler: handlers can use
+``signal`` and ``asyncio``'s main-thread loop, and concurrent invocations of one runtime run one
+after another, as in Lambda. The exec mode and a runtime whose handler failed to load answer on a
+thread per connection instead. Stdlib only.
 """
 
 from __future__ import annotations
 
-import collections
 import os
+import select
 import socket
 import sys
 import threading
@@ -18,12 +18,15 @@ import time
 import traceback
 from typing import Callable
 
-from easyfaas.frames import FrameError, InvokeRequest, InvokeResponse, encode, recv_frame
+from easyfaas.frames import (HEADER, MAX_FRAME, FrameError, InvokeRequest, InvokeResponse, decode_body, encode,
+                             recv_frame)
 from runner.runtimes.python.errors import INTERNAL_ERROR, MARSHAL_ERROR, RESPONSE_TOO_LARGE, error_object, make_error
 from runner.runtimes.python.memory_peak import peak_kb
 
 Invoke = Callable[[InvokeRequest], InvokeResponse]
 _RETRYABLE_ACCEPT_ERRNOS = (23, 24, 105, 12)  # ENFILE, EMFILE, ENOBUFS, ENOMEM: back off, retry
+_HEADER_SIZE = HEADER.size
+_RECV_SIZE = 256 * 1024
 
 
 def answer(conn: socket.socket, request: InvokeRequest, invoke: Invoke) -> bool:
@@ -51,79 +54,109 @@ def answer(conn: socket.socket, request: InvokeRequest, invoke: Invoke) -> bool:
     return True
 
 
-class Connection:
-    """A controller connection shared by its reader thread and the main thread.
-
-    The socket is closed by whichever side finishes last: the reader at EOF when no answer is
-    owed, else the main thread after its last answer, so that the fd number is never reused
-    while an answer is still to be written to it.
-    """
-
-    __slots__ = ("sock", "owed", "eof", "lock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.owed = 0
-        self.eof = False
-        self.lock = threading.Lock()
-
-    def expect_answer(self) -> None:
-        with self.lock:
-            self.owed += 1
-
-    def answered(self) -> None:
-        with self.lock:
-            self.owed -= 1
-            close = self.eof and not self.owed
-        if close:
-            self.sock.close()
-
-    def reader_done(self) -> None:
-        with self.lock:
-            self.eof = True
-            close = not self.owed
-        if close:
-            self.sock.close()
-
-
 class MainThread:
-    """Serialises invocations onto the thread that calls :meth:`run` (the main thread).
+    """Serves every controller connection from the thread that calls :meth:`run` (the main thread).
 
-    The hand-over is a deque and an eventfd rather than a ``queue``: the connection thread wakes
-    the main thread inside a system call, with the GIL released, so that the main thread runs at
-    once instead of waking twice (once for the queue, again for the GIL).
+    One epoll loop on that thread accepts connections, reads their frames and runs each
+    invocation as its frame is whole, then writes the answer: the thread that reads a request is
+    the one that runs its handler, so a call wakes one thread once. (A reader thread per connection
+    handing calls to the main thread woke two threads per call, which made the runtime's CPU per
+    call twice that of answering on the reader thread; docs/performance.md.) Concurrent
+    invocations of one runtime run one after another, as in Lambda.
     """
 
-    def __init__(self, invoke: Invoke) -> None:
+    def __init__(self, listener: socket.socket, invoke: Invoke) -> None:
+        self.listener = listener
         self.invoke = invoke
-        self._pending: collections.deque[tuple[Connection, InvokeRequest]] = collections.deque()
-        self._wakeup = os.eventfd(0, os.EFD_CLOEXEC)
-
-    def submit(self, conn: Connection, request: InvokeRequest) -> None:
-        """From a connection thread: queue ``request``; the main thread answers it on ``conn``."""
-        conn.expect_answer()
-        self._pending.append((conn, request))
-        os.eventfd_write(self._wakeup, 1)
+        # select.epoll rather than selectors: its bookkeeping per wake-up was a tenth of a call.
+        self._epoll = select.epoll()
+        self._conns: dict[int, socket.socket] = {}
+        self._buffers: dict[socket.socket, bytearray] = {}
+        self._read_buffer = bytearray(_RECV_SIZE)
+        self._read_view = memoryview(self._read_buffer)
 
     def run(self) -> None:
-        pending = self._pending
+        epoll = self._epoll
+        listener_fd = self.listener.fileno()
+        epoll.register(listener_fd, select.EPOLLIN)
+        conns = self._conns
         while True:
             try:
-                os.eventfd_read(self._wakeup)
+                ready = epoll.poll()
             except Exception:  # noqa: BLE001 - a handler's signal handler fired while idle
                 traceback.print_exc(file=sys.__stderr__)
                 continue
-            while pending:
-                conn, request = pending.popleft()
-                try:
-                    answer(conn.sock, request, self.invoke)
-                finally:
-                    conn.answered()
+            try:
+                for fd, _ in ready:
+                    if fd == listener_fd:
+                        self._accept()
+                    else:
+                        sock = conns.get(fd)
+                        if sock is not None:  # not closed by an earlier event of this round
+                            self._serve(sock)
+            except Exception:  # noqa: BLE001 - a handler's signal handler fired between invocations
+                traceback.print_exc(file=sys.__stderr__)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except (InterruptedError, BlockingIOError):
+            return
+        except OSError as exc:
+            if exc.errno in _RETRYABLE_ACCEPT_ERRNOS:
+                time.sleep(0.05)
+                return
+            # fd 3 is gone: nothing can reach this runtime any more; exiting tells the runner.
+            sys.__stderr__.write(f"easyfaas python runtime: the invoke listener failed: {exc}\n")
+            os._exit(1)
+        self._buffers[conn] = bytearray()
+        self._conns[conn.fileno()] = conn
+        self._epoll.register(conn.fileno(), select.EPOLLIN)
+
+    def _serve(self, sock: socket.socket) -> None:
+        """Read what ``sock`` has and answer every whole frame in it; close it at EOF or on garbage."""
+        # Into one buffer kept for every read: a fresh bytes object of _RECV_SIZE per call is an
+        # mmap, mremap and munmap each time.
+        try:
+            n = sock.recv_into(self._read_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if not n:
+            self._close(sock)
+            return
+        buf = self._buffers[sock]
+        buf += self._read_view[:n]
+        while len(buf) >= _HEADER_SIZE:
+            (length,) = HEADER.unpack_from(buf)
+            if length > MAX_FRAME:
+                self._close(sock)
+                return
+            end = _HEADER_SIZE + length
+            if len(buf) < end:
+                return
+            body = bytes(buf[_HEADER_SIZE:end])
+            del buf[:end]
+            try:
+                request = InvokeRequest.from_wire(decode_body(body))
+            except FrameError:
+                self._close(sock)
+                return
+            if not answer(sock, request, self.invoke):
+                self._close(sock)
+                return
+
+    def _close(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        self._epoll.unregister(fd)
+        del self._conns[fd]
+        del self._buffers[sock]
+        sock.close()
 
 
-def serve_connection(sock: socket.socket, invoke: Invoke, main: MainThread | None) -> None:
+def serve_connection(sock: socket.socket, invoke: Invoke) -> None:
     """Read requests from one connection until the peer closes it; each is answered in turn."""
-    conn = Connection(sock)
     try:
         while True:
             try:
@@ -132,25 +165,22 @@ def serve_connection(sock: socket.socket, invoke: Invoke, main: MainThread | Non
                 return
             if body is None:
                 return
-            request = InvokeRequest.from_wire(body)
-            if main is not None:
-                main.submit(conn, request)
-            elif not answer(sock, request, invoke):
+            if not answer(sock, InvokeRequest.from_wire(body), invoke):
                 return
     finally:
-        conn.reader_done()
+        sock.close()
 
 
-def accept_loop(listener: socket.socket, invoke: Invoke, main: MainThread | None) -> None:
+def accept_loop(listener: socket.socket, invoke: Invoke) -> None:
     try:
-        _accept_forever(listener, invoke, main)
+        _accept_forever(listener, invoke)
     except OSError as exc:
         # fd 3 is gone: nothing can reach this runtime any more; exiting tells the runner.
         sys.__stderr__.write(f"easyfaas python runtime: the invoke listener failed: {exc}\n")
         os._exit(1)
 
 
-def _accept_forever(listener: socket.socket, invoke: Invoke, main: MainThread | None) -> None:
+def _accept_forever(listener: socket.socket, invoke: Invoke) -> None:
     while True:
         try:
             conn, _ = listener.accept()
@@ -161,16 +191,13 @@ def _accept_forever(listener: socket.socket, invoke: Invoke, main: MainThread | 
                 time.sleep(0.05)
                 continue
             raise
-        threading.Thread(target=serve_connection, args=(conn, invoke, main), daemon=True,
+        threading.Thread(target=serve_connection, args=(conn, invoke), daemon=True,
                          name="easyfaas-conn").start()
 
 
 def serve(listener: socket.socket, invoke: Invoke, on_main_thread: bool) -> None:
     """Serve fd 3 until the process is killed; handlers on the calling thread when asked."""
     if not on_main_thread:
-        accept_loop(listener, invoke, None)
+        accept_loop(listener, invoke)
         return
-    main = MainThread(invoke)
-    threading.Thread(target=accept_loop, args=(listener, invoke, main), daemon=True,
-                     name="easyfaas-accept").start()
-    main.run()
+    MainThread(listener, invoke).run()
