@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS invocations (
     traceparent TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS invocations_due ON invocations(due_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS invocations_due_by_function ON invocations(function, due_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS invocations_account ON invocations(account, seq);
 CREATE INDEX IF NOT EXISTS invocations_finished ON invocations(finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS invocations_dead ON invocations(account, finished_at) WHERE dead = 1;
@@ -314,30 +315,36 @@ class SQLiteEventQueue:
     async def _lease_once(self, max_count: int, room: Room) -> tuple[list[Delivery], float | None]:
         now = time.time()
         taken: dict[str, int] = defaultdict(int)
-        chosen: list[int] = []  # seqs, in due order
-        seen: set[int] = set()
+        chosen: list[int] = []  # seqs, in due order per function
         full: set[str] = set()
-        # A function with no room must not hide the events of others behind it: look past it.
+        # A function with no room must not hide the events of others behind it: after the due
+        # events of all functions, look at each other function's own (an index per function; a
+        # scan past a busy function's backlog would cost a read of all of it at every lease).
         # The selection reads only (seq, function) on the loop; the write below takes the rows.
-        for _ in range(4):
-            exclude = ",".join("?" * len(full))
-            limit = max_count - len(chosen) + len(seen)  # the chosen are still queued: skip them
-            rows = self._read_here(f"SELECT seq, function FROM invocations WHERE status = 'queued' "
-                                   f"AND due_at <= ? AND function NOT IN ({exclude}) ORDER BY due_at LIMIT ?",
-                                   (now, *full, limit))
-            more = False
-            for seq, function in rows:
-                if seq in seen:
+        rows = self._read_here("SELECT seq, function FROM invocations WHERE status = 'queued' AND due_at <= ? "
+                               "ORDER BY due_at LIMIT ?", (now, max_count))
+        for seq, function in rows:
+            if function in full or taken[function] >= room(function):
+                full.add(function)
+                continue
+            taken[function] += 1
+            chosen.append(seq)
+        if full and len(chosen) < max_count and len(rows) == max_count:
+            seen = set(chosen)
+            for function in [f for f in self._active if f not in full]:
+                want = min(max_count - len(chosen), room(function) - taken[function])
+                if want <= 0:
                     continue
-                if function in full or taken[function] >= room(function):
-                    full.add(function)
-                    more = True  # events of others may wait behind this function's
-                    continue
-                seen.add(seq)
-                taken[function] += 1
-                chosen.append(seq)
-            if len(chosen) >= max_count or len(rows) < limit or not more:
-                break
+                more = self._read_here("SELECT seq FROM invocations WHERE status = 'queued' AND function = ? "
+                                       "AND due_at <= ? ORDER BY due_at LIMIT ?",
+                                       (function, now, want + taken[function]))
+                for (seq,) in more:
+                    if seq not in seen and taken[function] < room(function) and len(chosen) < max_count:
+                        seen.add(seq)
+                        taken[function] += 1
+                        chosen.append(seq)
+                if len(chosen) >= max_count:
+                    break
         if not chosen:
             if full:
                 return [], now + 0.05  # everything due is over its function's room: look again shortly
