@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                   "bcoldsh", own_code=False)
             results["cold_node"] = scenarios.cold_starts(pod, "nodejs", plan.cold_node, "bcoldjs")
             results["provided"] = provided.provided_vs_native(pod, plan)
-            results["async_queue"] = async_queue.async_queue(pod, plan.wrk_seconds)
             _log(f"cold-start rate: {plan.rate_functions} functions, {plan.rate_clients} clients")
             results["cold_rate"] = scenarios.cold_start_rate(pod, plan.rate_functions, plan.rate_clients)
             python_warm = sum(1 for s in footprint.warm_sandboxes(pod) if s.language == "python")
@@ -88,7 +87,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["event_sources"] = event_sources.event_sources(pod, *((20, 2) if args.smoke else (500, 20)),
                                                                    sync_seconds=plan.wrk_seconds,
                                                                    sync_reps=min(plan.reps, 2))
-            results["gateway"] = gateway.gateway_vs_direct(pod, plan)  # last: it may restart the controller
+            # These two restart the controller: last.
+            _log("asynchronous invocations: enqueue and drain capacities, and both at once")
+            results["async_queue"] = async_queue.async_queue(pod, plan.wrk_seconds)
+            results["gateway"] = gateway.gateway_vs_direct(pod, plan)
         finally:
             _log("stopping the pod")
             results["leaks"] = pod.stop()
