@@ -81,6 +81,7 @@ def create_app(opts: Settings, *, funclet: FuncletClient | None = None,
     for old, new in deprecated_options(opts):
         log.warning("option_deprecated", option=f"--{old}", use=f"--{new}")
     pool = Pool(funclet, runtime_alive_timeout=opts.runtime_alive_timeout, task_interval=opts.task_interval,
+                failure_wait=opts.runtime_failure_wait,
                 max_runtime_idle=opts.max_runtime_idle, max_transition_time=opts.max_transition_time,
                 concurrent_mode=opts.concurrent_mode, queue_length=opts.queue_length,
                 queue_timeout=opts.queue_timeout, min_free_sandboxes=opts.min_free_sandboxes,

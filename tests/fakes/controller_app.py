@@ -64,6 +64,7 @@ async def make_env(containers: int = 3, extra_args: tuple[str, ...] = (),
     stubs.add(function_record("wide", quota=4))
     stubs.add(function_record("foreign", uid=OTHER))
     opts = parse_controller_options(["--task-interval", "3600", "--runtime-alive-timeout", "5",
+                                     "--runtime-failure-wait", "1",
                                      "--state-dir", os.path.join(sock_dir, "state"), *extra_args])
     app = create_app(opts, funclet=funclet, registry=Registry(endpoint))  # type: ignore[arg-type]
     client = TestClient(TestServer(app, host="127.0.0.1", **(server_kwargs or {})))
@@ -148,7 +149,8 @@ async def make_async_env(*args: str, containers: int = 2) -> tuple[AsyncEnv, Any
     stubs.add(function_record("hello"))
     stubs.add(function_record("dest"))
     stubs.add(function_record("foreign", uid=OTHER))
-    opts = parse_controller_options(["--task-interval", "3600", "--runtime-alive-timeout", "5", "--state-dir",
+    opts = parse_controller_options(["--task-interval", "3600", "--runtime-alive-timeout", "5",
+                                     "--runtime-failure-wait", "1", "--state-dir",
                                      os.path.join(tmp, "state"), "--event-retry-base", "0.05", *args])
     app = create_app(opts, funclet=funclet, registry=Registry(endpoint))  # type: ignore[arg-type]
     client = TestClient(TestServer(app, host="127.0.0.1"))
