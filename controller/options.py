@@ -28,7 +28,7 @@ OPTIONS = [
     Option("runtime-alive-timeout", parse_duration, "15s",
            "how long a cold start (funclet warmup) may take before the request fails; above a"
            " function's own init limit (10 s, Lambda's) so that its init error is the one reported"),
-    Option("runtime-failure-wait", parse_duration, "15s",
+    Option("runtime-failure-wait", parse_duration, "5s",
            "how long a call whose runtime went away waits for the funclet to say why (OOM kill, signal)"
            " before it answers Runtime.ExitError without the reason"),
     Option("task-interval", parse_duration, "5s", "period of the background task (cooldown, reborn, sync)"),

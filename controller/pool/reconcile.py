@@ -26,10 +26,10 @@ log = structlog.get_logger(__name__)
 # How long a request whose runtime went away waits for the funclet to say why. An OOM kill is only
 # reported once the sandbox's runner has reaped the runtime, and a runner in a cgroup that is still
 # at its memory limit (a memory bomb's survivors) can take a second or more to get there, several
-# on a loaded host (past 5 s in a full test run on two busy cores). The report normally comes
+# on a loaded host (once past 5 s in a full test run on two busy cores). The report normally comes
 # within milliseconds, so the bound costs only the rare call whose report is late, and that call
 # has failed already. The controller's --runtime-failure-wait sets it.
-FAILURE_WAIT = 15.0
+FAILURE_WAIT = 5.0
 
 EVENTS_WAIT = 10.0
 
