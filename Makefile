@@ -43,10 +43,12 @@ TEST_ENV := env -u PYTHONDONTWRITEBYTECODE
 test: install
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
-# The inner loop: unit and in-process tests only (markers in tests/conftest.py), on every core
-# (pytest-xdist), under a minute on two.
+# The inner loop: unit and in-process tests only (markers in tests/conftest.py), under a minute on
+# two cores. Two pytest-xdist workers per core: these tests spend much of their time waiting on the
+# servers they start (NATS, Mosquitto, loopback daemons), so one worker per core leaves cores idle.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
 test-fast: install
-	$(TEST_ENV) $(PY) -m pytest -m "not e2e and not slow" -n auto $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -m "not e2e and not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench

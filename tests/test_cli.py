@@ -1,5 +1,7 @@
 """The ``easyfaas`` command line without a pod: settings precedence, packaging, the stack file,
-error lines and exit codes (against real loopback HTTP servers where an answer is needed)."""
+error lines and exit codes (against real loopback HTTP servers where an answer is needed). The
+commands run in this process through the CLI's ``main``; the entry point runs as ``python -m cli``
+in the tests of help and exit status."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ import subprocess
 import sys
 import threading
 import zipfile
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
+from unittest import mock
 
 import pytest
 
+from cli.__main__ import main as cli_main
 from cli.exits import BuildError, ExitCode, UsageError, exit_code_for_status
 from cli.packaging import build_package, install_steps, is_ignored, package_files, zip_directory
 from cli.settings import DEFAULT_REGISTRY_URL, DEFAULT_URL, resolve
@@ -303,12 +308,42 @@ def test_exit_code_of_a_status(status: int, code: ExitCode) -> None:
     assert exit_code_for_status(status) == code
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+@dataclass
+class CliRun:
+    """What one CLI run left: its exit code and what it wrote to stdout and stderr."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_environment(env: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment without EASYFAAS_* settings (and no profile file), plus ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("EASYFAAS_")}
     base["EASYFAAS_CONFIG"] = "/nonexistent/easyfaas.yaml"
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO_ROOT, env={**base, **(env or {})},
-                          capture_output=True, text=True, input=stdin, timeout=60)
+    return {**base, **(env or {})}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> CliRun:
+    """The CLI's ``main`` in this process, with its own environment and standard streams.
+
+    In-process so the inner loop does not pay an interpreter start per call; the entry point as a
+    real process is :func:`run_cli_process`.
+    """
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    stdin_stream = io.TextIOWrapper(io.BytesIO((stdin or "").encode()), encoding="utf-8")
+    with mock.patch.dict(os.environ, cli_environment(env), clear=True), \
+            mock.patch.multiple(sys, stdout=out, stderr=err, stdin=stdin_stream):
+        code = cli_main(list(args))
+    out.flush()
+    err.flush()
+    return CliRun(code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())  # type: ignore[attr-defined]
+
+
+def run_cli_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m cli`` as a process of its own: the real entry point and exit status."""
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO_ROOT, env=cli_environment(env),
+                          capture_output=True, text=True, timeout=60)
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -345,7 +380,8 @@ class RecordingServer(ThreadingHTTPServer):
 @pytest.fixture
 def server() -> Iterator[RecordingServer]:
     srv = RecordingServer()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    # A short poll so that shutdown() at teardown does not wait out the default half second.
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield srv
@@ -415,7 +451,7 @@ def test_names_are_quoted_into_the_path(server: RecordingServer) -> None:
 
 def test_unreachable_pod_is_exit_5() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    proc = run_cli("--url", url, "--registry-url", url, "ls")
+    proc = run_cli_process("--url", url, "--registry-url", url, "ls")
     assert proc.returncode == 5 and proc.stderr.startswith(f"error: pod unreachable at {url}"), proc.stderr
 
 
@@ -440,7 +476,7 @@ def test_usage_errors_exit_2_before_sending_anything(args: tuple[str, ...], frag
 
 
 def test_help_is_complete() -> None:
-    proc = run_cli("--help")
+    proc = run_cli_process("--help")
     assert proc.returncode == 0
     for word in ("deploy", "up", "invoke", "logs", "ls", "describe", "versions", "rm", "triggers", "invocations",
                  "dead-letters", "Exit codes", "EASYFAAS_URL", "EASYFAAS_REGISTRY_URL", "EASYFAAS_KEY",

@@ -205,6 +205,7 @@ def every_second(catch_up: str = "none", **extra: Any) -> SourceTrigger:
                          {"Schedule": "@every 1s", "CatchUp": catch_up, **extra}, stamp, stamp)
 
 
+@pytest.mark.slow  # waits for several real one-second due times
 async def test_every_second_fires_each_due_time_once_across_restarts_and_controllers(
         queue: SQLiteEventQueue, tmp_path: Path) -> None:
     trigger = every_second()
@@ -236,6 +237,7 @@ async def _at_least(queue: SQLiteEventQueue, count: int) -> bool:
     return len(await record_ids(queue)) >= count
 
 
+@pytest.mark.slow  # waits for several real one-second due times
 async def test_restart_never_fires_a_due_time_twice(queue: SQLiteEventQueue, tmp_path: Path) -> None:
     trigger = every_second(catch_up="last")
     intake = QueueIntake(queue)
@@ -321,6 +323,7 @@ async def test_an_invalid_stored_config_is_an_error_state(queue: SQLiteEventQueu
     assert status is not None and status["State"] == "error" and "Config.Schedule" in status["LastError"]
 
 
+@pytest.mark.slow  # waits for several real one-second due times
 async def test_two_controllers_on_one_nats_queue_fire_each_due_time_once(tmp_path: Path) -> None:
     from controller.event_queue.nats_backend import NatsEventQueue
     from tests.nats_harness import NatsServer
