@@ -822,6 +822,20 @@ async def test_runtime_failure_asks_the_funclet_when_no_event_came(make_pool: An
     pool.release(other)
 
 
+async def test_an_oom_kill_is_known_from_the_cgroup_before_the_exit_report(make_pool: Any,
+                                                                           funclet: FakeFunclet) -> None:
+    pool = await make_pool()
+    lease = await acquire(pool, "A", memory=64)
+    c = funclet.containers[lease.sandbox.id]
+    assert await pool.runtime_failure(lease, wait=0.15) is None, "no OOM kill counted, no report: not known"
+    c.OOMKills += 1  # the kernel's count in the sandbox's cgroup; the runner has not reported the exit yet
+    failure = await pool.runtime_failure(lease, wait=2)
+    assert failure is not None and failure.oom and failure.error_type == "Runtime.OutOfMemory"
+    assert "memory limit of 64 MB" in failure.detail, failure.detail
+    assert pool.counters["oom_kill"] == 1
+    pool.release(lease)
+
+
 async def test_dead_sandbox_event_fails_the_slot_and_waits_for_the_rebuild(make_pool: Any,
                                                                           funclet: FakeFunclet) -> None:
     pool = await make_pool()

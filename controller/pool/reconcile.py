@@ -23,12 +23,13 @@ from easyfaas.models import ContainerInfo, FuncletEvent, FuncletEventType, Runti
 
 log = structlog.get_logger(__name__)
 
-# How long a request whose runtime went away waits for the funclet to say why. An OOM kill is only
-# reported once the sandbox's runner has reaped the runtime, and a runner in a cgroup that is still
-# at its memory limit (a memory bomb's survivors) can take a second or more to get there, several
-# on a loaded host (once past 5 s in a full test run on two busy cores). The report normally comes
-# within milliseconds, so the bound costs only the rare call whose report is late, and that call
-# has failed already. The controller's --runtime-failure-wait sets it.
+# How long a request whose runtime went away waits for the funclet to say why. The funclet's exit
+# report comes once the sandbox's runner has reaped the runtime, and a runner in a cgroup that is
+# still at its memory limit (a memory bomb's survivors) can take a second or more to get there,
+# several on a loaded host (once past 5 s in a full test run on two busy cores); an OOM kill is
+# known sooner, from the cgroup's own count in the sandbox's info, polled while waiting. The report
+# normally comes within milliseconds, so the bound costs only the rare call whose report is late,
+# and that call has failed already. The controller's --runtime-failure-wait sets it.
 FAILURE_WAIT = 5.0
 
 EVENTS_WAIT = 10.0
@@ -304,4 +305,12 @@ class Reconciler:
             self.machine.note_exit(sandbox, info)
             failure = sandbox.failures.get(lease.generation)
             if failure is not None:
+                return failure
+            if info.OOMKills > lease.oom_kills:
+                # The kernel counted an OOM kill in the sandbox's cgroup while this request held it:
+                # that is why the runtime went away, known before the runner has reaped it and
+                # reported the exit (which a sandbox still at its memory limit can be slow to do).
+                self.machine.count_ooms(sandbox, info)
+                failure = RuntimeFailure.out_of_memory(info.Resource.Memory)
+                self.machine.record_failure(sandbox, lease.generation, failure)
                 return failure

@@ -60,12 +60,17 @@ class RuntimeFailure:
         return f"RequestID: {request_id} Process exited before completing request: {self.detail}"
 
     @classmethod
+    def out_of_memory(cls, memory_limit: int) -> RuntimeFailure:
+        """The kernel's OOM killer ended the runtime; ``memory_limit`` in bytes (0: not known)."""
+        limit = f" of {memory_limit // MiB} MB" if memory_limit else ""
+        return cls("Runtime.OutOfMemory",
+                   f"the function ran out of memory: it went over its memory limit{limit} and was killed "
+                   "by the kernel's OOM killer", oom=True)
+
+    @classmethod
     def of_exit(cls, exit: RuntimeExit) -> RuntimeFailure:
         if exit.OOMKilled:
-            limit = f" of {exit.MemoryLimit // MiB} MB" if exit.MemoryLimit else ""
-            return cls("Runtime.OutOfMemory",
-                       f"the function ran out of memory: it went over its memory limit{limit} and was killed "
-                       "by the kernel's OOM killer", oom=True)
+            return cls.out_of_memory(exit.MemoryLimit)
         if exit.Signal:
             try:
                 name = signal.Signals(exit.Signal).name
@@ -202,11 +207,12 @@ class Lease:
     no-op, so in-flight counts never leak and never go below zero.
     """
 
-    __slots__ = ("sandbox", "generation", "cold", "limit", "warming", "done")
+    __slots__ = ("sandbox", "generation", "cold", "limit", "warming", "done", "oom_kills")
 
     def __init__(self, sandbox: Sandbox, generation: int, cold: bool, limit: ConcurrencyLimit | None = None) -> None:
         self.sandbox = sandbox
         self.generation = generation
+        self.oom_kills = sandbox.oom_kills_seen  # the cgroup's OOM kills known when the request began
         self.cold = cold
         self.limit = limit
         self.warming = sandbox.warming
