@@ -13,7 +13,7 @@ drain one queue.
 * Listing: the bucket ``easyfaas-invocation-index`` has an empty key per record and status,
   ``r.<account>.<function>.<status>.<enqueued µs>.<request id>``, and per dead letter,
   ``d.<account>.<function>.<finished µs>.<request id>`` (account and function as md5 tokens). A
-  listing watches only the keys its filters name (a subject filter on the server, names without
+  listing reads only the keys its filters name (a subject filter on the server, names without
   values), sorts them newest first and reads records until ``Limit`` match. A change puts the
   record's key before the record and deletes the old one after it, so a key whose record says
   otherwise is stale (a crash or a lost answer between the two) and is skipped: the record is
@@ -57,6 +57,10 @@ CONSUMER = "easyfaas-workers"
 RECORDS_BUCKET = "easyfaas-invocations"
 DEAD_LETTERS_BUCKET = "easyfaas-dead-letters"
 INDEX_BUCKET = "easyfaas-invocation-index"
+INDEX_STREAM = f"KV_{INDEX_BUCKET}"
+INDEX_SUBJECT_PREFIX = f"$KV.{INDEX_BUCKET}."
+INDEX_BATCH = 1024
+INDEX_READER_IDLE = 30.0  # s: a listing's consumer left behind (a lost connection) goes by itself
 NO_ROOM_DELAY = 0.2
 
 
@@ -146,7 +150,7 @@ class NatsEventQueue:
     async def _index_existing(self) -> None:
         """Records and dead letters kept before the index bucket existed get their keys, once."""
         js, records, dead = self._ready()
-        if (await js.stream_info(f"KV_{INDEX_BUCKET}")).state.messages:
+        if (await js.stream_info(INDEX_STREAM)).state.messages:
             return
         count = 0
         for bucket, key_of_item in ((records, record_index_key),
@@ -198,19 +202,49 @@ class NatsEventQueue:
             log.warning("event_index_delete_failed", key=key, error=str(exc) or type(exc).__name__)
 
     async def _index_keys(self, pattern: str) -> list[str]:
-        """The live keys of the index matching ``pattern`` (filtered by the server, names only)."""
-        if self._index is None:
+        """The live keys of the index matching ``pattern`` (filtered by the server, names only).
+
+        Read through an ephemeral pull consumer, not ``KeyValue.watch``: the watch decides there is
+        nothing to come from a consumer info that can overtake the deliveries on the wire (a full
+        bucket then lists as empty; seen under CPU load). A pull consumer delivers only when
+        asked, and each message says how many are still pending, so the end is exact.
+        """
+        js = self._js
+        if self._index is None or js is None:
             raise EventStoreUnavailable("the event queue is not open")
-        watcher = await self._index.watch(pattern, ignore_deletes=True, meta_only=True)
-        keys = []
+        info = await js.add_consumer(INDEX_STREAM, ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, headers_only=True,
+            filter_subject=INDEX_SUBJECT_PREFIX + pattern, mem_storage=True, num_replicas=1,
+            inactive_threshold=INDEX_READER_IDLE))
+        keys: list[str] = []
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                keys.append(entry.key)
+            pending = info.num_pending
+            if not pending:
+                return keys
+            sub = await js.pull_subscribe_bind(info.name, INDEX_STREAM)
+            try:
+                while pending:
+                    try:
+                        msgs = await sub.fetch(min(pending, INDEX_BATCH), timeout=self.connect_timeout)
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        raise EventStoreUnavailable("the event queue did not answer a listing") from None
+                    for msg in msgs:
+                        pending = msg.metadata.num_pending
+                        if not _is_deletion(msg):
+                            keys.append(msg.subject[len(INDEX_SUBJECT_PREFIX):])
+            finally:
+                await sub.unsubscribe()
         finally:
-            await watcher.stop()
+            await self._drop_reader(info.name)
         return keys
+
+    async def _drop_reader(self, name: str) -> None:
+        if self._js is None:
+            return
+        try:
+            await self._js.delete_consumer(INDEX_STREAM, name)
+        except Exception as exc:  # noqa: BLE001 - its inactive_threshold removes it anyway
+            log.warning("event_index_reader_not_deleted", consumer=name, error=str(exc) or type(exc).__name__)
 
     # ---- records -------------------------------------------------------------------------------
 
@@ -480,6 +514,12 @@ class NatsEventQueue:
 
     async def prune(self) -> int:
         return 0  # the buckets' TTL drops records on the server
+
+
+def _is_deletion(msg: Msg) -> bool:
+    """A key-value delete or purge marker (by the client, or by the server's TTL: nats-server 2.11+)."""
+    headers = msg.headers or {}
+    return headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
 
 
 def _new_record(event: QueuedEvent) -> dict[str, Any]:
