@@ -508,9 +508,21 @@ class NatsEventQueue:
     async def depth(self) -> QueueDepth:
         js, _, _ = self._ready()
         info = await js.stream_info(STREAM, subjects_filter=SUBJECT_PREFIX + ">")
-        functions = {self._names.get(subject, subject): FunctionDepth(count, 0.0)
-                     for subject, count in (info.state.subjects or {}).items()}
+        counts = info.state.subjects or {}
+        for subject in counts:
+            if subject not in self._names:
+                await self._learn_name(js, subject)
+        functions = {self._names.get(subject, subject): FunctionDepth(count, 0.0) for subject, count in counts.items()}
         return QueueDepth(info.state.messages, functions)
+
+    async def _learn_name(self, js: JetStreamContext, subject: str) -> None:
+        """The function of a subject this controller never enqueued to (another pod did, or a
+        predecessor): a subject is a hash, its messages say the name."""
+        try:
+            msg = await js.get_last_msg(STREAM, subject)
+            self._names[subject] = QueuedEvent.from_dict(json.loads(msg.data or b"")).function
+        except Exception as exc:  # noqa: BLE001 - drained meanwhile, or not an event: the subject stands
+            log.debug("event_subject_unnamed", subject=subject, error=str(exc) or type(exc).__name__)
 
     async def prune(self) -> int:
         return 0  # the buckets' TTL drops records on the server
