@@ -41,7 +41,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, KeyValueConfig, RetentionPolicy,
                          StorageType, StreamConfig)
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from controller.event_queue.interface import (DeadLetter, Delivery, FunctionDepth, Outcome, QueueDepth, QueuedEvent,
@@ -57,10 +57,8 @@ CONSUMER = "easyfaas-workers"
 RECORDS_BUCKET = "easyfaas-invocations"
 DEAD_LETTERS_BUCKET = "easyfaas-dead-letters"
 INDEX_BUCKET = "easyfaas-invocation-index"
-INDEX_STREAM = f"KV_{INDEX_BUCKET}"
-INDEX_SUBJECT_PREFIX = f"$KV.{INDEX_BUCKET}."
-INDEX_BATCH = 1024
-INDEX_READER_IDLE = 30.0  # s: a listing's consumer left behind (a lost connection) goes by itself
+KEY_BATCH = 1024
+KEY_READER_IDLE = 30.0  # s: a listing's consumer left behind (a lost connection) goes by itself
 NO_ROOM_DELAY = 0.2
 
 
@@ -150,12 +148,13 @@ class NatsEventQueue:
     async def _index_existing(self) -> None:
         """Records and dead letters kept before the index bucket existed get their keys, once."""
         js, records, dead = self._ready()
-        if (await js.stream_info(INDEX_STREAM)).state.messages:
+        if (await js.stream_info(f"KV_{INDEX_BUCKET}")).state.messages:
             return
         count = 0
-        for bucket, key_of_item in ((records, record_index_key),
-                                    (dead, lambda item: dead_letter_index_key(item["Record"]))):
-            for item in await self._all(bucket):
+        for name, bucket, key_of_item in ((RECORDS_BUCKET, records, record_index_key),
+                                          (DEAD_LETTERS_BUCKET, dead,
+                                           lambda item: dead_letter_index_key(item["Record"]))):
+            for item in await self._all(name, bucket):
                 await self._put_index(key_of_item(item))
                 count += 1
         if count:
@@ -202,49 +201,56 @@ class NatsEventQueue:
             log.warning("event_index_delete_failed", key=key, error=str(exc) or type(exc).__name__)
 
     async def _index_keys(self, pattern: str) -> list[str]:
-        """The live keys of the index matching ``pattern`` (filtered by the server, names only).
+        """The live keys of the index matching ``pattern`` (filtered by the server, names only)."""
+        return await self._live_keys(INDEX_BUCKET, pattern)
 
-        Read through an ephemeral pull consumer, not ``KeyValue.watch``: the watch decides there is
-        nothing to come from a consumer info that can overtake the deliveries on the wire (a full
-        bucket then lists as empty; seen under CPU load). A pull consumer delivers only when
-        asked, and each message says how many are still pending, so the end is exact.
+    async def _live_keys(self, bucket: str, pattern: str) -> list[str]:
+        """The keys of ``bucket`` matching ``pattern`` that hold a value (not deleted).
+
+        Read through an ephemeral pull consumer, not ``KeyValue.watch`` (nor ``keys()``, a watch):
+        the watch decides there is nothing to come from a consumer info that can overtake the
+        deliveries on the wire (a full bucket then lists as empty; seen under CPU load). A pull
+        consumer delivers only when asked, and each message says how many are still pending, so
+        the end is exact.
         """
         js = self._js
-        if self._index is None or js is None:
+        if js is None:
             raise EventStoreUnavailable("the event queue is not open")
-        info = await js.add_consumer(INDEX_STREAM, ConsumerConfig(
+        stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+        info = await js.add_consumer(stream, ConsumerConfig(
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, headers_only=True,
-            filter_subject=INDEX_SUBJECT_PREFIX + pattern, mem_storage=True, num_replicas=1,
-            inactive_threshold=INDEX_READER_IDLE))
+            filter_subject=prefix + pattern, mem_storage=True, num_replicas=1, inactive_threshold=KEY_READER_IDLE))
         keys: list[str] = []
         try:
             pending = info.num_pending
             if not pending:
                 return keys
-            sub = await js.pull_subscribe_bind(info.name, INDEX_STREAM)
+            sub = await js.pull_subscribe_bind(info.name, stream)
             try:
                 while pending:
                     try:
-                        msgs = await sub.fetch(min(pending, INDEX_BATCH), timeout=self.connect_timeout)
+                        msgs = await sub.fetch(min(pending, KEY_BATCH), timeout=self.connect_timeout)
                     except (TimeoutError, nats.errors.TimeoutError):
-                        raise EventStoreUnavailable("the event queue did not answer a listing") from None
+                        msgs = []
+                    if not msgs:
+                        raise EventStoreUnavailable(f"the event queue did not answer a listing of {bucket}")
                     for msg in msgs:
                         pending = msg.metadata.num_pending
                         if not _is_deletion(msg):
-                            keys.append(msg.subject[len(INDEX_SUBJECT_PREFIX):])
+                            keys.append(msg.subject[len(prefix):])
             finally:
                 await sub.unsubscribe()
         finally:
-            await self._drop_reader(info.name)
+            await self._drop_reader(stream, info.name)
         return keys
 
-    async def _drop_reader(self, name: str) -> None:
+    async def _drop_reader(self, stream: str, name: str) -> None:
         if self._js is None:
             return
         try:
-            await self._js.delete_consumer(INDEX_STREAM, name)
+            await self._js.delete_consumer(stream, name)
         except Exception as exc:  # noqa: BLE001 - its inactive_threshold removes it anyway
-            log.warning("event_index_reader_not_deleted", consumer=name, error=str(exc) or type(exc).__name__)
+            log.warning("event_key_reader_not_deleted", consumer=name, error=str(exc) or type(exc).__name__)
 
     # ---- records -------------------------------------------------------------------------------
 
@@ -393,13 +399,9 @@ class NatsEventQueue:
         rec, _ = await self._get(request_id)
         return _record_of(rec) if rec is not None else None
 
-    async def _all(self, bucket: KeyValue) -> list[dict[str, Any]]:
-        try:
-            keys = await bucket.keys()
-        except NoKeysError:
-            return []
+    async def _all(self, name: str, bucket: KeyValue) -> list[dict[str, Any]]:
         found = []
-        for key in keys:
+        for key in await self._live_keys(name, ">"):
             try:
                 entry = await bucket.get(key)
             except KeyNotFoundError:
