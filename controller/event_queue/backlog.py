@@ -62,11 +62,12 @@ class Backlogs:
             raise EventQueueFull(f"{self.reserved} asynchronous invocations are queued: the limit is "
                                  f"{self.max_total}")
         backlog = self._by_function.get(function)
+        reserved = backlog.reserved if backlog is not None else 0
+        if reserved >= self.max_per_function:
+            raise EventQueueFull(f"{reserved} asynchronous invocations of {function} are queued: "
+                                 f"the limit is {self.max_per_function}")
         if backlog is None:
             backlog = self._by_function[function] = _Backlog()
-        if backlog.reserved >= self.max_per_function:
-            raise EventQueueFull(f"{backlog.reserved} asynchronous invocations of {function} are queued: "
-                                 f"the limit is {self.max_per_function}")
         backlog.reserved += 1
         self.reserved += 1
 
