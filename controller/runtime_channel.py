@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from easyfaas.frames import HEADER, MAX_FRAME, FrameError, InvokeRequest, InvokeResponse, decode_body, encode
+from easyfaas.frames import (HEADER, MAX_FRAME, FrameError, InvokeRequest, InvokeResponse, decode_body, encode,
+                             split_frames)
 
 _HEADER_SIZE = HEADER.size
 _unpack_header = HEADER.unpack_from
@@ -64,19 +65,10 @@ class _FrameConnection(asyncio.Protocol):
                 self._deliver(data[_HEADER_SIZE:])
                 return
         buf += data
-        while len(buf) >= _HEADER_SIZE:
-            (length,) = _unpack_header(buf)
-            if length > MAX_FRAME:
-                self._fail(ChannelClosed(f"frame of {length} bytes exceeds {MAX_FRAME}"))
-                return
-            end = _HEADER_SIZE + length
-            if len(buf) < end:
-                return
-            body = bytes(buf[_HEADER_SIZE:end])
-            del buf[:end]
-            self._deliver(body)
-            if self.closed:
-                return
+        try:
+            split_frames(buf, self._deliver)
+        except FrameError as exc:
+            self._fail(ChannelClosed(str(exc)))
 
     def eof_received(self) -> bool:
         return False  # close the transport: a half-closed runtime connection is of no use
@@ -92,14 +84,16 @@ class _FrameConnection(asyncio.Protocol):
 
     # ---- internals -------------------------------------------------------------------------------
 
-    def _deliver(self, body: bytes) -> None:
+    def _deliver(self, body: bytes) -> bool:
+        """Whether the connection can take another frame."""
         waiter = self.waiter
         if waiter is None or waiter.done():
             # Nobody asked: the stream is out of step (a reply after a timeout, say).
             self._fail(ChannelClosed("the runtime sent a frame nobody was waiting for"))
-            return
+            return False
         self.waiter = None
         waiter.set_result(body)
+        return not self.closed
 
     def _fail(self, error: ChannelClosed) -> None:
         self._error = error

@@ -13,6 +13,7 @@ import json.scanner
 import socket
 import struct
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 HEADER = struct.Struct(">I")
@@ -57,6 +58,34 @@ def decode_body(body: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise FrameError("frame is not a JSON object")
     return message
+
+
+_HEADER_SIZE = HEADER.size
+_unpack_header = HEADER.unpack_from
+
+
+def split_frames(buf: bytearray, take: Callable[[bytes], bool]) -> None:
+    """Hand the body of each whole frame at the head of ``buf`` to ``take``, taking it out of
+    ``buf``, until ``take`` answers False or no whole frame is left (a partial one stays for the
+    next read).
+
+    The incremental readers of both ends (the controller's runtime channel, the Python runtime's
+    epoll loop) split what they read with it. A callback rather than a frame per call: on the warm
+    path this loop runs once per read, and a call per frame (plus the one that finds none) cost a
+    tenth more than the loop written out in each reader. Raises FrameError at a length over
+    MAX_FRAME, after the frames before it were taken: the stream cannot be read on past it.
+    """
+    while len(buf) >= _HEADER_SIZE:
+        (length,) = _unpack_header(buf)
+        if length > MAX_FRAME:
+            raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+        end = _HEADER_SIZE + length
+        if len(buf) < end:
+            return
+        body = bytes(buf[_HEADER_SIZE:end])
+        del buf[:end]
+        if not take(body):
+            return
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.event_queue.interface import Delivery, EventQueue, Outcome, QueuedEvent
+from controller.event_queue.interface import Delivery, EventQueue, Outcome, QueueDepth, QueuedEvent
 from easyfaas.errors import ResourceConflict
 from easyfaas.event_invoke import EventQueueFull, InvocationStatus
 from tests.nats_harness import NatsServer
@@ -291,6 +291,62 @@ async def test_duplicate_request_id_is_refused(queue: EventQueue) -> None:
     assert (await queue.depth()).total == 1
 
 
+def figures(depth: QueueDepth) -> tuple[int, dict[str, int]]:
+    return depth.total, {fn: d.queued for fn, d in depth.functions.items()}
+
+
+async def test_depth_is_exact_through_the_lifecycle_and_a_restart(make_queue: Factory,
+                                                                   request: pytest.FixtureRequest) -> None:
+    sqlite = request.node.callspec.params["make_queue"] == "sqlite"
+    t0 = time.time()
+    # Enqueued 40, 30, 20, 10 s ago: the oldest age has a known answer (SQLite reports it; NATS 0).
+    a = [dataclasses.replace(event(FN_A), enqueued_at=t0 - 40 + 10 * i) for i in range(4)]
+    b = [event(FN_B) for _ in range(2)]
+
+    async def check(q: EventQueue, total: int, per_function: dict[str, int],
+                    oldest_a: float | None = None) -> None:
+        depth = await q.depth()
+        assert figures(depth) == (total, per_function)
+        if sqlite and oldest_a is not None:
+            assert depth.functions[FN_A].oldest_age == pytest.approx(time.time() - oldest_a, abs=1.0)
+
+    q = make_queue()
+    await q.start()
+    try:
+        await check(q, 0, {})
+        for ev in a + b:
+            await q.enqueue(ev)
+        with pytest.raises(ResourceConflict):
+            await q.enqueue(a[0])  # a duplicate adds nothing
+        await check(q, 6, {FN_A: 4, FN_B: 2}, a[0].enqueued_at)
+        got = {d.event.request_id: d for d in await lease_n(q, 6)}
+        await check(q, 6, {FN_A: 4, FN_B: 2}, a[0].enqueued_at)  # running is still in the queue
+        await q.finish(got[a[0].request_id], Outcome(InvocationStatus.SUCCEEDED, result="0"))
+        await check(q, 5, {FN_A: 3, FN_B: 2}, a[1].enqueued_at)
+        await q.retry(got[a[1].request_id], 0.05, Outcome(InvocationStatus.FAILED, error={"errorType": "E"}))
+        await q.requeue(got[a[2].request_id], 0.05)
+        await check(q, 5, {FN_A: 3, FN_B: 2}, a[1].enqueued_at)
+        await q.finish(got[b[0].request_id], Outcome(InvocationStatus.FAILED, error={"errorType": "E"}))
+        await check(q, 4, {FN_A: 3, FN_B: 1})
+        await q.finish(got[b[1].request_id], Outcome(InvocationStatus.EXPIRED, error={"errorType": "Age"}))
+        await check(q, 3, {FN_A: 3})  # a function with nothing queued is not listed
+        assert await q.redrive(b[0].request_id) is not None
+        assert await q.delete_dead_letter(b[1].request_id)
+        await check(q, 4, {FN_A: 3, FN_B: 1}, a[1].enqueued_at)
+    finally:
+        await q.close()  # a[3] is left running: the holder "crashed"
+
+    q = make_queue()
+    await q.start()
+    try:
+        await check(q, 4, {FN_A: 3, FN_B: 1}, a[1].enqueued_at)
+        for d in await lease_n(q, 4):
+            await q.finish(d, Outcome(InvocationStatus.SUCCEEDED, result="1"))
+        await check(q, 0, {})
+    finally:
+        await q.close()
+
+
 async def test_running_at_a_crash_comes_back_and_finished_never_does(make_queue: Factory) -> None:
     q = make_queue()
     await q.start()
@@ -328,6 +384,25 @@ async def test_sqlite_group_commit_shares_fsyncs(tmp_path: Path) -> None:
         await asyncio.gather(*(q.enqueue(ev) for ev in events))
         assert q.commits - before < len(events)
         assert (await q.depth()).total == 200
+    finally:
+        await q.close()
+
+
+async def test_sqlite_an_enqueue_cancelled_after_it_was_written_still_counts(tmp_path: Path) -> None:
+    from controller.event_queue.sqlite_backend import SQLiteEventQueue
+
+    q = SQLiteEventQueue(tmp_path, max_queued_per_function=2)
+    await q.start()
+    try:
+        first, second = event(), event()
+        task = asyncio.create_task(q.enqueue(first))
+        await asyncio.sleep(0)  # one turn: its write is handed to the writer
+        task.cancel()
+        await q.enqueue(second)  # committed with it, or after it
+        assert await q.record(first.request_id) is not None  # the caller left, the event stayed
+        assert figures(await q.depth()) == (2, {FN_A: 2})
+        with pytest.raises(EventQueueFull):
+            await q.enqueue(event())  # the bound counts it too
     finally:
         await q.close()
 

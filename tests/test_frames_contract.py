@@ -124,6 +124,54 @@ def test_function_error_wire_form() -> None:
     assert FunctionError.from_wire({"errorMessage": 3}).type == FunctionErrorType.RUNTIME_ERROR
 
 
+# ---- the stream split (both ends' incremental readers) -----------------------------------------
+
+def taker(taken: list[bytes], keep_going: bool = True) -> Any:
+    """A ``split_frames`` callback that appends each body to ``taken``."""
+    def take(body: bytes) -> bool:
+        taken.append(body)
+        return keep_going
+    return take
+
+
+@given(bodies=st.lists(st.dictionaries(st.text(max_size=5), st.text(max_size=30), max_size=3), max_size=6),
+       cut=st.integers(min_value=0, max_value=400))
+def test_split_frames_takes_each_whole_frame_once_in_order_whatever_the_reads(bodies: list[dict[str, str]],
+                                                                               cut: int) -> None:
+    stream = b"".join(frames.encode(body) for body in bodies)
+    cut = min(cut, len(stream))
+    taken: list[bytes] = []
+    buf = bytearray()
+    for piece in (stream[:cut], stream[cut:]):  # any split into two reads
+        buf += piece
+        frames.split_frames(buf, taker(taken))
+    assert [frames.decode_body(body) for body in taken] == bodies
+    assert buf == bytearray()
+
+
+def test_split_frames_keeps_a_partial_frame_and_stops_when_told() -> None:
+    one, two, three = (frames.encode({"n": n}) for n in (1, 2, 3))
+    buf = bytearray(one + two + three[:5])
+    taken: list[bytes] = []
+    frames.split_frames(buf, taker(taken, keep_going=False))  # stops after the first
+    assert [frames.decode_body(b) for b in taken] == [{"n": 1}]
+    assert bytes(buf) == two + three[:5]
+    frames.split_frames(buf, taker(taken))
+    assert [frames.decode_body(b) for b in taken] == [{"n": 1}, {"n": 2}]
+    assert bytes(buf) == three[:5]  # the partial frame waits for the next read
+
+
+def test_split_frames_refuses_a_length_over_the_limit_after_the_frames_before_it() -> None:
+    buf = bytearray(frames.encode({"n": 1}) + frames.HEADER.pack(frames.MAX_FRAME + 1) + b"x")
+    taken: list[bytes] = []
+    with pytest.raises(FrameError, match="exceeds"):
+        frames.split_frames(buf, taker(taken))
+    assert taken == [b'{"n":1}']
+    empty = bytearray(frames.HEADER.pack(0))
+    frames.split_frames(empty, taker(taken))
+    assert taken[-1] == b"" and not empty  # an empty body is a frame (decode_body refuses it)
+
+
 # ---- the runtimes agree with the model ---------------------------------------------------------
 
 PY_HANDLER = """

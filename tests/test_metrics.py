@@ -224,12 +224,18 @@ async def test_async_invocations_are_counted_and_the_queue_is_shown(env: Env) ->
 
     resp = await env.invoke("hello", headers={**H, "X-easyfaas-Invoke-Type": "Event"})
     assert resp.status == 202
-    text = ""
-    for _ in range(200):
-        text = await (await env.client.get("/metrics")).text()
-        if value(text, "faas_invocations_total", function="hello", result="success") == 1:
+    rid = resp.headers["X-easyfaas-Request-Id"]
+    # The invocation is counted when the call returns, before the worker settles the event: wait
+    # for the event's record to say it left the queue, then the scrape must show both.
+    status = ""
+    for _ in range(400):
+        body = await (await env.client.get(f"/v1/invocations/{rid}", headers=H)).json()
+        status = body["Status"]
+        if status in ("succeeded", "failed", "expired"):
             break
         await asyncio.sleep(0.05)
+    assert status == "succeeded", body
+    text = await (await env.client.get("/metrics")).text()
     assert value(text, "faas_invocations_total", function="hello", result="success", trigger="other") == 1
     assert "easyfaas_async_queue_depth" in text and "easyfaas_async_in_flight" in text
     assert value(text, "easyfaas_async_queue_depth", function="hello") == 0

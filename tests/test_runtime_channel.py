@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Iterator
 import pytest
 
 from controller.runtime_channel import ChannelClosed, ChannelTimeout, ChannelUnavailable, RuntimeChannel
-from easyfaas.frames import InvokeRequest, InvokeResponse, encode, read_frame
+from easyfaas.frames import HEADER, MAX_FRAME, InvokeRequest, InvokeResponse, encode, read_frame
 from tests.fakes.frame_runtime import FrameRuntime
 
 
@@ -169,6 +169,60 @@ async def test_reply_that_is_not_a_response_frame_is_an_error(sock_dir: str, rep
         with pytest.raises(ChannelClosed, match=reason):
             await channel.call(_frame({}), timeout=2)
         assert channel.open_connections == 0  # a connection out of step is never reused
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("unasked", [False, True])
+async def test_a_reply_in_pieces_is_whole_and_a_frame_nobody_asked_for_ends_its_connection(
+        sock_dir: str, unasked: bool) -> None:
+    path = os.path.join(sock_dir, "pieces.sock")
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while (frame := await read_frame(reader)) is not None:
+            reply = encode({"id": frame["id"], "ok": True, "result": "hello"})
+            if unasked:  # one write: the reply and a frame after it arrive in one read
+                writer.write(reply + encode({"id": frame["id"], "ok": True, "result": "again"}))
+            else:
+                for at in range(0, len(reply), 5):
+                    writer.write(reply[at:at + 5])
+                    await writer.drain()
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=path)
+    channel = RuntimeChannel(path, 1)
+    try:
+        for n in range(2):
+            assert (await channel.call(_frame({}, n), timeout=2)).result == "hello"
+        # In pieces the connection is kept; out of step it is closed and the next call opens another.
+        assert connections == (2 if unasked else 1)
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_reply_longer_than_the_limit_is_an_error(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "long.sock")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_frame(reader) is not None:
+            writer.write(HEADER.pack(MAX_FRAME + 1) + b"{")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=path)
+    channel = RuntimeChannel(path, 1)
+    try:
+        with pytest.raises(ChannelClosed, match="exceeds"):
+            await channel.call(_frame({}), timeout=2)
+        assert channel.open_connections == 0
     finally:
         channel.close()
         server.close()

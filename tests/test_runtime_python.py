@@ -262,3 +262,44 @@ def test_environment_reaches_the_handler(start_python: Any) -> None:
     """, GREETING="bonjour")
     rt.read_status()
     assert rt.invoke()["result"] == "bonjour"
+
+
+def _request(i: int) -> dict[str, Any]:
+    return {"id": f"r{i}", "event": json.dumps({"i": i}), "deadline_ms": int(time.time() * 1000) + 10_000}
+
+
+def test_requests_in_one_write_and_one_request_in_many_are_each_answered_in_order(start_python: Any) -> None:
+    from easyfaas import frames
+
+    rt = start_python("""
+        def handler(event, context):
+            return event["i"]
+    """)
+    rt.read_status()
+    with rt.connect() as conn:
+        conn.sendall(b"".join(frames.encode(_request(i)) for i in range(3)))  # pipelined: one read
+        assert [frames.recv_frame(conn)["id"] for _ in range(3)] == ["r0", "r1", "r2"]  # type: ignore[index]
+        data = frames.encode(_request(3))
+        for at in range(0, len(data), 7):  # a frame in pieces: each awaited by the runtime's next read
+            conn.sendall(data[at:at + 7])
+        reply = frames.recv_frame(conn)
+        assert reply is not None and (reply["id"], reply["result"]) == ("r3", "3")
+
+
+@pytest.mark.parametrize("garbage", ["too long", "not json"])
+def test_a_bad_frame_closes_that_connection_only(start_python: Any, garbage: str) -> None:
+    from easyfaas import frames
+
+    rt = start_python("""
+        def handler(event, context):
+            return "fine"
+    """)
+    rt.read_status()
+    with rt.connect() as conn:
+        bad = frames.HEADER.pack(frames.MAX_FRAME + 1) if garbage == "too long" else frames.HEADER.pack(3) + b"{x}"
+        # The frame before the bad one is answered; then the runtime closes the connection (EOF).
+        conn.sendall(frames.encode(_request(0)) + bad)
+        reply = frames.recv_frame(conn)
+        assert reply is not None and reply["id"] == "r0"
+        assert frames.recv_frame(conn) is None
+    assert rt.alive() and rt.invoke()["result"] == "fine"

@@ -13,7 +13,7 @@ drain one queue.
 * Listing: the bucket ``easyfaas-invocation-index`` has an empty key per record and status,
   ``r.<account>.<function>.<status>.<enqueued µs>.<request id>``, and per dead letter,
   ``d.<account>.<function>.<finished µs>.<request id>`` (account and function as md5 tokens). A
-  listing watches only the keys its filters name (a subject filter on the server, names without
+  listing reads only the keys its filters name (a subject filter on the server, names without
   values), sorts them newest first and reads records until ``Limit`` match. A change puts the
   record's key before the record and deletes the old one after it, so a key whose record says
   otherwise is stale (a crash or a lost answer between the two) and is skipped: the record is
@@ -41,7 +41,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, KeyValueConfig, RetentionPolicy,
                          StorageType, StreamConfig)
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from controller.event_queue.interface import (DeadLetter, Delivery, FunctionDepth, Outcome, QueueDepth, QueuedEvent,
@@ -57,6 +57,8 @@ CONSUMER = "easyfaas-workers"
 RECORDS_BUCKET = "easyfaas-invocations"
 DEAD_LETTERS_BUCKET = "easyfaas-dead-letters"
 INDEX_BUCKET = "easyfaas-invocation-index"
+KEY_BATCH = 1024
+KEY_READER_IDLE = 30.0  # s: a listing's consumer left behind (a lost connection) goes by itself
 NO_ROOM_DELAY = 0.2
 
 
@@ -149,9 +151,10 @@ class NatsEventQueue:
         if (await js.stream_info(f"KV_{INDEX_BUCKET}")).state.messages:
             return
         count = 0
-        for bucket, key_of_item in ((records, record_index_key),
-                                    (dead, lambda item: dead_letter_index_key(item["Record"]))):
-            for item in await self._all(bucket):
+        for name, bucket, key_of_item in ((RECORDS_BUCKET, records, record_index_key),
+                                          (DEAD_LETTERS_BUCKET, dead,
+                                           lambda item: dead_letter_index_key(item["Record"]))):
+            for item in await self._all(name, bucket):
                 await self._put_index(key_of_item(item))
                 count += 1
         if count:
@@ -199,18 +202,55 @@ class NatsEventQueue:
 
     async def _index_keys(self, pattern: str) -> list[str]:
         """The live keys of the index matching ``pattern`` (filtered by the server, names only)."""
-        if self._index is None:
+        return await self._live_keys(INDEX_BUCKET, pattern)
+
+    async def _live_keys(self, bucket: str, pattern: str) -> list[str]:
+        """The keys of ``bucket`` matching ``pattern`` that hold a value (not deleted).
+
+        Read through an ephemeral pull consumer, not ``KeyValue.watch`` (nor ``keys()``, a watch):
+        the watch decides there is nothing to come from a consumer info that can overtake the
+        deliveries on the wire (a full bucket then lists as empty; seen under CPU load). A pull
+        consumer delivers only when asked, and each message says how many are still pending, so
+        the end is exact.
+        """
+        js = self._js
+        if js is None:
             raise EventStoreUnavailable("the event queue is not open")
-        watcher = await self._index.watch(pattern, ignore_deletes=True, meta_only=True)
-        keys = []
+        stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+        info = await js.add_consumer(stream, ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, headers_only=True,
+            filter_subject=prefix + pattern, mem_storage=True, num_replicas=1, inactive_threshold=KEY_READER_IDLE))
+        keys: list[str] = []
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                keys.append(entry.key)
+            pending = info.num_pending
+            if not pending:
+                return keys
+            sub = await js.pull_subscribe_bind(info.name, stream)
+            try:
+                while pending:
+                    try:
+                        msgs = await sub.fetch(min(pending, KEY_BATCH), timeout=self.connect_timeout)
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        msgs = []
+                    if not msgs:
+                        raise EventStoreUnavailable(f"the event queue did not answer a listing of {bucket}")
+                    for msg in msgs:
+                        pending = msg.metadata.num_pending
+                        if not _is_deletion(msg):
+                            keys.append(msg.subject[len(prefix):])
+            finally:
+                await sub.unsubscribe()
         finally:
-            await watcher.stop()
+            await self._drop_reader(stream, info.name)
         return keys
+
+    async def _drop_reader(self, stream: str, name: str) -> None:
+        if self._js is None:
+            return
+        try:
+            await self._js.delete_consumer(stream, name)
+        except Exception as exc:  # noqa: BLE001 - its inactive_threshold removes it anyway
+            log.warning("event_key_reader_not_deleted", consumer=name, error=str(exc) or type(exc).__name__)
 
     # ---- records -------------------------------------------------------------------------------
 
@@ -359,13 +399,9 @@ class NatsEventQueue:
         rec, _ = await self._get(request_id)
         return _record_of(rec) if rec is not None else None
 
-    async def _all(self, bucket: KeyValue) -> list[dict[str, Any]]:
-        try:
-            keys = await bucket.keys()
-        except NoKeysError:
-            return []
+    async def _all(self, name: str, bucket: KeyValue) -> list[dict[str, Any]]:
         found = []
-        for key in keys:
+        for key in await self._live_keys(name, ">"):
             try:
                 entry = await bucket.get(key)
             except KeyNotFoundError:
@@ -474,12 +510,30 @@ class NatsEventQueue:
     async def depth(self) -> QueueDepth:
         js, _, _ = self._ready()
         info = await js.stream_info(STREAM, subjects_filter=SUBJECT_PREFIX + ">")
-        functions = {self._names.get(subject, subject): FunctionDepth(count, 0.0)
-                     for subject, count in (info.state.subjects or {}).items()}
+        counts = info.state.subjects or {}
+        for subject in counts:
+            if subject not in self._names:
+                await self._learn_name(js, subject)
+        functions = {self._names.get(subject, subject): FunctionDepth(count, 0.0) for subject, count in counts.items()}
         return QueueDepth(info.state.messages, functions)
+
+    async def _learn_name(self, js: JetStreamContext, subject: str) -> None:
+        """The function of a subject this controller never enqueued to (another pod did, or a
+        predecessor): a subject is a hash, its messages say the name."""
+        try:
+            msg = await js.get_last_msg(STREAM, subject)
+            self._names[subject] = QueuedEvent.from_dict(json.loads(msg.data or b"")).function
+        except Exception as exc:  # noqa: BLE001 - drained meanwhile, or not an event: the subject stands
+            log.debug("event_subject_unnamed", subject=subject, error=str(exc) or type(exc).__name__)
 
     async def prune(self) -> int:
         return 0  # the buckets' TTL drops records on the server
+
+
+def _is_deletion(msg: Msg) -> bool:
+    """A key-value delete or purge marker (by the client, or by the server's TTL: nats-server 2.11+)."""
+    headers = msg.headers or {}
+    return headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
 
 
 def _new_record(event: QueuedEvent) -> dict[str, Any]:

@@ -9,6 +9,7 @@ thread per connection instead. Stdlib only.
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import socket
@@ -18,14 +19,12 @@ import time
 import traceback
 from typing import Callable
 
-from easyfaas.frames import (HEADER, MAX_FRAME, FrameError, InvokeRequest, InvokeResponse, decode_body, encode,
-                             recv_frame)
+from easyfaas.frames import FrameError, InvokeRequest, InvokeResponse, decode_body, encode, recv_frame, split_frames
 from runner.runtimes.python.errors import INTERNAL_ERROR, MARSHAL_ERROR, RESPONSE_TOO_LARGE, error_object, make_error
 from runner.runtimes.python.memory_peak import peak_kb
 
 Invoke = Callable[[InvokeRequest], InvokeResponse]
 _RETRYABLE_ACCEPT_ERRNOS = (23, 24, 105, 12)  # ENFILE, EMFILE, ENOBUFS, ENOMEM: back off, retry
-_HEADER_SIZE = HEADER.size
 _RECV_SIZE = 256 * 1024
 
 
@@ -71,7 +70,9 @@ class MainThread:
         # select.epoll rather than selectors: its bookkeeping per wake-up was a tenth of a call.
         self._epoll = select.epoll()
         self._conns: dict[int, socket.socket] = {}
-        self._buffers: dict[socket.socket, bytearray] = {}
+        # Per connection: what was read of its next frame, and the callback its frames go to (made
+        # once here, not at every read).
+        self._buffers: dict[socket.socket, tuple[bytearray, Callable[[bytes], bool]]] = {}
         self._read_buffer = bytearray(_RECV_SIZE)
         self._read_view = memoryview(self._read_buffer)
 
@@ -109,7 +110,7 @@ class MainThread:
             # fd 3 is gone: nothing can reach this runtime any more; exiting tells the runner.
             sys.__stderr__.write(f"easyfaas python runtime: the invoke listener failed: {exc}\n")
             os._exit(1)
-        self._buffers[conn] = bytearray()
+        self._buffers[conn] = (bytearray(), functools.partial(self._answer, conn))
         self._conns[conn.fileno()] = conn
         self._epoll.register(conn.fileno(), select.EPOLLIN)
 
@@ -126,26 +127,19 @@ class MainThread:
         if not n:
             self._close(sock)
             return
-        buf = self._buffers[sock]
+        buf, take = self._buffers[sock]
         buf += self._read_view[:n]
-        while len(buf) >= _HEADER_SIZE:
-            (length,) = HEADER.unpack_from(buf)
-            if length > MAX_FRAME:
-                self._close(sock)
-                return
-            end = _HEADER_SIZE + length
-            if len(buf) < end:
-                return
-            body = bytes(buf[_HEADER_SIZE:end])
-            del buf[:end]
-            try:
-                request = InvokeRequest.from_wire(decode_body(body))
-            except FrameError:
-                self._close(sock)
-                return
-            if not answer(sock, request, self.invoke):
-                self._close(sock)
-                return
+        try:
+            split_frames(buf, take)
+        except FrameError:  # over MAX_FRAME, or not a JSON object
+            self._close(sock)
+
+    def _answer(self, sock: socket.socket, body: bytes) -> bool:
+        """Answer one request frame; False (the connection closed) when the peer is gone."""
+        if answer(sock, InvokeRequest.from_wire(decode_body(body)), self.invoke):
+            return True
+        self._close(sock)
+        return False
 
     def _close(self, sock: socket.socket) -> None:
         fd = sock.fileno()
