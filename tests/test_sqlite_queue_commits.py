@@ -149,6 +149,7 @@ async def test_a_settle_waits_for_the_next_write_and_shares_its_commit(tmp_path:
         await q.enqueue(a)
         await q.enqueue(b)
         got = {d.event.request_id: d for d in await q.lease(5, any_room, 2.0)}
+        lease = await waiting_lease(q, wait=30.0)  # nothing else to lease: settles wait for company
         before = q.commits
         finishing = asyncio.get_running_loop().create_task(q.finish(got[a.request_id], SUCCEEDED))
         retrying = asyncio.get_running_loop().create_task(
@@ -159,6 +160,7 @@ async def test_a_settle_waits_for_the_next_write_and_shares_its_commit(tmp_path:
         await q.enqueue(c)
         await asyncio.gather(finishing, retrying)
         assert q.commits - before == 1
+        assert [d.event for d in await lease] == [c]  # handed over by that same commit
         done = await q.record(a.request_id)
         assert done is not None and done.Status is InvocationStatus.SUCCEEDED and done.FinishedAt
         again = await q.record(b.request_id)
@@ -174,8 +176,12 @@ async def test_close_commits_the_settles_still_waiting(tmp_path: Path) -> None:
     try:
         await q.enqueue(ev)
         [d] = await q.lease(5, any_room, 2.0)
+        lease = await waiting_lease(q, wait=30.0)
         finishing = asyncio.get_running_loop().create_task(q.finish(d, SUCCEEDED))
         await asyncio.sleep(0.05)
+        assert not finishing.done()
+        lease.cancel()
+        await asyncio.gather(lease, return_exceptions=True)
     finally:
         await q.close()
     await finishing  # committed by the close, not failed
@@ -185,5 +191,20 @@ async def test_close_commits_the_settles_still_waiting(tmp_path: Path) -> None:
         rec = await q.record(ev.request_id)
         assert rec is not None and rec.Status is InvocationStatus.SUCCEEDED
         assert await q.lease(5, any_room, 0.3) == []
+    finally:
+        await q.close()
+
+
+async def test_with_events_to_lease_a_settle_commits_at_once(tmp_path: Path) -> None:
+    q = SQLiteEventQueue(tmp_path, settle_delay=60.0)
+    await q.start()
+    try:
+        a, b = event(), event()
+        await q.enqueue(a)
+        await q.enqueue(b)
+        [first] = await q.lease(1, any_room, 2.0)  # b is still queued: the dispatcher does not wait
+        await asyncio.wait_for(q.finish(first, SUCCEEDED), 30.0)  # far sooner than the 60 s delay
+        done = await q.record(first.event.request_id)
+        assert done is not None and done.Status is InvocationStatus.SUCCEEDED
     finally:
         await q.close()

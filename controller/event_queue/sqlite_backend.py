@@ -17,9 +17,10 @@ Fewer commits per event, with nothing made durable later than before it is acted
 * an event enqueued while the dispatcher waits for work is stored already leased by its
   enqueue's commit and handed to the waiting lease (``controller/event_queue/handoff.py``): one
   commit for the enqueue and the lease;
-* a settle (finish, retry, requeue), which no caller waits on to answer anyone, waits up to
-  ``settle_delay`` (50 ms) for another write to share its commit; an enqueue or a lease goes at
-  once and takes any waiting settle along. The settle still returns only after its commit, and
+* a settle (finish, retry, requeue) made while the dispatcher waits for work, which no caller
+  waits on to answer anyone, waits up to ``settle_delay`` (50 ms) for another write to share its
+  commit; an enqueue or a lease goes at once and takes any waiting settle along (with a backlog,
+  settles commit at once: the drain keeps the thread committing while the loop runs events). The settle still returns only after its commit, and
   the worker does nothing with the outcome (callbacks, destinations) before; ``FinishedAt`` is
   the time the run ended. So at a steady stream an event costs one commit (its enqueue with its
   lease, carrying the previous event's settle) instead of three.
@@ -454,7 +455,10 @@ class SQLiteEventQueue:
             if db.execute(sql, args).rowcount != 1:
                 raise LookupError(f"event {delivery.event.request_id} is not leased by this holder")
 
-        await self._write(run, single=True, defer=True)
+        # Deferred only while the dispatcher waits for work: with events to lease, the lease's commit
+        # would wait for the settles' (and the workers for the lease), where committing each at
+        # once lets the thread commit while the loop runs events.
+        await self._write(run, single=True, defer=self._handoff.waiting)
 
     async def finish(self, delivery: Delivery, outcome: Outcome) -> None:
         if not outcome.status.finished:
