@@ -10,7 +10,9 @@ An accepted event is one :class:`InvocationRecord` plus a place in the queue. It
                  └───redrive────────────────────────────────── dead letter (attempts reset)
 
 ``Attempts`` counts leases (a crash while running leaves the attempt counted, so an event that
-runs twice says so); a finished event is never leased again.
+runs twice says so); a finished event is never leased again. A backend may store an event already
+leased when a lease is waiting for work as it is enqueued (SQLite's hand-off,
+``controller/event_queue/handoff.py``): its record is ``running`` from the start.
 """
 
 from __future__ import annotations
