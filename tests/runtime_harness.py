@@ -103,6 +103,23 @@ class RuntimeProcess:
         assert response is not None, f"runtime closed the connection; output: {self.output()}"
         return response
 
+    def invoke_many(self, frames_to_send: list[dict[str, Any]], window: int = 64) -> list[dict[str, Any]]:
+        """Every frame on one connection, up to ``window`` in flight at once; the responses in order."""
+        responses: list[dict[str, Any]] = []
+        with self.connect() as sock:
+            for start in range(0, len(frames_to_send), window):
+                batch = frames_to_send[start:start + window]
+                sock.sendall(b"".join(frames.encode(f) for f in batch))
+                for _ in batch:
+                    response = frames.recv_frame(sock)
+                    assert response is not None, f"runtime closed the connection; output: {self.output()}"
+                    responses.append(response)
+        return responses
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
     def output(self) -> str:
         try:
             return self.output_path.read_text(errors="replace")[-2000:]

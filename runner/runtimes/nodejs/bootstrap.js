@@ -47,6 +47,30 @@ function readSettings(env) {
   };
 }
 
+// process.env's own setter calls setenv(3), and glibc never frees the string a setenv replaces:
+// a new _X_AMZN_TRACE_ID per invocation grew a warm runtime ~180 bytes a call until its memory
+// limit killed it. A plain object under process.env's rules (values stored as strings) holds the
+// environment instead; child_process reads process.env, so children still get every variable.
+// TZ still goes to the real environment too: Node resets its time zone when that one changes.
+function plainEnvironment(real) {
+  return new Proxy(Object.assign({}, real), {
+    set(target, key, value) {
+      target[key] = String(value);
+      if (key === 'TZ') real.TZ = target[key];
+      return true;
+    },
+    defineProperty(target, key, descriptor) {
+      const d = 'value' in descriptor ? { ...descriptor, value: String(descriptor.value) } : descriptor;
+      return Reflect.defineProperty(target, key, d);
+    },
+    deleteProperty(target, key) {
+      if (key === 'TZ') delete real.TZ;
+      return delete target[key];
+    },
+  });
+}
+process.env = plainEnvironment(process.env);
+
 let settings = readSettings(process.env);
 
 // ---- standby (pre-started) mode ------------------------------------------------------------------

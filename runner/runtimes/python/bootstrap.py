@@ -83,10 +83,7 @@ class PythonInvoker:
         tail = self.scope.enter(request.request_id)
         if request.trace_id != self._trace_id:  # Lambda's per-invocation X-Ray header
             self._trace_id = request.trace_id
-            if request.trace_id:
-                os.environ[TRACE_ID] = request.trace_id
-            else:
-                os.environ.pop(TRACE_ID, None)
+            set_trace_id(request.trace_id)
         try:
             response = self._invoke(request)
         finally:
@@ -123,6 +120,23 @@ class PythonInvoker:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
         return self._loop.run_until_complete(coroutine)
+
+
+def set_trace_id(trace_id: str) -> None:
+    """``_X_AMZN_TRACE_ID`` in ``os.environ`` for this invocation, not in the C environment.
+
+    ``os.environ[...] = ...`` calls setenv(3), and glibc never frees the string a setenv replaces
+    (a pointer getenv returned may still be held): a new trace id per invocation grew a warm
+    runtime ~140 bytes a call, until its memory limit killed it after about a million calls.
+    Python code (the X-Ray SDK included) reads the mapping; a child started without ``env=``
+    inherits the C environment, which has no trace id (runner/runtimes/README.md).
+    """
+    environ = os.environ
+    key = environ.encodekey(TRACE_ID)
+    if trace_id:
+        environ._data[key] = environ.encodevalue(trace_id)  # type: ignore[attr-defined]
+    else:
+        environ._data.pop(key, None)  # type: ignore[attr-defined]
 
 
 def _is_coroutine(value: Any) -> bool:
