@@ -10,8 +10,8 @@ refused enqueue that may succeed later (queue full, store down) is tried again, 
 unacknowledged meanwhile; one that never will (over the size limit, no such function) is counted
 as rejected and acknowledged, and the connection goes on.
 
-paho runs its network loop in a thread of its own (``loop_start``), which reconnects with
-exponential back-off; messages cross to the event loop with ``call_soon_threadsafe``.
+paho's network loop runs on the event loop (``eventsources/mqtt_link.py``), which also reconnects
+with exponential back-off: paho's callbacks below run on the loop.
 
 ``ReplyTopic``: once an event's invocation has finished (its record, polled with back-off: the
 queue has no completion hook and a poll keeps this source the queue's client only), the result is
@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import contextlib
 import dataclasses
 import json
 import ssl
@@ -43,6 +42,7 @@ import structlog
 from easyfaas.errors import OutboundRefused
 from easyfaas.outbound import OutboundGuard
 from eventsources.mqtt_config import MQTT_TRIGGER_TYPE, MqttConfig, parse_mqtt_config, reply_topic_for
+from eventsources.mqtt_link import LoopLink
 from eventsources.source import ConfigError, Intake, Refused, SourceTrigger, Submitted, TriggerChange
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ class MqttSubscription:
         self._generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
+        self._link: LoopLink | None = None
         self._pending: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._acker: asyncio.Task[None] | None = None
@@ -125,17 +126,16 @@ class MqttSubscription:
             client.username_pw_set(cfg.username, cfg.password or None)
         if cfg.tls:
             client.tls_set_context(ssl.create_default_context())
-        client.reconnect_delay_set(RECONNECT_MIN, RECONNECT_MAX)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         self._client = client
         self._acker = self._loop.create_task(self._acknowledge())
-        client.connect_async(cfg.host, cfg.port, keepalive=KEEPALIVE)
-        client.loop_start()  # connects, and reconnects with back-off, in paho's thread
+        self._link = LoopLink(client, cfg.host, cfg.port, KEEPALIVE, min_delay=RECONNECT_MIN,
+                              max_delay=RECONNECT_MAX, on_connect_failed=self._connect_failed)
+        self._link.start()
         log.info("mqtt_starting", trigger=self.trigger.trigger_id, broker=cfg.broker, topic=cfg.topic)
 
     async def stop(self) -> None:
@@ -145,12 +145,11 @@ class MqttSubscription:
         await asyncio.gather(*(p.task for p in self._pending), *self._replies,
                              *([self._acker] if self._acker else []), return_exceptions=True)
         self._pending.clear()
-        client, self._client = self._client, None
-        if client is not None:
+        link, self._link, self._client = self._link, None, None
+        if link is not None:
             # The session stays on the broker (clean_session=False): unacknowledged messages come
             # again to the next connection with this client id.
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            await link.stop()
         self.state, self.connected = "stopped", False
 
     async def unsubscribe_and_stop(self) -> None:
@@ -166,12 +165,14 @@ class MqttSubscription:
                 "LastError": self.last_error or None, "Received": self.received, "Rejected": self.rejected,
                 "Replied": self.replied, "RepliesPending": self.replies_pending}
 
-    # ---- paho's thread -------------------------------------------------------------------------
+    # ---- paho's callbacks (on the event loop) ----------------------------------------------------
 
     def _on_connect(self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            self._call(self._note, "error", False, f"the broker refused the connection: {reason}")
+            self._note("error", False, f"the broker refused the connection: {reason}")
             return
+        if self._link is not None:
+            self._link.connected()
         self._generation += 1
         session_present = bool(getattr(flags, "session_present", False))
         if not (session_present and self._subscribed):
@@ -179,41 +180,33 @@ class MqttSubscription:
             # topic's retained messages again, and each reconnect would invoke them once more.
             client.subscribe(self.config.topic, qos=self.config.qos)
             self._subscribed = True
-        self._call(self._note, "connected", True, "")
-        self._call(lambda: log.info("mqtt_connected", trigger=self.trigger.trigger_id, broker=self.config.broker,
-                                    session_present=session_present))
+        self._note("connected", True, "")
+        log.info("mqtt_connected", trigger=self.trigger.trigger_id, broker=self.config.broker,
+                 session_present=session_present)
 
     def _on_subscribe(self, _client: paho.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any) -> None:
         refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
         if refused:
             self._subscribed = False
-            self._call(self._note, "error", True, f"the broker refused the subscription to {self.config.topic}: "
-                                                  f"{', '.join(refused)}")
+            self._note("error", True, f"the broker refused the subscription to {self.config.topic}: "
+                                      f"{', '.join(refused)}")
 
-    def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
-        self._call(self._note, "error", False, f"cannot connect to {self.config.broker}")
+    def _connect_failed(self, error: str) -> None:
+        self._note("error", False, error)
 
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if self._stopping:
             return
-        self._call(self._disconnected, f"disconnected from {self.config.broker}: {reason}")
+        self._disconnected(f"disconnected from {self.config.broker}: {reason}")
 
     def _on_publish(self, _client: paho.Client, _userdata: Any, _mid: int, _reason: Any, _props: Any) -> None:
-        # Only replies are published on this client. Called with paho's outgoing-queue lock held:
-        # nothing here but the hand-over to the event loop.
-        self._call(self._reply_taken)
+        self._reply_taken()  # only replies are published on this client
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._call(self._received, msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid,
-                   self._generation, time.time())
+        self._received(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid, self._generation,
+                       time.time())
 
-    def _call(self, fn: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed in between
-                loop.call_soon_threadsafe(fn, *args)
-
-    # ---- the event loop ------------------------------------------------------------------------
+    # ---- state ---------------------------------------------------------------------------------
 
     def _note(self, state: str, connected: bool, error: str) -> None:
         if self._stopping:
@@ -226,8 +219,7 @@ class MqttSubscription:
             self.last_error = error
 
     def _disconnected(self, detail: str) -> None:
-        # Decided on the loop, after any refusal noted before it: paho's thread cannot read
-        # `state` safely, and a refused CONNACK is followed by a disconnect whose reason says less.
+        # A refused CONNACK is followed by a disconnect whose reason says less: the refusal stays.
         if self.state == "error":
             self._note("error", False, self.last_error)
         else:
