@@ -12,14 +12,16 @@ PYTEST_ARGS ?=
 install: $(STAMP) $(SYSTEM_STAMP)
 
 # Debian packages: erofs-utils builds the read-only code images; wrk drives the benchmarks;
-# mosquitto is the MQTT broker the event-source tests run; prometheus (its server and promtool)
-# checks and scrapes the daemons' /metrics in the tests.
+# mosquitto is the MQTT broker the event-source tests run (mosquitto_pub of mosquitto-clients feeds
+# the bench's paced stream); prometheus (its server and promtool) checks and scrapes the daemons'
+# /metrics in the tests.
 $(SYSTEM_STAMP): | $(STAMP)
 	@if ! command -v mkfs.erofs >/dev/null || ! command -v wrk >/dev/null || ! command -v promtool >/dev/null \
-	    || ! command -v mosquitto >/dev/null; then \
-	  if [ "$$(id -u)" != 0 ]; then echo "run as root (apt-get install erofs-utils wrk prometheus mosquitto)"; exit 1; fi; \
+	    || ! command -v mosquitto >/dev/null || ! command -v mosquitto_pub >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "run as root (apt-get install erofs-utils wrk prometheus mosquitto mosquitto-clients)"; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq erofs-utils wrk prometheus mosquitto >/dev/null; \
+	  apt-get update -qq && apt-get install -y -qq erofs-utils wrk prometheus mosquitto mosquitto-clients >/dev/null; \
 	fi
 	@command -v node >/dev/null || { echo "Node.js is needed for the nodejs runtime (apt-get install nodejs)"; exit 1; }
 	touch $@

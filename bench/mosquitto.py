@@ -14,7 +14,9 @@ from easyfaas.pod_names import free_port
 class Mosquitto:
     """A mosquitto on 127.0.0.1 with persistence in ``directory``; restartable on its port."""
 
-    def __init__(self, directory: Path, *, users: dict[str, str] | None = None) -> None:
+    def __init__(self, directory: Path, *, users: dict[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: (certificate, key) for a second listener, on ``tls_port`` (``tls_url``)."""
         self.directory = directory
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
@@ -23,6 +25,11 @@ class Mosquitto:
         lines = [f"listener {self.port} 127.0.0.1", "user root", "persistence true", f"persistence_location {directory}/",
                  "autosave_interval 1", "max_queued_messages 10000", "max_inflight_messages 100",
                  f"log_dest file {directory}/mosquitto.log"]
+        self.tls_port = 0
+        if tls is not None:
+            self.tls_port = free_port()
+            self.tls_url = f"mqtts://127.0.0.1:{self.tls_port}"
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"certfile {tls[0]}", f"keyfile {tls[1]}"]
         if users:
             passwd = directory / "passwd"
             passwd.write_text("")

@@ -32,7 +32,6 @@ import dataclasses
 import json
 import ssl
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from easyfaas.errors import OutboundRefused
+from easyfaas.http import request_id_of
 from easyfaas.outbound import OutboundGuard
 from eventsources.mqtt_config import MQTT_TRIGGER_TYPE, MqttConfig, parse_mqtt_config, reply_topic_for
 from eventsources.mqtt_link import LoopLink
@@ -241,7 +241,7 @@ class MqttSubscription:
         self._arrived.set()
 
     async def _enqueue(self, topic: str, event: dict[str, Any]) -> bool:
-        request_id = str(uuid.uuid4())
+        request_id = request_id_of("")  # a new one, from the PRNG
         text = json.dumps(event, ensure_ascii=False)
         for attempt in range(1 << 30):
             try:

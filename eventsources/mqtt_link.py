@@ -193,7 +193,9 @@ class LoopLink:
     def _readable(self) -> None:
         self.client.loop_read()
         sock = self._sock
-        pending = getattr(sock, "pending", None)  # TLS: records already decrypted wake no epoll
+        # TLS: bytes OpenSSL already decrypted wake no epoll (one record holding more than the
+        # packets paho read); paho's own loop checks the same.
+        pending = getattr(sock, "pending", None)
         if pending is not None and pending() > 0 and self._loop is not None:
             self._loop.call_soon(self._readable)
 

@@ -7,7 +7,8 @@ Covered: the event's shape (text and binary payloads), the PUBACK only after the
 a retryable refusal, rejection of an event the intake will never take (the connection goes on),
 a broker that is down or refuses the credentials (State/LastError, then recovery), a broker
 restarted mid-stream (no QoS 1 message lost), and replies on the ReplyTopic, also across a broker
-restart (a result that finished while the broker was down is replied once it is back).
+restart (a result that finished while the broker was down is replied once it is back); the client
+on the event loop (no paho thread), and over TLS messages of several TLS records.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import base64
 import inspect
 import json
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,8 +28,9 @@ import pytest
 
 from bench.mosquitto import Mosquitto
 from tests.mqtt_harness import Publisher, Subscriber
+from tests.tls_harness import issue, make_ca
 
-from eventsources.mqtt import MqttSource, message_event
+from eventsources.mqtt import MqttSource, default_client_id, message_event
 from eventsources.mqtt_config import check_topic_filter, parse_mqtt_config, reply_topic_for
 from eventsources.source import ConfigError, Refused, SourceTrigger, Submitted, TriggerChange
 
@@ -383,6 +386,56 @@ async def test_replies_resume_after_a_broker_restart(broker: Mosquitto) -> None:
         pub.close()
         replies.close()
         await source.stop()
+
+
+async def test_the_client_runs_on_the_event_loop_without_a_thread_of_its_own(broker: Mosquitto) -> None:
+    intake = RecordingIntake()
+    trigger = trigger_of(broker, "loop/+")
+    source = await started(intake, trigger)
+    pub = Publisher(broker.port)
+    try:
+        ours = f"paho-mqtt-client-{default_client_id(trigger.trigger_id)}"  # paho's name for its thread
+        assert ours not in [t.name for t in threading.enumerate()]
+        assert [t.name for t in threading.enumerate() if t.name.startswith("paho-mqtt-client-pub")]  # the check works
+        pub.publish("loop/1", "x")
+        await until(lambda: len(intake.events) == 1, "the event")
+    finally:
+        pub.close()
+        await source.stop()
+
+
+async def test_mqtts_messages_large_and_small_arrive_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over TLS, with a CA of the test's own trusted as a system bundle is (SSL_CERT_FILE), read by
+    the event loop: messages of several TLS records, and many small ones back to back, each
+    delivered within seconds (a read left waiting for more bytes on the wire would wait for the
+    keepalive, 30 s later)."""
+    ca = make_ca(tmp_path, "mqtt-ca")
+    cert, key = tmp_path / "broker.pem", tmp_path / "broker.key"
+    issue(ca, cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca[2]))
+    server = Mosquitto(tmp_path, tls=(cert, key))
+    server.start()
+    intake = RecordingIntake()
+    trigger = SourceTrigger(trigger_id=uuid.uuid4().hex, type="mqtt", function_brn="brn:cloud:faas:bj:x:function:f:$LATEST",
+                            uid="acct", config={"Broker": server.tls_url, "Topic": "big/+", "Qos": 1})
+    source = await started(intake, trigger)
+    pub = Publisher(server.port)  # on the plain listener: the broker forwards over TLS
+    try:
+        bodies = [chr(ord("A") + n) * (100_000 + n) for n in range(3)]
+        for n, body in enumerate(bodies):
+            pub.publish(f"big/{n}", body)
+        await until(lambda: len(intake.events) == 3, "three messages of several TLS records each", timeout=10)
+        assert [e["payload"] for e in intake.events] == bodies
+        # QoS 0 back to back: several messages in one TLS record, read one per readable socket.
+        for n in range(100):
+            pub.publish(f"big/small{n}", str(n), qos=0)
+        await until(lambda: len(intake.events) == 103, "a hundred small messages over TLS", timeout=10)
+        assert [e["payload"] for e in intake.events[3:]] == [str(n) for n in range(100)]
+        assert source.status(trigger.trigger_id)["Connected"] is True
+    finally:
+        pub.close()
+        await source.stop()
+        server.stop()
 
 
 async def test_removing_the_trigger_stops_its_subscription(broker: Mosquitto) -> None:
