@@ -5,6 +5,7 @@ real listening unix socket, fd 4 a real status pipe, the task root a temp dir
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import socket
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,6 +27,10 @@ from easyfaas import frames
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = str(REPO / ".venv" / "bin" / "python")
 PYTHON = VENV_PYTHON if os.path.exists(VENV_PYTHON) else sys.executable
+
+
+NODE = shutil.which("node") or "/usr/bin/node"
+NODE_BOOTSTRAP = str(REPO / "runner" / "runtimes" / "nodejs" / "bootstrap.js")
 
 
 def python_runtime_argv() -> list[str]:
@@ -158,3 +164,25 @@ def task_root() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ef-task-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started_runtime(kind: str, python_code: str, node_code: str, prefix: str = "ef-rt-") -> Iterator[RuntimeProcess]:
+    """The ``python`` or ``nodejs`` runtime serving ``index.handler`` of the given code (dedented),
+    its init status read; skips when Node.js is not installed."""
+    if kind == "nodejs" and not os.path.exists(NODE):
+        pytest.skip("node is not installed")
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    if kind == "python":
+        (root / "index.py").write_text(textwrap.dedent(python_code))
+        argv = python_runtime_argv()
+    else:
+        (root / "index.js").write_text(textwrap.dedent(node_code))
+        argv = [os.path.realpath(NODE), NODE_BOOTSTRAP]
+    rt = RuntimeProcess(argv, runtime_env(root, "index.handler"))
+    try:
+        assert rt.read_status() == {"ok": True}
+        yield rt
+    finally:
+        rt.close()
+        shutil.rmtree(root, ignore_errors=True)

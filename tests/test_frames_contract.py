@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,10 +24,8 @@ from hypothesis import strategies as st
 from easyfaas import frames
 from easyfaas.frames import (CONTENT_TYPE_JSON, CONTENT_TYPE_TEXT, FrameError, FunctionError, FunctionErrorType,
                              InvokeRequest, InvokeResponse)
-from tests.runtime_harness import REPO, RuntimeProcess, python_runtime_argv, runtime_env
+from tests.runtime_harness import NODE, NODE_BOOTSTRAP, RuntimeProcess, python_runtime_argv, runtime_env, started_runtime
 
-NODE = shutil.which("node") or "/usr/bin/node"
-NODE_BOOTSTRAP = str(REPO / "runner" / "runtimes" / "nodejs" / "bootstrap.js")
 
 # ---- the model ---------------------------------------------------------------------------------
 
@@ -202,23 +199,8 @@ NODE_HANDLER = """
 
 @pytest.fixture(params=["python", "nodejs"])
 def runtime(request: pytest.FixtureRequest) -> Iterator[RuntimeProcess]:
-    root = Path(tempfile.mkdtemp(prefix="ef-fc-"))
-    if request.param == "python":
-        (root / "index.py").write_text(textwrap.dedent(PY_HANDLER))
-        argv = python_runtime_argv()
-    else:
-        if not os.path.exists(NODE):
-            shutil.rmtree(root)
-            pytest.skip("node is not installed")
-        (root / "index.js").write_text(textwrap.dedent(NODE_HANDLER))
-        argv = [os.path.realpath(NODE), NODE_BOOTSTRAP]
-    rt = RuntimeProcess(argv, runtime_env(root, "index.handler"))
-    try:
-        assert rt.read_status() == {"ok": True}
+    with started_runtime(request.param, PY_HANDLER, NODE_HANDLER, "ef-fc-") as rt:
         yield rt
-    finally:
-        rt.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _invoke(rt: RuntimeProcess, request: InvokeRequest) -> InvokeResponse:

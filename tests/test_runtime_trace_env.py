@@ -12,20 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
-import textwrap
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from tests.runtime_harness import REPO, RuntimeProcess, python_runtime_argv, runtime_env
+from tests.runtime_harness import RuntimeProcess, started_runtime
 
-NODE = shutil.which("node") or "/usr/bin/node"
-NODE_BOOTSTRAP = str(REPO / "runner" / "runtimes" / "nodejs" / "bootstrap.js")
 # Per runtime: calls to warm up, calls measured, bytes setenv kept per distinct trace id, and the
 # share of that leak the growth must stay under.
 GROWTH = {"python": (5_000, 40_000, 140, 0.1), "nodejs": (50_000, 150_000, 185, 0.5)}
@@ -72,24 +65,8 @@ def result(response: dict[str, Any]) -> dict[str, Any]:
     return json.loads(response["result"])
 
 
-@contextlib.contextmanager
-def started(kind: str) -> Iterator[RuntimeProcess]:
-    if kind == "nodejs" and not os.path.exists(NODE):
-        pytest.skip("node is not installed")
-    root = Path(tempfile.mkdtemp(prefix="ef-trace-"))
-    if kind == "python":
-        (root / "index.py").write_text(textwrap.dedent(PYTHON_HANDLER))
-        argv = python_runtime_argv()
-    else:
-        (root / "index.js").write_text(textwrap.dedent(NODE_HANDLER))
-        argv = [os.path.realpath(NODE), NODE_BOOTSTRAP]
-    rt = RuntimeProcess(argv, runtime_env(root, "index.handler"))
-    try:
-        assert rt.read_status() == {"ok": True}
-        yield rt
-    finally:
-        rt.close()
-        shutil.rmtree(root, ignore_errors=True)
+def started(kind: str) -> contextlib.AbstractContextManager[RuntimeProcess]:
+    return started_runtime(kind, PYTHON_HANDLER, NODE_HANDLER, "ef-trace-")
 
 
 @pytest.fixture(params=["python", "nodejs"])
