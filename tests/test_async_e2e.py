@@ -88,19 +88,24 @@ async def test_function_error_retries_then_reaches_the_failure_destination(pod: 
 
 
 async def test_timeout_and_oom_are_failed_attempts(pod: LivePod) -> None:
-    name = unique("at")
+    # The OOM on a function of its own with room to run: at a 1 s timeout, a loaded machine could
+    # still be filling the 400 MB when the timeout struck, and the attempt failed as a timeout.
+    name, hog = unique("at"), unique("ao")
     await pod.create(name, Code=b64zip({"index.py": FAILING_FN}), Timeout=1)
-    await put_config(pod, name, {"MaximumRetryAttempts": 0})
+    await pod.create(hog, Code=b64zip({"index.py": FAILING_FN}), Timeout=30)
+    for fn in (name, hog):
+        await put_config(pod, fn, {"MaximumRetryAttempts": 0})
     timed_out = await one(pod, name, {"sleep": 3})
     assert timed_out["Status"] == "failed" and timed_out["Attempts"] == 1
     assert timed_out["Error"]["errorType"] == "Sandbox.Timedout"
-    oom = await one(pod, name, {"alloc": 400})
+    oom = await one(pod, hog, {"alloc": 400})
     assert oom["Status"] == "failed" and oom["Attempts"] == 1, oom
     assert oom["Error"]["errorType"] != "Sandbox.Timedout"
-    letters_resp = await pod.session().get(f"{pod.config.controller_url}/v1/dead-letters", headers=H,
-                                           params={"FunctionName": name})
-    letters = (await letters_resp.json())["DeadLetters"]
-    assert {d["RequestId"] for d in letters} == {timed_out["RequestId"], oom["RequestId"]}
+    for fn, record in ((name, timed_out), (hog, oom)):
+        letters_resp = await pod.session().get(f"{pod.config.controller_url}/v1/dead-letters", headers=H,
+                                               params={"FunctionName": fn})
+        letters = (await letters_resp.json())["DeadLetters"]
+        assert {d["RequestId"] for d in letters} == {record["RequestId"]}
 
 
 async def test_config_goes_with_the_function_and_unknown_is_404(pod: LivePod) -> None:
