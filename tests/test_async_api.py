@@ -169,7 +169,9 @@ async def test_an_event_leased_ahead_goes_back_uncounted_when_the_controller_sto
     try:
         queue = e.client.app[EVENT_QUEUE]
         workers = e.client.app[EVENT_WORKERS]
-        first = await e.enqueue("hello", {"sleep": 3.0})
+        # Long enough to hold the worker while the second is leased, well inside the function's 3 s
+        # timeout (at 3.0 s a loaded machine could time it out, and the attempt was a failure).
+        first = await e.enqueue("hello", {"sleep": 1.5})
         await until(lambda: e.requests_seen() != [], timeout=5.0)
         second = await e.enqueue("hello", {"n": 2})
         # The one worker is busy: the second is leased ahead and waits for it.
