@@ -60,10 +60,10 @@ class LoopLink:
         self._runner: asyncio.Task[None] | None = None
         self._connecting: asyncio.Future[Any] | None = None  # reconnect() on the worker thread
         self._stopping = False
-        client.on_socket_open = self._socket_opened
+        # Opening is _run's (after reconnect() returns), and _flush keeps the writer callback
+        # registered exactly while paho has output left: no open or unregister callbacks.
         client.on_socket_close = self._socket_closed
         client.on_socket_register_write = self._write_wanted
-        client.on_socket_unregister_write = self._write_done
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -99,8 +99,7 @@ class LoopLink:
 
     async def _run(self) -> None:
         while not self._stopping:
-            # paho's reconnect() is blocking (resolve, connect, TLS handshake), and reports the
-            # socket it opened through _socket_opened on this worker thread.
+            # paho's reconnect() is blocking (resolve, connect, TLS handshake): on a worker thread.
             self._connecting = asyncio.ensure_future(asyncio.to_thread(self.client.reconnect))
             try:
                 await asyncio.shield(self._connecting)
@@ -165,9 +164,6 @@ class LoopLink:
     def _on_loop(self) -> bool:
         return threading.get_ident() == self._loop_thread
 
-    def _socket_opened(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
-        pass  # in reconnect() on the worker thread: _run registers it once reconnect() returned
-
     def _socket_closed(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
         if not self._on_loop():  # reconnect() closing what an earlier attempt left
             return
@@ -184,9 +180,6 @@ class LoopLink:
             return
         self._flush_scheduled = True
         self._loop.call_soon(self._flush)
-
-    def _write_done(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
-        pass  # _flush keeps the writer callback registered exactly while paho has output left
 
     # ---- the loop's side -----------------------------------------------------------------------
 
