@@ -24,7 +24,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -144,50 +143,46 @@ def schedule_delay(pod: BenchPod, fires: int) -> dict[str, Any]:
 
 
 class PacedPublisher:
-    """QoS 1 messages at ``rate`` per second, until :meth:`stop`: lines written to ``mosquitto_pub -l``
-    (C, Debian's mosquitto-clients), which publishes each line as one message.
+    """``count`` QoS 1 messages at ``rate`` per second: ``mosquitto_pub --repeat`` (C, Debian's
+    mosquitto-clients), which paces them itself, one process and one thread.
 
     The load generator must not take the pod's CPU: a paho client here (its network thread, a
     Python PUBLISH and PUBACK per message) cost the sync path ~3 % on its own, with no trigger
-    subscribed, which measured the bench rather than the pod.
+    subscribed, which measured the bench rather than the pod; lines fed to ``mosquitto_pub -l``
+    from a pacing thread still woke two processes and three threads per message. The messages carry
+    no send time: this stream's figure is the sync path beside it, not its latency.
     """
 
-    def __init__(self, broker: Mosquitto, topic: str, rate: float, client_id: str) -> None:
-        self.rate = rate
-        self.sent = 0
+    PAYLOAD = '{"sent": null}'
+
+    def __init__(self, broker: Mosquitto, topic: str, rate: float, client_id: str, count: int) -> None:
         binary = shutil.which("mosquitto_pub")
         if binary is None:
             raise BenchError("mosquitto_pub is not installed (make install: mosquitto-clients)")
+        self.count = count
         self._proc = subprocess.Popen([binary, "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "-q", "1",
-                                       "-i", client_id, "-l"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="paced-publisher", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        started = time.monotonic()
-        stdin = self._proc.stdin
-        assert stdin is not None
-        while not self._stop.wait(max(0.0, started + self.sent / self.rate - time.monotonic())):
-            stdin.write(b'{"sent": %.6f}\n' % time.time())
-            stdin.flush()
-            self.sent += 1
+                                       "-i", client_id, "-m", self.PAYLOAD, "--repeat", str(count),
+                                       "--repeat-delay", f"{1 / rate:.6f}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def stop(self) -> int:
-        """Stop publishing; the number of messages the broker took (mosquitto_pub exits once each
-        QoS 1 message is acknowledged)."""
-        self._stop.set()
-        self._thread.join()
+        """Wait for the last message; the number the broker took (mosquitto_pub exits once each QoS 1
+        message is acknowledged)."""
         try:
-            _, err = self._proc.communicate(timeout=30)  # closes stdin: mosquitto_pub finishes and exits
+            _, err = self._proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.communicate()
             raise BenchError("mosquitto_pub did not finish its messages within 30 s") from None
         if self._proc.returncode != 0:
             raise BenchError(f"mosquitto_pub exited with {self._proc.returncode}: {err.decode(errors='replace')[-300:]}")
-        return self.sent
+        return self.count
+
+    def kill(self) -> None:
+        """Stop at once (the run failed): what it sent is not counted."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.communicate()
 
 
 def _pod_processes(pod: BenchPod) -> list[psutil.Process]:
@@ -248,13 +243,14 @@ def sync_beside_sources(pod: BenchPod, broker: Mosquitto, *, seconds: float = 2.
     try:
         # What the stream and the schedule cost on their own: CPU of the pod's processes.
         cron_id = _trigger(pod, cron_fn, "cron", {"Schedule": "@every 1s"})
-        publisher = PacedPublisher(broker, "paced", rate, "bsyncpub0")
+        alone = max(2.0, seconds)
+        publisher = PacedPublisher(broker, "paced", rate, "bsyncpub0", round(rate * (1.0 + alone)))
         time.sleep(1.0)
         procs = _pod_processes(pod)
         mosquitto = [psutil.Process(broker.proc.pid)] if broker.proc is not None else []
         groups = {"pod": procs, "controller": [controller], "broker": mosquitto}
         before, t0 = {k: _cpu_seconds(v) for k, v in groups.items()}, time.monotonic()
-        time.sleep(max(2.0, seconds))
+        time.sleep(alone)
         elapsed = time.monotonic() - t0
         stream = {f"{k}_cpu_s_per_s": round((_cpu_seconds(v) - before[k]) / elapsed, 3) for k, v in groups.items()}
         sent_total += publisher.stop()
@@ -267,12 +263,18 @@ def sync_beside_sources(pod: BenchPod, broker: Mosquitto, *, seconds: float = 2.
             on = n % 2 == 1
             if on:
                 cron_id = _trigger(pod, cron_fn, "cron", {"Schedule": "@every 1s"})
-                publisher = PacedPublisher(broker, "paced", rate, f"bsyncpub{n}")
+                # For the whole phase: 0.3 s of lead, then the c=64 run and the c=1 run.
+                publisher = PacedPublisher(broker, "paced", rate, f"bsyncpub{n}", round(rate * (0.3 + 2 * seconds)))
                 time.sleep(0.3)  # the stream under way
             try:
                 c64, cpu64 = wrk(64, seconds)
                 c1, _ = wrk(1, seconds)
-            finally:
+            except BaseException:
+                if on:
+                    publisher.kill()
+                    _delete_trigger(pod, cron_fn, cron_id)
+                raise
+            else:
                 if on:
                     sent = publisher.stop()
                     sent_total += sent

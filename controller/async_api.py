@@ -46,6 +46,9 @@ EVENT_WORKERS = web.AppKey("event_workers", EventWorkers)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 PRUNE_INTERVAL = 60.0
+# Synchronous calls in flight from which the pod counts as busy: the embedded queue then paces its
+# commits (controller/event_queue/sqlite_backend.py), and a caller or two never make it wait.
+BUSY_SYNCHRONOUS_CALLS = 4
 
 
 def location_of(request_id: str) -> str:
@@ -212,7 +215,8 @@ def setup_async_invocations(app: web.Application, opts: Settings, invoker: Invok
                              max_queued=getattr(opts, "event_queue_total", 100000),
                              record_ttl=getattr(opts, "event_record_ttl", 86400.0),
                              max_records=getattr(opts, "event_max_records", 100000),
-                             ack_wait=getattr(opts, "event_ack_wait", 30.0))
+                             ack_wait=getattr(opts, "event_ack_wait", 30.0),
+                             busy=lambda: invoker.synchronous_in_flight >= BUSY_SYNCHRONOUS_CALLS)
     # With keys required, callback URLs are checked by the outbound guard when given and when used.
     guard = OutboundGuard.of(AUTHENTICATOR in app, getattr(opts, "outbound_allow", ""))
     intake = EventIntake(queue, guard=guard)

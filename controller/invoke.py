@@ -160,6 +160,9 @@ class Invoker:
         # Set by the application when metrics and kept function logs are on (controller/app.py).
         self.metrics: ControllerMetrics | None = None
         self.function_logs: FunctionLogs | None = None
+        # Synchronous calls being run now: how busy the pod is with callers who wait (the SQLite
+        # event queue paces its commits by it, controller/async_api.py).
+        self.synchronous_in_flight = 0
 
     # ---- HTTP entry point ----------------------------------------------------------------------
 
@@ -214,8 +217,12 @@ class Invoker:
                 status, event_headers = await self.events.enqueue(fn, brn, caller, event, request_id, headers)
                 return InvokeReply(status, event_headers, b"")
 
-            result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body, trace=trace,
-                                                     trigger=trigger)
+            self.synchronous_in_flight += 1
+            try:
+                result, source, slot_id = await self.run(fn, caller, event, request_id, tail or to_body, trace=trace,
+                                                         trigger=trigger)
+            finally:
+                self.synchronous_in_flight -= 1
             reply = self._respond(result, fn, request_id, tail, to_body)
             reply.headers[TRACEPARENT] = trace.traceparent()
             log.info("invoke", request_id=request_id, function=fn.brn, slot=slot_id, source=source,

@@ -31,7 +31,8 @@ class ControllerIntake:
         kind = self.faas_triggers.get(trigger.type, "other")
         headers: CIMultiDict[str] = CIMultiDict({ACCOUNT_ID: trigger.uid, INVOKE_TYPE: INVOKE_TYPE_EVENT,
                                                  TRIGGER_HEADER: kind})
-        reply = await self.invoker.invoke(trigger.function_brn, {}, headers, event.encode(), request_id)
+        reply = await self.invoker.invoke(trigger.function_brn, {}, headers, event.encode(), request_id,
+                                          body_is_json=True)
         if reply.status == 202:
             if self.metrics is not None:
                 self.metrics.fired(kind, trigger.function_brn)

@@ -63,7 +63,9 @@ class Intake(Protocol):
     """The controller's durable enqueue of asynchronous invocations, as event sources use it."""
 
     async def submit(self, trigger: SourceTrigger, event: str, request_id: str) -> Submitted:
-        """Return once the event is durable; raise :class:`Refused` when it is not taken."""
+        """Return once the event is durable; raise :class:`Refused` when it is not taken.
+
+        ``event`` is JSON text the source made itself (``json.dumps``): it is not parsed again."""
 
     async def known(self, request_id: str) -> bool:
         """Whether an invocation of this request id was accepted (its record is still kept)."""

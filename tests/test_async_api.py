@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from controller.async_api import EVENT_QUEUE, EVENT_WORKERS
+from controller.async_api import BUSY_SYNCHRONOUS_CALLS, EVENT_QUEUE, EVENT_WORKERS
 from controller.event_queue import QueuedEvent
 from controller.options import parse_controller_options
 from tests.fakes.controller_app import EVENT, H, AsyncEnv, make_async_env
@@ -45,6 +45,25 @@ async def test_accepted_event_runs_and_its_record_says_so(env: AsyncEnv) -> None
     assert body["FunctionArn"] == env.brn("hello") + ":$LATEST"
     assert body["LogResult"] and body["EnqueuedAt"].endswith("Z")
     assert [r for r in env.requests_seen() if r["request_id"] == "rid-1"]
+
+
+async def test_synchronous_calls_in_flight_make_the_queue_pace_its_commits(env: AsyncEnv) -> None:
+    queue = env.client.server.app[EVENT_QUEUE]
+    assert queue.busy is not None and not queue.busy()
+    few = [asyncio.get_running_loop().create_task(env.client.post(
+        "/v1/functions/hello/invocations", data=json.dumps({"sleep": 0.5}), headers=H))
+        for _ in range(BUSY_SYNCHRONOUS_CALLS - 1)]
+    await asyncio.sleep(0.2)
+    assert not queue.busy()  # a few callers do not count as busy
+    more = [asyncio.get_running_loop().create_task(env.client.post(
+        "/v1/functions/hello/invocations", data=json.dumps({"sleep": 1.0}), headers=H)) for _ in range(2)]
+    await until(queue.busy, timeout=10)
+    rid = await env.enqueue("hello", {"n": 1})  # accepted while busy: durable all the same
+    for resp in await asyncio.gather(*few, *more):
+        assert resp.status == 200
+    assert not queue.busy()
+    body = await env.finished(rid)
+    assert body["Status"] == "succeeded"
 
 
 async def test_records_are_the_owners_only(env: AsyncEnv) -> None:

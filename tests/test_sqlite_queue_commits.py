@@ -1,7 +1,8 @@
 """The SQLite queue's fewer commits per event, on a real database in a temp dir: an event enqueued
 while a lease waits is handed to it by the enqueue's own commit (controller/event_queue/handoff.py),
-and a settle waits for another write to share its commit (sqlite_backend.py) — what each saves,
-and that nothing either skips is lost."""
+a settle waits for another write to share its commit, and while the pod is busy with synchronous
+calls commits are paced (sqlite_backend.py) — what each saves, and that nothing either skips is
+lost."""
 
 from __future__ import annotations
 
@@ -206,5 +207,79 @@ async def test_with_events_to_lease_a_settle_commits_at_once(tmp_path: Path) -> 
         await asyncio.wait_for(q.finish(first, SUCCEEDED), 30.0)  # far sooner than the 60 s delay
         done = await q.record(first.event.request_id)
         assert done is not None and done.Status is InvocationStatus.SUCCEEDED
+    finally:
+        await q.close()
+
+
+class Busy:
+    """The pod's busy signal, set by the test."""
+
+    def __init__(self, busy: bool = True) -> None:
+        self.busy = busy
+
+    def __call__(self) -> bool:
+        return self.busy
+
+
+async def test_while_the_pod_is_busy_writes_share_paced_commits(tmp_path: Path) -> None:
+    busy = Busy()
+    q = SQLiteEventQueue(tmp_path, busy=busy, busy_commit_interval=1.0)
+    await q.start()
+    try:
+        first = event()
+        before = q.commits
+        await asyncio.wait_for(q.enqueue(first), 0.9)  # the last commit is old: it goes at once
+        assert q.commits - before == 1
+        later = [event() for _ in range(3)]
+        tasks = [asyncio.get_running_loop().create_task(q.enqueue(ev)) for ev in later]
+        await asyncio.sleep(0.3)
+        assert not any(t.done() for t in tasks) and q.commits - before == 1  # waiting for the next commit
+        await asyncio.wait_for(asyncio.gather(*tasks), 10.0)
+        assert q.commits - before == 2  # the three in one
+        for ev in [first, *later]:
+            rec = await q.record(ev.request_id)
+            assert rec is not None and rec.Status is InvocationStatus.QUEUED
+        got = await q.lease(10, any_room, 2.0)
+        assert sorted(d.event.request_id for d in got) == sorted(ev.request_id for ev in [first, *later])
+    finally:
+        await q.close()
+
+
+async def test_when_the_pod_is_not_busy_each_write_commits_at_once(tmp_path: Path) -> None:
+    busy = Busy(False)
+    q = SQLiteEventQueue(tmp_path, busy=busy, busy_commit_interval=60.0)
+    await q.start()
+    try:
+        before = q.commits
+        for _ in range(3):
+            await asyncio.wait_for(q.enqueue(event()), 30.0)  # far sooner than the 60 s interval
+        assert q.commits - before == 3
+        busy.busy = True
+        waiting = asyncio.get_running_loop().create_task(q.enqueue(event()))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # busy now, and the last commit was just made
+    finally:
+        await q.close()
+    await waiting  # the close commits it rather than failing it
+
+
+async def test_a_paced_write_survives_the_close_that_commits_it(tmp_path: Path) -> None:
+    q = SQLiteEventQueue(tmp_path, busy=Busy(), busy_commit_interval=60.0)
+    await q.start()
+    first, paced = event(), event()
+    try:
+        await q.enqueue(first)
+        waiting = asyncio.get_running_loop().create_task(q.enqueue(paced))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+    finally:
+        await q.close()
+    accepted = await waiting
+    assert accepted.RequestId == paced.request_id
+    q = SQLiteEventQueue(tmp_path)
+    await q.start()
+    try:
+        rec = await q.record(paced.request_id)
+        assert rec is not None and rec.Status is InvocationStatus.QUEUED
     finally:
         await q.close()
