@@ -7,6 +7,7 @@ lost."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -283,3 +284,29 @@ async def test_a_paced_write_survives_the_close_that_commits_it(tmp_path: Path) 
         assert rec is not None and rec.Status is InvocationStatus.QUEUED
     finally:
         await q.close()
+
+
+async def test_commits_reach_the_database_file_by_checkpoints_of_the_queue_s_own(tmp_path: Path) -> None:
+    """No automatic checkpoint on the loop's connection: the queue's thread checkpoints about once a
+    second, so the database file itself, without its WAL, holds what was committed before."""
+    q = SQLiteEventQueue(tmp_path)
+    await q.start()
+    early = [event() for _ in range(5)]
+    try:
+        for ev in early:
+            await q.enqueue(ev)
+        await asyncio.sleep(1.2)
+        await q.enqueue(event())  # its sync is past the interval: it checkpoints
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        (copy / "db.sqlite3").write_bytes(q.path.read_bytes())  # the database file only, no -wal
+        db = sqlite3.connect(copy / "db.sqlite3")
+        try:
+            ids = {row[0] for row in db.execute("SELECT request_id FROM invocations")}
+        finally:
+            db.close()
+        assert {ev.request_id for ev in early} <= ids
+        assert Path(f"{q.path}-wal").exists()
+    finally:
+        await q.close()
+    assert not Path(f"{q.path}-wal").exists()  # the last connection's close checkpointed and removed it

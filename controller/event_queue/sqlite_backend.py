@@ -1,17 +1,26 @@
-"""The embedded event queue: one SQLite database (WAL, ``synchronous=FULL``) in the controller's
-state directory, owned by one controller.
+"""The embedded event queue: one SQLite database (WAL) in the controller's state directory, owned
+by one controller.
 
 Every write goes through one writer task that runs all writes pending at that moment in one
-transaction (a group commit): an enqueue returns only after the commit's fsync, but concurrent
-enqueues share it. Writes run on one thread (a one-thread executor). The reads of a few small
-columns that every event would otherwise pay an executor hop and a loop wake-up for (the
-dispatcher's lease selection, the next due time) run on the event loop through a second,
+transaction (a group commit), on the event loop; the commit is then made durable by an fdatasync
+of the WAL on the queue's one thread, and only then does any write of it return: an enqueue
+returns only after its commit is on disk, but concurrent enqueues share the sync. The statements
+run on the loop because on a thread each of them (BEGIN, every write, COMMIT) takes the GIL back
+from the loop once it returns, and beside a saturated sync path each such return is a forced
+switch that costs the loop far more than the statement's tens of µs; the thread now takes it back
+twice per commit (woken, synced). Its sync also checkpoints the WAL about once a second
+(``sqlite_schema.open_database``: no automatic checkpoint on the loop). A prune, which may touch
+every record, commits on the thread instead. Between a commit and its sync, readers may see rows
+that a power loss would take back; nothing is acted on before its own write is durable.
+
+The reads of a few small columns that every event would otherwise pay an executor hop and a loop
+wake-up for (the dispatcher's lease selection, the next due time) run on the event loop through a
 query-only connection: WAL lets it read the last commit while a write is under way, in tens of
-µs. Records and listings, which may carry payloads and results, are read on the executor thread.
-The depth and the enqueue bounds are kept in memory (``backlog.Backlogs``), moved as each commit is
-delivered. A failed commit (disk full) rolls the whole batch back and fails each of its
-writes: nothing half-written. At start, events a crashed predecessor left ``running`` are queued
-again with their attempt counted.
+µs. Records and listings, which may carry payloads and results, are read on the thread through a
+query-only connection of their own. The depth and the enqueue bounds are kept in memory
+(``backlog.Backlogs``), moved as each commit is delivered. A failed commit (disk full) rolls the
+whole batch back and fails each of its writes: nothing half-written. At start, events a crashed
+predecessor left ``running`` are queued again with their attempt counted.
 
 Fewer commits per event, with nothing made durable later than before it is acted on:
 
@@ -27,14 +36,13 @@ Fewer commits per event, with nothing made durable later than before it is acted
   lease, carrying the previous event's settle) instead of three.
 * while the pod is busy with synchronous calls (``busy``, told by the controller: several in
   flight), commits start at most every ``busy_commit_interval`` (50 ms); a write made sooner after
-  the last one waits for the next and shares it. Each commit costs its fsync and two returns of
-  the GIL from the busy event loop on this thread, and each such return costs the loop far more
-  than the few µs of Python it runs (a forced switch on a saturated machine). A write made when
+  the last one waits for the next and shares it. Each commit costs its sync and the thread's two
+  returns of the GIL from the busy event loop. A write made when
   the last commit is older than the interval still goes at once: a sparse stream (a schedule)
   waits for nothing. PostgreSQL's ``commit_delay`` is the same trade: under load, a few ms of
   latency for fewer syncs.
 
-The module is a little over 600 lines on purpose: the group commit, the hand-off and the queue
+The module is over 600 lines on purpose: the group commit, the hand-off and the queue
 operations share the writer's private state (pending writes, leases, the backlog); the schema and
 the row mapping are in ``sqlite_schema.py``.
 """
@@ -72,6 +80,7 @@ DB_NAME = "event-queue.sqlite3"
 SETTLE_DELAY = 0.05
 BUSY_COMMIT_INTERVAL = 0.05
 CLOSE_FLUSH_TIMEOUT = 10.0
+CHECKPOINT_INTERVAL = 1.0
 
 
 Settled = Callable[[bool, Any], None]
@@ -80,10 +89,10 @@ otherwise, even when its caller is gone (cancelled): the backlog follows the dat
 
 
 class _Write:
-    __slots__ = ("run", "future", "single", "alone", "settled")
+    __slots__ = ("run", "future", "single", "alone", "settled", "heavy")
 
     def __init__(self, run: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any], single: bool,
-                 settled: Settled | None, alone: bool = False) -> None:
+                 settled: Settled | None, alone: bool = False, heavy: bool = False) -> None:
         self.run = run
         self.future = future
         # One statement: SQLite undoes a failed statement by itself, so it needs no savepoint.
@@ -91,6 +100,8 @@ class _Write:
         # One execute of one statement: as the only write of its batch it commits by itself.
         self.alone = alone
         self.settled = settled
+        # May take long (a prune): its batch commits on the thread, not on the event loop.
+        self.heavy = heavy
 
     def fail(self, error: BaseException) -> None:
         if self.settled is not None:
@@ -121,8 +132,11 @@ class SQLiteEventQueue:
         self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any],
                                             asyncio.AbstractEventLoop] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None  # the writer's: the writer task's, or the thread's while it awaits
         self._reader: sqlite3.Connection | None = None  # query-only, used from the event loop only
+        self._records_db: sqlite3.Connection | None = None  # query-only, used on the thread only
+        self._wal_fd: int | None = None  # the WAL, for its fdatasync (the thread's)
+        self._checkpoint_by = 0.0
         self._pending: list[_Write] = []
         self._wake_writer = asyncio.Event()
         self._work_due = asyncio.Event()
@@ -166,7 +180,32 @@ class SQLiteEventQueue:
 
     def _open(self) -> tuple[int, list[tuple[str, str, float]]]:
         self._db, recovered, active = open_database(self.path)
+        records = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        records.execute("PRAGMA query_only=1")
+        self._records_db = records
+        self._make_durable()  # the recovery's update
         return recovered, active
+
+    def _make_durable(self) -> None:
+        """On the thread: what every commit so far wrote to the WAL is on disk; about once a second,
+        a checkpoint (SQLite syncs the WAL before it and the database after)."""
+        fd = self._wal_fd
+        if fd is None:
+            fd = self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        os.fdatasync(fd)
+        now = time.monotonic()
+        if now >= self._checkpoint_by and self._db is not None:
+            self._checkpoint_by = now + CHECKPOINT_INTERVAL
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _close_connections(self, db: sqlite3.Connection) -> None:
+        if self._records_db is not None:
+            records, self._records_db = self._records_db, None
+            records.close()
+        db.close()  # the last writer: SQLite checkpoints (synced) and removes the WAL
+        if self._wal_fd is not None:
+            fd, self._wal_fd = self._wal_fd, None
+            os.close(fd)
 
     async def close(self) -> None:
         writer = self._writer
@@ -195,7 +234,7 @@ class SQLiteEventQueue:
             reader.close()
         if self._db is not None:
             db, self._db = self._db, None
-            await self._in_thread(db.close)
+            await self._in_thread(self._close_connections, db)
         thread, self._thread = self._thread, None
         if thread is not None:
             self._jobs.put(None)
@@ -224,25 +263,28 @@ class SQLiteEventQueue:
                 pass  # the loop is closed: nobody awaits the answer any more
 
     async def _write(self, run: Callable[[sqlite3.Connection], T], *, single: bool = False,
-                     defer: bool = False, settled: Settled | None = None, alone: bool = False) -> T:
+                     defer: bool = False, settled: Settled | None = None, alone: bool = False,
+                     heavy: bool = False) -> T:
         """Run ``run`` in the next group commit; ``single``: it runs one statement (or raises before);
         ``alone``: one execute of one statement (an executemany is many); ``defer``: the commit may
         wait up to ``settle_delay`` for other writes to share it.
 
+        ``heavy``: it may take long (its batch commits on the thread).
+
         ``settled`` is told how it ended (see :data:`Settled`); not when this raises at once.
         """
-        return await self._submit(run, single, defer, settled, alone)
+        return await self._submit(run, single, defer, settled, alone, heavy)
 
     def _is_open(self) -> bool:
         return self._writer is not None and not self._closing
 
     def _submit(self, run: Callable[[sqlite3.Connection], T], single: bool, defer: bool = False,
-                settled: Settled | None = None, alone: bool = False) -> asyncio.Future[T]:
+                settled: Settled | None = None, alone: bool = False, heavy: bool = False) -> asyncio.Future[T]:
         if not self._is_open():
             raise EventStoreUnavailable("the event queue is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Write(run, future, single, settled, alone))
+        self._pending.append(_Write(run, future, single, settled, alone, heavy))
         if defer:
             self._wake_at(loop, loop.time() + self.settle_delay)
         elif (paced := self._next_commit_at(loop)) is not None:
@@ -287,7 +329,10 @@ class SQLiteEventQueue:
                 self._last_commit = loop.time()
                 batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
                 try:
-                    results = await self._in_thread(self._commit, batch)
+                    if any(write.heavy for write in batch):
+                        results = await self._in_thread(self._commit, batch)
+                    else:
+                        results = self._commit(batch)
                 except sqlite3.Error as exc:
                     log.error("event_queue_commit_failed", error=str(exc), writes=len(batch))
                     err = EventStoreUnavailable(f"the event queue could not store the change: {exc}")
@@ -295,12 +340,24 @@ class SQLiteEventQueue:
                         write.fail(err)
                     continue
                 self.commits += 1
+                try:
+                    await self._in_thread(self._make_durable)
+                except (OSError, sqlite3.Error) as exc:
+                    # Committed, but whether it is on disk is unknown: the backlog follows the
+                    # database, and each caller hears that its write is not known to be stored.
+                    log.error("event_queue_sync_failed", error=str(exc), writes=len(batch))
+                    failed: BaseException | None = EventStoreUnavailable(
+                        f"the event queue could not make the change durable: {exc}")
+                else:
+                    failed = None
                 for write, (ok, value) in zip(batch, results):
                     if write.settled is not None:
                         write.settled(ok, value)
                     if write.future.done():
                         continue
-                    if ok:
+                    if failed is not None:
+                        write.future.set_exception(failed)
+                    elif ok:
                         write.future.set_result(value)
                     else:
                         write.future.set_exception(value)
@@ -311,9 +368,7 @@ class SQLiteEventQueue:
         db = self._db
         assert db is not None
         if len(batch) == 1 and batch[0].alone:
-            # One statement commits by itself (autocommit, its fsync included): on this thread one
-            # return of the GIL from a busy event loop instead of three (BEGIN, it, COMMIT), each
-            # of which cost the loop a forced switch beside a saturated sync path.
+            # One statement commits by itself (autocommit): one statement run instead of three.
             try:
                 return [(True, batch[0].run(db))]
             except (sqlite3.IntegrityError, LookupError, ValueError) as exc:
@@ -555,7 +610,7 @@ class SQLiteEventQueue:
     # ---- records and dead letters --------------------------------------------------------------
 
     async def _read(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        db = self._db
+        db = self._records_db
         if db is None:
             raise EventStoreUnavailable("the event queue is not open")
         return await self._in_thread(lambda: db.execute(sql, args).fetchall())
@@ -660,7 +715,7 @@ class SQLiteEventQueue:
                                    "finished_at IS NOT NULL ORDER BY finished_at LIMIT ?)", (over,)).rowcount
             return gone
 
-        return await self._write(run)
+        return await self._write(run, heavy=True)
 
 
 def _resolve(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
