@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fp["fit_24gib"] = footprint.fit_in(24 << 30, fp["control_plane_idle"]["total_mib"], fp["python"])
             results["footprint"] = fp
             results["event_sources"] = event_sources.event_sources(pod, *((20, 2) if args.smoke else (500, 20)),
-                                                                   sync_seconds=1.0 if args.smoke else 2.0,
-                                                                   sync_pairs=1 if args.smoke else 12)
+                                                                   sync_seconds=1.0,
+                                                                   sync_pairs=1 if args.smoke else 40)
             # These two restart the controller: last.
             _log("asynchronous invocations: enqueue and drain capacities, and both at once")
             results["async_queue"] = async_queue.async_queue(pod, plan.wrk_seconds)

@@ -173,7 +173,10 @@ def _event_source_rows(e: dict[str, Any]) -> list[Row]:
     s = e.get("sync_beside_sources")
     if s:
         out.append(Row(f"warm c=64 beside a schedule and {s['paced_rate']:g} MQTT msg/s", _f(s["c64_rps_on"], "req/s", 0),
-                       f"no sources {_f(s['c64_rps_off'], 'req/s', 0)}", _x(s["ratio_c64_rps"]), "0.95–1.05×",
+                       f"no sources {_f(s['c64_rps_off'], 'req/s', 0)}"
+                       + (f"; mean {s['ratio_c64_rps_mean']:.3f} ± {s['ratio_c64_rps_se']:.3f}"
+                          if s.get("ratio_c64_rps_se") is not None else ""),
+                       _x(s["ratio_c64_rps"]), "0.95–1.05×",
                        0.95 <= s["ratio_c64_rps"] <= 1.05))
         out.append(Row("warm c=1 p50 beside them", _f(s["c1_p50_ms_on"], "ms", 3),
                        f"no sources {_f(s['c1_p50_ms_off'], 'ms', 3)}", _x(s["ratio_c1_p50"]), "0.95–1.05×",

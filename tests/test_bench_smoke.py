@@ -103,6 +103,7 @@ def test_the_sync_path_is_measured_beside_the_event_sources(smoke: tuple[dict, s
         pytest.skip(r["event_sources"]["skipped"])
     s = r["event_sources"]["sync_beside_sources"]
     for value in (s["c64_rps_off"], s["c64_rps_on"], s["c1_p50_ms_off"], s["c1_p50_ms_on"], s["ratio_c64_rps"],
+                  s["ratio_c64_rps_mean"],
                   s["ratio_c1_p50"], s["c64_cpu_us_per_req_off"], s["stream"]["controller_cpu_s_per_s"]):
         assert _finite(value), s
     assert len(s["phases"]["off"]) == len(s["phases"]["on"]) + 1
