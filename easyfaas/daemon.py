@@ -151,8 +151,12 @@ class _StartFailed(Exception):
         self.error = error
 
 
-async def serve(services: Sequence[Service], *, stop: asyncio.Event | None = None) -> None:
-    """Run ``services`` until SIGTERM/SIGINT (or until ``stop`` is set), then stop them in reverse."""
+async def serve(services: Sequence[Service], *, stop: asyncio.Event | None = None,
+                ignore_late_stops: bool = False) -> None:
+    """Run ``services`` until SIGTERM/SIGINT (or until ``stop`` is set), then stop them in reverse.
+
+    ``ignore_late_stops`` (a daemon process's own lifetime): once stopped, SIGTERM and SIGINT are
+    ignored rather than left to their default action."""
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -213,6 +217,11 @@ async def serve(services: Sequence[Service], *, stop: asyncio.Event | None = Non
                 failed.append(exc)
         for signum in (*_STOP_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        # Already stopping: a late SIGTERM (a parent-death signal, a second stop) must not turn a
+        # clean exit into death by the signal, as the default action would.
+        if ignore_late_stops:
+            for signum in _STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
         if failed:
             raise failed[0]
 
@@ -222,7 +231,7 @@ def run_daemon(services: Sequence[Service], *, event_loop: str = "asyncio") -> N
     factory = loop_factory(event_loop)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(serve(services))
+            runner.run(serve(services, ignore_late_stops=True))
     except _StartFailed as exc:
         log.error(f"{exc.service}_failed", error=str(exc.error))
         sys.exit(1)

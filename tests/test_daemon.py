@@ -99,3 +99,33 @@ async def test_a_failing_cleanup_does_not_skip_the_others(tmp_path: Path) -> Non
     with pytest.raises(RuntimeError, match="second cleanup failed"):
         await asyncio.wait_for(daemon, 30)
     assert events[-1] == "first cleaned up"
+
+
+_LATE_SIGTERM_DAEMON = """
+import os, signal, sys, time
+from aiohttp import web
+from easyfaas.daemon import Service, TCPEndpoint, run_daemon
+
+run_daemon([Service("late", web.Application(), [TCPEndpoint("127.0.0.1", int(sys.argv[1]))], shutdown_timeout=5)])
+os.kill(os.getpid(), signal.SIGTERM)  # a late stop (a parent-death signal) after the daemon stopped
+time.sleep(0.2)
+print("exited cleanly", flush=True)
+"""
+
+
+async def test_a_late_sigterm_does_not_kill_a_daemon_that_is_stopping() -> None:
+    import signal
+    import sys
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _LATE_SIGTERM_DAEMON, str(port),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await _until_listening(port)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0 and "exited cleanly" in out.decode()
