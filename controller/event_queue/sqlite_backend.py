@@ -680,9 +680,11 @@ class SQLiteEventQueue:
                 backlogs.release(function)  # failed, or another redrive took it first
         if not await self._write(run, single=True, settled=settled, alone=True):
             return None
+        # The record as redriven, read before the dispatcher is told: it may lease it at once.
+        record = await self.record(request_id)
         self._queued += 1
         self._wake_dispatcher()
-        return await self.record(request_id)
+        return record
 
     async def delete_dead_letter(self, request_id: str) -> bool:
         changed = await self._write(lambda db: db.execute(
