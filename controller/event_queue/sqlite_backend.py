@@ -39,8 +39,7 @@ Fewer commits per event, with nothing made durable later than before it is acted
   the last one waits for the next and shares it. Each commit costs its sync and the thread's two
   returns of the GIL from the busy event loop. A write made when
   the last commit is older than the interval still goes at once: a sparse stream (a schedule)
-  waits for nothing. PostgreSQL's ``commit_delay`` is the same trade: under load, a few ms of
-  latency for fewer syncs.
+  waits for nothing. The trade: under load, up to 50 ms of an enqueue's latency for fewer syncs.
 
 The module is over 600 lines on purpose: the group commit, the hand-off and the queue
 operations share the writer's private state (pending writes, leases, the backlog); the schema and
